@@ -1,0 +1,161 @@
+// The _core extension: a thin layer over the C++ API. Argument conversion and friendly
+// validation live in the Python package (python/cusense); this layer checks shapes again,
+// releases the GIL while the library works and hands results over without copies.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cusense/cusense.hpp>
+
+namespace py = pybind11;
+using namespace cusense;
+
+namespace {
+
+template <typename T>
+py::array to_numpy(std::vector<T>&& v)
+{
+  auto* owner = new std::vector<T>(std::move(v));
+  py::capsule free_when_done(owner, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(static_cast<py::ssize_t>(owner->size()), owner->data(), free_when_done);
+}
+
+py::dict to_python(table&& t)
+{
+  py::dict out;
+  for (auto& c : t.columns) {
+    out[py::str(c.name)] = std::visit(
+      [](auto&& v) -> py::object {
+        using vec = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<vec, std::vector<std::uint8_t>>) {
+          return to_numpy(std::move(v)).attr("view")("bool");
+        } else {
+          return to_numpy(std::move(v));
+        }
+      },
+      c.data);
+  }
+  return out;
+}
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style>;
+
+template <typename T>
+void push(pipeline& p, carray<std::uint32_t> const& keys, carray<std::int64_t> const& ts,
+          carray<T> const& values)
+{
+  auto const n        = static_cast<std::size_t>(keys.size());
+  auto const channels = static_cast<std::size_t>(p.options().channels);
+  if (keys.ndim() != 1 || ts.ndim() != 1) { throw invalid_argument("keys and timestamps must be 1-D"); }
+  if (static_cast<std::size_t>(ts.size()) != n) {
+    throw invalid_argument("length mismatch: " + std::to_string(n) + " keys but " +
+                           std::to_string(ts.size()) + " timestamps");
+  }
+  if (static_cast<std::size_t>(values.size()) != n * channels) {
+    throw invalid_argument("length mismatch: " + std::to_string(n) + " keys but " +
+                           std::to_string(values.size()) + " values for " +
+                           std::to_string(channels) + " channel(s)");
+  }
+  std::uint32_t const* k = keys.data();
+  std::int64_t const* t  = ts.data();
+  T const* v             = values.data();
+  py::gil_scoped_release release;
+  p.push(k, t, v, n);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m)
+{
+  m.doc() = "cusense native core";
+  py::register_exception<backend_unavailable>(m, "BackendUnavailableError", PyExc_RuntimeError);
+  py::register_exception<capacity_error>(m, "CapacityError", PyExc_RuntimeError);
+  py::register_exception<cuda_error>(m, "CudaError", PyExc_RuntimeError);
+  py::register_exception<out_of_memory>(m, "OutOfMemoryError", PyExc_MemoryError);
+
+  py::class_<device_info>(m, "DeviceInfo")
+    .def_readonly("ordinal", &device_info::ordinal)
+    .def_readonly("name", &device_info::name)
+    .def_readonly("compute_major", &device_info::compute_major)
+    .def_readonly("compute_minor", &device_info::compute_minor)
+    .def_readonly("total_memory", &device_info::total_memory)
+    .def("__repr__", [](device_info const& d) {
+      return "DeviceInfo(" + std::to_string(d.ordinal) + ", '" + d.name + "', sm_" +
+             std::to_string(d.compute_major) + std::to_string(d.compute_minor) + ")";
+    });
+  m.def("devices", &devices, py::call_guard<py::gil_scoped_release>());
+  m.def("cuda_built", &cuda_built);
+  m.def("aggregation_names", [] {
+    std::vector<std::string> names;
+    for (int a = 0; a <= static_cast<int>(agg::std_pop); ++a) names.push_back(to_string(static_cast<agg>(a)));
+    return names;
+  });
+  m.attr("MAX_TIMESTAMP") = max_timestamp;
+
+  py::class_<pipeline_options>(m, "PipelineOptions")
+    .def(py::init<>())
+    .def_property(
+      "window_size", [](pipeline_options const& o) { return o.window.size; },
+      [](pipeline_options& o, std::int64_t v) { o.window.size = v; })
+    .def_property(
+      "window_offset", [](pipeline_options const& o) { return o.window.offset; },
+      [](pipeline_options& o, std::int64_t v) { o.window.offset = v; })
+    .def_property(
+      "aggs",
+      [](pipeline_options const& o) {
+        std::vector<std::string> names;
+        for (agg a : o.aggs) names.push_back(to_string(a));
+        return names;
+      },
+      [](pipeline_options& o, std::vector<std::string> const& names) {
+        o.aggs.clear();
+        for (auto const& n : names) o.aggs.push_back(parse_agg(n));
+      })
+    .def_readwrite("max_out_of_orderness", &pipeline_options::max_out_of_orderness)
+    .def_property(
+      "backend", [](pipeline_options const& o) { return to_string(o.where); },
+      [](pipeline_options& o, std::string const& b) { o.where = parse_backend(b); })
+    .def_readwrite("channels", &pipeline_options::channels)
+    .def_readwrite("channel_names", &pipeline_options::channel_names)
+    .def_readwrite("staging_records", &pipeline_options::staging_records)
+    .def_readwrite("staging_slots", &pipeline_options::staging_slots)
+    .def_readwrite("cpu_threads", &pipeline_options::cpu_threads);
+
+  py::class_<pipeline>(m, "Pipeline")
+    .def(py::init<pipeline_options>(), py::call_guard<py::gil_scoped_release>())
+    .def("push_f32", &push<float>, py::arg("keys").noconvert(), py::arg("timestamps").noconvert(),
+         py::arg("values").noconvert())
+    .def("push_f64", &push<double>, py::arg("keys").noconvert(), py::arg("timestamps").noconvert(),
+         py::arg("values").noconvert())
+    .def("poll", [](pipeline& p) {
+      table t;
+      { py::gil_scoped_release release; t = p.poll(); }
+      return to_python(std::move(t));
+    })
+    .def("poll_late", [](pipeline& p) {
+      table t;
+      { py::gil_scoped_release release; t = p.poll_late(); }
+      return to_python(std::move(t));
+    })
+    .def("flush", [](pipeline& p) {
+      table t;
+      { py::gil_scoped_release release; t = p.flush(); }
+      return to_python(std::move(t));
+    })
+    .def("stats", [](pipeline& p) {
+      pipeline_stats s;
+      { py::gil_scoped_release release; s = p.stats(); }
+      py::dict d;
+      d["records_pushed"]     = s.records_pushed;
+      d["records_aggregated"] = s.records_aggregated;
+      d["records_late"]       = s.records_late;
+      d["records_rejected"]   = s.records_rejected;
+      d["nan_values"]         = s.nan_values;
+      d["windows_emitted"]    = s.windows_emitted;
+      d["open_windows"]       = s.open_windows;
+      d["watermark"]          = s.has_watermark ? py::object(py::int_(s.watermark)) : py::object(py::none());
+      return d;
+    })
+    .def_property_readonly("backend", [](pipeline const& p) { return to_string(p.where()); });
+}

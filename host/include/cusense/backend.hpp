@@ -1,0 +1,30 @@
+#pragma once
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include <cusense/types.hpp>
+
+namespace cusense {
+
+/// A usable CUDA device.
+struct device_info {
+  int ordinal = 0;
+  std::string name;
+  int compute_major = 0;
+  int compute_minor = 0;
+  std::size_t total_memory = 0;  ///< bytes
+};
+
+/// True when the library was compiled with the CUDA backend.
+bool cuda_built();
+/// CUDA devices usable by this process; empty without CUDA support, driver or device.
+/// Never throws.
+std::vector<device_info> devices();
+/// True when the CUDA backend was built and at least one device is usable.
+bool cuda_available();
+/// Resolves `automatic` to cpu or cuda; throws backend_unavailable when cuda is asked for and
+/// cannot be used, with the reason.
+backend resolve_backend(backend requested);
+
+}  // namespace cusense

@@ -1,0 +1,52 @@
+#pragma once
+// Internal: the interface each backend implements. Not part of the public API.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include <cusense/table.hpp>
+#include <cusense/types.hpp>
+
+namespace cusense::detail {
+
+/// A validated micro-batch in host memory: n records, values record-major (n * channels).
+struct record_batch {
+  std::uint32_t const* keys       = nullptr;
+  std::int64_t const* timestamps  = nullptr;
+  void const* values              = nullptr;
+  bool values_f32                 = false;  ///< float32 values, else float64
+  std::size_t n                   = 0;
+};
+
+/// Counters kept by an engine (the pipeline adds pushed/rejected).
+struct engine_counters {
+  std::uint64_t aggregated   = 0;
+  std::uint64_t late         = 0;
+  std::uint64_t nan_values   = 0;
+  std::uint64_t emitted      = 0;
+  std::uint64_t open_windows = 0;
+  std::int64_t watermark     = 0;
+  bool has_watermark         = false;
+};
+
+/// Keyed windowing state machine of one backend. Implementations must give identical results
+/// for any cut of the stream into batches.
+class window_engine {
+ public:
+  virtual ~window_engine() = default;
+  /// Consumes a batch. May return before the work is done (the batch memory must stay valid
+  /// only until push returns).
+  virtual void push(record_batch const& batch) = 0;
+  /// Ends the stream: every open window is emitted.
+  virtual void flush() = 0;
+  /// Waits for pending work, then moves out the windows emitted and the late records
+  /// collected so far (either pointer may be null to leave that output in place).
+  virtual void drain(table* windows, table* late) = 0;
+  virtual engine_counters counters() = 0;
+};
+
+std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options);
+/// Defined only when the CUDA backend is built.
+std::unique_ptr<window_engine> make_cuda_engine(pipeline_options const& options);
+
+}  // namespace cusense::detail

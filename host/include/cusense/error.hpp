@@ -1,0 +1,38 @@
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace cusense {
+
+/// Bad arguments or input data (length mismatch, wrong shape, unknown aggregation, timestamps
+/// out of range, ...). Derives from std::invalid_argument, so Python sees a ValueError.
+struct invalid_argument : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+/// The requested backend was not compiled in or has no usable device.
+struct backend_unavailable : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// A configured capacity (open windows, keys, staging) would be exceeded.
+struct capacity_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Host or device memory could not be allocated. Python sees a MemoryError.
+struct out_of_memory : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// A CUDA runtime call failed.
+struct cuda_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace cusense
+
+#define CUSENSE_EXPECTS(cond, msg)                                       \
+  do {                                                                   \
+    if (!(cond)) { throw ::cusense::invalid_argument(std::string(msg)); } \
+  } while (0)
