@@ -66,11 +66,17 @@ void push(pipeline& p, carray<std::uint32_t> const& keys, carray<std::int64_t> c
 
 }  // namespace
 
+void bind_detectors(py::module_& m);  // bind_detectors.cpp
+
 PYBIND11_MODULE(_core, m)
 {
   m.doc() = "cusense native core";
   py::register_exception<backend_unavailable>(m, "BackendUnavailableError", PyExc_RuntimeError);
-  py::register_exception<capacity_error>(m, "CapacityError", PyExc_RuntimeError);
+  // A cap standing in for memory exhaustion: both a MemoryError and a RuntimeError.
+  py::register_exception<capacity_error>(
+    m, "CapacityError",
+    py::make_tuple(py::handle(PyExc_MemoryError), py::handle(PyExc_RuntimeError)));
+  py::register_exception<concurrent_use>(m, "ConcurrentUseError", PyExc_RuntimeError);
   py::register_exception<cuda_error>(m, "CudaError", PyExc_RuntimeError);
   py::register_exception<out_of_memory>(m, "OutOfMemoryError", PyExc_MemoryError);
 
@@ -88,7 +94,8 @@ PYBIND11_MODULE(_core, m)
   m.def("cuda_built", &cuda_built);
   m.def("aggregation_names", [] {
     std::vector<std::string> names;
-    for (int a = 0; a <= static_cast<int>(agg::std_pop); ++a) names.push_back(to_string(static_cast<agg>(a)));
+    for (int a = 0; a < static_cast<int>(agg::quantile); ++a) names.push_back(to_string(static_cast<agg>(a)));
+    names.push_back("pXX");  // quantiles: p50, p99, p99.9, ...
     return names;
   });
   m.attr("MAX_TIMESTAMP") = max_timestamp;
@@ -103,15 +110,38 @@ PYBIND11_MODULE(_core, m)
       [](pipeline_options& o, std::int64_t v) { o.window.offset = v; })
     .def_property(
       "aggs",
-      [](pipeline_options const& o) {
-        std::vector<std::string> names;
-        for (agg a : o.aggs) names.push_back(to_string(a));
-        return names;
-      },
+      [](pipeline_options const& o) { return o.agg_names(); },
       [](pipeline_options& o, std::vector<std::string> const& names) {
-        o.aggs.clear();
-        for (auto const& n : names) o.aggs.push_back(parse_agg(n));
+        pipeline_options parsed;
+        parsed.aggs.clear();
+        for (auto const& n : names) parsed.add_agg(n);
+        o.aggs      = std::move(parsed.aggs);
+        o.quantiles = std::move(parsed.quantiles);
       })
+    .def_property(
+      "window_kind", [](pipeline_options const& o) { return to_string(o.window.type); },
+      [](pipeline_options& o, std::string const& k) {
+        using kind = window_spec::kind;
+        if (k == "tumbling") { o.window.type = kind::tumbling; }
+        else if (k == "sliding") { o.window.type = kind::sliding; }
+        else if (k == "session") { o.window.type = kind::session; }
+        else if (k == "rolling") { o.window.type = kind::rolling; }
+        else { throw invalid_argument("unknown window kind '" + k + "'"); }
+      })
+    .def_property(
+      "window_slide", [](pipeline_options const& o) { return o.window.slide; },
+      [](pipeline_options& o, std::int64_t v) { o.window.slide = v; })
+    .def_property(
+      "session_gap", [](pipeline_options const& o) { return o.window.gap; },
+      [](pipeline_options& o, std::int64_t v) { o.window.gap = v; })
+    .def_property(
+      "rolling_rows", [](pipeline_options const& o) { return o.window.rows; },
+      [](pipeline_options& o, std::int64_t v) { o.window.rows = v; })
+    .def_property(
+      "min_periods", [](pipeline_options const& o) { return o.window.min_periods; },
+      [](pipeline_options& o, std::int64_t v) { o.window.min_periods = v; })
+    .def_readwrite("allowed_lateness", &pipeline_options::allowed_lateness)
+    .def_readwrite("quantile_accuracy", &pipeline_options::quantile_accuracy)
     .def_readwrite("max_out_of_orderness", &pipeline_options::max_out_of_orderness)
     .def_property(
       "backend", [](pipeline_options const& o) { return to_string(o.where); },
@@ -120,7 +150,8 @@ PYBIND11_MODULE(_core, m)
     .def_readwrite("channel_names", &pipeline_options::channel_names)
     .def_readwrite("staging_records", &pipeline_options::staging_records)
     .def_readwrite("staging_slots", &pipeline_options::staging_slots)
-    .def_readwrite("cpu_threads", &pipeline_options::cpu_threads);
+    .def_readwrite("cpu_threads", &pipeline_options::cpu_threads)
+    .def_readwrite("max_open_windows", &pipeline_options::max_open_windows);
 
   py::class_<pipeline>(m, "Pipeline")
     .def(py::init<pipeline_options>(), py::call_guard<py::gil_scoped_release>())
@@ -154,8 +185,11 @@ PYBIND11_MODULE(_core, m)
       d["nan_values"]         = s.nan_values;
       d["windows_emitted"]    = s.windows_emitted;
       d["open_windows"]       = s.open_windows;
+      d["open_keys"]          = s.open_keys;
+      d["state_bytes"]        = s.state_bytes;
       d["watermark"]          = s.has_watermark ? py::object(py::int_(s.watermark)) : py::object(py::none());
       return d;
     })
     .def_property_readonly("backend", [](pipeline const& p) { return to_string(p.where()); });
+  bind_detectors(m);
 }

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the environment, builds the C++ library and tests, and runs every test suite.
+# CUSENSE_CHECKS=1 also runs the sanitizer build of the C++ tests (scripts/sanitize.sh) and the
+# fuzz targets for FUZZ_SECONDS each (scripts/fuzz.sh, default 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,3 +18,9 @@ echo "== C++ tests ==" >&2
 ctest --test-dir build/tests --output-on-failure -j "$JOBS"
 echo "== Python tests ==" >&2
 .venv/bin/python -m pytest -q tests/python "$@"
+if [ "${CUSENSE_CHECKS:-0}" = "1" ]; then
+  echo "== sanitizers (ASan + UBSan) ==" >&2
+  scripts/sanitize.sh
+  echo "== fuzzing ==" >&2
+  scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi

@@ -1,9 +1,11 @@
 #include <algorithm>
 #include <limits>
+#include <new>
 #include <type_traits>
 #include <string>
 
 #include <cusense/backend.hpp>
+#include <cusense/detail/detector_engine.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/pipeline.hpp>
@@ -11,13 +13,49 @@
 namespace cusense {
 namespace {
 
+void validate_window(pipeline_options const& o)
+{
+  using kind = window_spec::kind;
+  window_spec const& w = o.window;
+  if (w.type == kind::tumbling || w.type == kind::sliding) {
+    CUSENSE_EXPECTS(w.size > 0, "window size must be positive, got " + std::to_string(w.size) + " ns");
+    CUSENSE_EXPECTS(w.size <= max_duration, "window size exceeds 2^61 ns");
+    CUSENSE_EXPECTS(w.offset >= -max_duration && w.offset <= max_duration,
+                    "window offset must lie within +-2^61 ns");
+  }
+  if (w.type == kind::sliding) {
+    CUSENSE_EXPECTS(w.slide > 0 && w.slide <= w.size,
+                    "sliding window slide must lie in (0, size], got slide " +
+                      std::to_string(w.slide) + " ns for size " + std::to_string(w.size) + " ns");
+  }
+  if (w.type == kind::session) {
+    CUSENSE_EXPECTS(w.gap > 0 && w.gap <= max_duration,
+                    "session gap must lie in (0, 2^61] ns, got " + std::to_string(w.gap));
+  }
+  if (w.type == kind::rolling) {
+    CUSENSE_EXPECTS(w.rows > 0 && w.rows <= (std::int64_t{1} << 24),
+                    "rolling window rows must lie in [1, 2^24], got " + std::to_string(w.rows));
+    CUSENSE_EXPECTS(w.min_periods >= -1 && w.min_periods <= w.rows,
+                    "rolling min_periods must lie in [0, rows], got " + std::to_string(w.min_periods));
+    CUSENSE_EXPECTS(o.allowed_lateness == 0,
+                    "allowed_lateness does not apply to rolling windows (rows are final when emitted)");
+  }
+  CUSENSE_EXPECTS(o.allowed_lateness >= 0 && o.allowed_lateness <= max_duration,
+                  "allowed_lateness must lie in [0, 2^61] ns, got " + std::to_string(o.allowed_lateness));
+  auto const nq = static_cast<std::size_t>(std::count(o.aggs.begin(), o.aggs.end(), agg::quantile));
+  CUSENSE_EXPECTS(nq == o.quantiles.size(),
+                  std::to_string(nq) + " quantile aggregations but " + std::to_string(o.quantiles.size()) +
+                    " entries in quantiles");
+  for (double q : o.quantiles) {
+    CUSENSE_EXPECTS(q >= 0.0 && q <= 1.0, "quantiles must lie in [0, 1], got " + std::to_string(q));
+  }
+  CUSENSE_EXPECTS(o.quantile_accuracy >= 1e-4 && o.quantile_accuracy <= 0.5,
+                  "quantile_accuracy must lie in [1e-4, 0.5], got " + std::to_string(o.quantile_accuracy));
+}
+
 void validate(pipeline_options const& o)
 {
-  CUSENSE_EXPECTS(o.window.size > 0, "window size must be positive, got " +
-                                       std::to_string(o.window.size) + " ns");
-  CUSENSE_EXPECTS(o.window.size <= max_duration, "window size exceeds 2^61 ns");
-  CUSENSE_EXPECTS(o.window.offset >= -max_duration && o.window.offset <= max_duration,
-                  "window offset must lie within +-2^61 ns");
+  validate_window(o);
   CUSENSE_EXPECTS(o.max_out_of_orderness >= 0 && o.max_out_of_orderness <= max_duration,
                   "max_out_of_orderness must lie in [0, 2^61] ns, got " +
                     std::to_string(o.max_out_of_orderness));
@@ -35,18 +73,98 @@ void validate(pipeline_options const& o)
   CUSENSE_EXPECTS(dup == names.end(), "duplicate output column '" + (dup == names.end() ? "" : *dup) + "'");
 }
 
+// Holds the pipeline's busy flag for the duration of one call; refuses concurrent calls.
+class scoped_use {
+ public:
+  explicit scoped_use(detail::busy_flag& f) : f_(f)
+  {
+    if (f_.busy.exchange(true, std::memory_order_acquire)) {
+      throw concurrent_use(
+        "cusense.Pipeline is being used from another thread; serialise calls or use one "
+        "pipeline per thread");
+    }
+  }
+  ~scoped_use() { f_.busy.store(false, std::memory_order_release); }
+  scoped_use(scoped_use const&)            = delete;
+  scoped_use& operator=(scoped_use const&) = delete;
+
+ private:
+  detail::busy_flag& f_;
+};
+
 }  // namespace
+
+namespace detail {
+
+bool tumbling_engine_supports(pipeline_options const& o)
+{
+  if (o.window.type != window_spec::kind::tumbling || o.allowed_lateness != 0) { return false; }
+  return std::all_of(o.aggs.begin(), o.aggs.end(), [](agg a) {
+    return a != agg::first && a != agg::last && a != agg::argmin_ts && a != agg::argmax_ts &&
+           a != agg::quantile;
+  });
+}
+
+bool cuda_engine_supports(pipeline_options const& o, std::string* why)
+{
+  std::string reason;
+  if (o.window.type != window_spec::kind::tumbling) {
+    reason = to_string(o.window.type) + " windows";
+  } else if (o.allowed_lateness != 0) {
+    reason = "allowed_lateness";
+  } else {
+    for (std::string const& name : o.agg_names()) {
+      agg const a = parse_agg(name);
+      if (a == agg::first || a == agg::last || a == agg::argmin_ts || a == agg::argmax_ts ||
+          a == agg::quantile) {
+        reason = "aggregation '" + name + "'";
+        break;
+      }
+    }
+  }
+  if (why) { *why = reason; }
+  return reason.empty();
+}
+
+}  // namespace detail
 
 pipeline::pipeline(pipeline_options options) : options_(std::move(options))
 {
-  validate(options_);
+  if (options_.windowed) {
+    validate(options_);
+  } else {  // detectors only: no window engine
+    CUSENSE_EXPECTS(!options_.detectors.empty(), "a pipeline without a window needs detectors");
+    CUSENSE_EXPECTS(options_.max_out_of_orderness >= 0 && options_.max_out_of_orderness <= max_duration,
+                    "max_out_of_orderness must lie in [0, 2^61] ns");
+    CUSENSE_EXPECTS(options_.channels >= 1, "channels must be >= 1");
+    CUSENSE_EXPECTS(options_.channel_names.empty() ||
+                      options_.channel_names.size() == static_cast<std::size_t>(options_.channels),
+                    "channel_names must give one name per channel");
+  }
   backend_ = resolve_backend(options_.where);
+  std::string why;
+  if (options_.windowed && backend_ == backend::cuda && !detail::cuda_engine_supports(options_, &why)) {
+    if (options_.where == backend::cuda) {
+      throw backend_unavailable(why + " is not yet supported on the CUDA backend; use backend='cpu'");
+    }
+    backend_ = backend::cpu;  // automatic: the CPU engines run every configuration
+  }
+  if (!options_.detectors.empty()) {
+    detectors_ = std::make_unique<detail::detector_runner>(options_, backend_);
+  }
+  if (!options_.windowed) { return; }
   if (backend_ == backend::cuda) {
 #ifdef CUSENSE_WITH_CUDA
     engine_ = detail::make_cuda_engine(options_);
 #endif
-  } else {
+  } else if (options_.window.type == window_spec::kind::session) {
+    engine_ = detail::make_cpu_session_engine(options_);
+  } else if (options_.window.type == window_spec::kind::rolling) {
+    engine_ = detail::make_cpu_rolling_engine(options_);
+  } else if (detail::tumbling_engine_supports(options_)) {
     engine_ = detail::make_cpu_engine(options_);
+  } else {
+    engine_ = detail::make_cpu_pane_engine(options_);
   }
 }
 
@@ -60,6 +178,7 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
 {
   if (n == 0) { return; }
   CUSENSE_EXPECTS(keys && timestamps && values, "push: null data pointer");
+  scoped_use use(busy_);
   pushed_ += n;
   auto [lo, hi] = std::minmax_element(timestamps, timestamps + n);
   if (*lo < -max_timestamp || *hi > max_timestamp) {
@@ -78,7 +197,21 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
   batch.values     = values;
   batch.values_f32 = std::is_same_v<T, float>;
   batch.n          = n;
-  engine_->push(batch);
+  // An engine that throws has changed nothing (strong guarantee): the batch counts as rejected.
+  try {
+    if (engine_) { engine_->push(batch); }
+  } catch (capacity_error const&) {
+    rejected_ += n;
+    throw;
+  } catch (out_of_memory const&) {
+    rejected_ += n;
+    throw;
+  } catch (std::bad_alloc const&) {
+    rejected_ += n;
+    throw out_of_memory("out of host memory while pushing a batch of " + std::to_string(n) +
+                        " records; the batch was rejected and the pipeline is unchanged");
+  }
+  if (detectors_) { detectors_->push(keys, timestamps, values, batch.values_f32, n); }
 }
 
 void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps,
@@ -95,27 +228,50 @@ void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps,
 
 table pipeline::poll()
 {
+  scoped_use use(busy_);
   table t = detail::empty_window_table(options_);
-  engine_->drain(&t, nullptr);
+  if (engine_) { engine_->drain(&t, nullptr); }
   return t;
 }
 
 table pipeline::poll_late()
 {
+  scoped_use use(busy_);
   table t;
-  engine_->drain(nullptr, &t);
+  if (engine_) { engine_->drain(nullptr, &t); }
   return t;
+}
+
+table pipeline::poll_scores()
+{
+  scoped_use use(busy_);
+  CUSENSE_EXPECTS(detectors_ && detectors_->has_scorers(),
+                  "poll_scores: the pipeline has no scoring detector (options.detectors)");
+  return detectors_->drain_scores();
+}
+
+table pipeline::poll_silence()
+{
+  scoped_use use(busy_);
+  CUSENSE_EXPECTS(detectors_ && detectors_->has_silence(),
+                  "poll_silence: the pipeline has no silence detector (options.detectors)");
+  return detectors_->drain_silence();
 }
 
 table pipeline::flush()
 {
-  engine_->flush();
+  {
+    scoped_use use(busy_);
+    if (engine_) { engine_->flush(); }
+    if (detectors_) { detectors_->flush(); }
+  }
   return poll();
 }
 
 pipeline_stats pipeline::stats()
 {
-  detail::engine_counters const c = engine_->counters();
+  scoped_use use(busy_);
+  detail::engine_counters const c = engine_ ? engine_->counters() : detail::engine_counters{};
   pipeline_stats s;
   s.records_aggregated = c.aggregated;
   s.records_late       = c.late;
@@ -124,8 +280,20 @@ pipeline_stats pipeline::stats()
   s.nan_values         = c.nan_values;
   s.windows_emitted    = c.emitted;
   s.open_windows       = c.open_windows;
+  s.open_keys          = c.open_keys;
+  s.state_bytes        = c.state_bytes;
   s.watermark          = c.watermark;
   s.has_watermark      = c.has_watermark;
+  if (detectors_) {
+    detail::detector_counters const d = detectors_->counters();
+    s.records_scored         = d.scored;
+    s.records_score_late     = d.late;
+    s.records_score_buffered = d.buffered;
+    if (!engine_) {
+      s.has_watermark = d.has_watermark;
+      s.watermark     = d.watermark;
+    }
+  }
   return s;
 }
 

@@ -7,7 +7,29 @@
 namespace cusense::detail {
 namespace {
 
-bool is_int_agg(agg a) { return a == agg::count || a == agg::nan_count; }
+bool is_int_agg(agg a)
+{
+  return a == agg::count || a == agg::nan_count || a == agg::argmin_ts || a == agg::argmax_ts;
+}
+
+constexpr std::int64_t nat = std::numeric_limits<std::int64_t>::min();
+
+// The quantile of each entry of output_aggs(options) (0 for other aggregations).
+std::vector<double> output_quantiles(pipeline_options const& options)
+{
+  std::vector<double> q;
+  std::size_t qi = 0;
+  for (agg a : options.aggs) {
+    q.push_back(a == agg::quantile && qi < options.quantiles.size() ? options.quantiles[qi++] : 0.0);
+  }
+  q.push_back(0.0);  // nan_count, when appended
+  return q;
+}
+
+std::string output_name(agg a, double q)
+{
+  return a == agg::quantile ? quantile_name(q) : to_string(a);
+}
 
 std::vector<agg> output_aggs(pipeline_options const& options)
 {
@@ -50,23 +72,45 @@ double finalize(ops::moments const& m, agg a)
     case agg::std: return m.count > 1 ? std::sqrt(m.m2 / (n - 1)) : nan;
     case agg::var_pop: return m.count > 0 ? m.m2 / n : nan;
     case agg::std_pop: return m.count > 0 ? std::sqrt(m.m2 / n) : nan;
+    default: return nan;  // needs a full accumulator
   }
   return nan;
+}
+
+double finalize(channel_acc const& a, agg x, double q, acc_layout const& layout)
+{
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  switch (x) {
+    case agg::first: return a.e.n > 0 ? a.e.first_value : nan;
+    case agg::last: return a.e.n > 0 ? a.e.last_value : nan;
+    case agg::argmin_ts: return a.e.n > 0 ? static_cast<double>(a.e.min_ts) : nan;
+    case agg::argmax_ts: return a.e.n > 0 ? static_cast<double>(a.e.max_ts) : nan;
+    case agg::quantile: return a.s.quantile(layout.mapping, a.m.count, q, a.m.min, a.m.max);
+    default: return finalize(a.m, x);
+  }
 }
 
 std::vector<std::string> value_column_names(pipeline_options const& options)
 {
   std::vector<std::string> names;
-  for (agg a : output_aggs(options)) {
+  std::vector<agg> const aggs  = output_aggs(options);
+  std::vector<double> const qs = output_quantiles(options);
+  for (std::size_t i = 0; i < aggs.size(); ++i) {
     for (int c = 0; c < options.channels; ++c) {
-      names.push_back(to_string(a) + channel_suffix(options, c));
+      names.push_back(output_name(aggs[i], qs[i]) + channel_suffix(options, c));
     }
   }
   return names;
 }
 
 window_table_builder::window_table_builder(pipeline_options const& options)
-  : aggs_(output_aggs(options)), channels_(options.channels), names_(value_column_names(options))
+  : aggs_(output_aggs(options)),
+    q_(output_quantiles(options)),
+    layout_(acc_layout::of(options)),
+    rolling_(options.window.type == window_spec::kind::rolling),
+    updates_(options.allowed_lateness > 0 && options.window.type != window_spec::kind::rolling),
+    channels_(options.channels),
+    names_(value_column_names(options))
 {
   for (agg a : aggs_) {
     for (int c = 0; c < channels_; ++c) {
@@ -81,11 +125,12 @@ window_table_builder::window_table_builder(pipeline_options const& options)
 
 void window_table_builder::reserve(std::size_t rows)
 {
-  keys_.reserve(keys_.size() + rows);
-  starts_.reserve(starts_.size() + rows);
-  ends_.reserve(ends_.size() + rows);
-  for (auto& c : int_cols_) c.reserve(c.size() + rows);
-  for (auto& c : float_cols_) c.reserve(c.size() + rows);
+  reserve_more(keys_, rows);
+  reserve_more(starts_, rows);
+  reserve_more(ends_, rows);
+  for (auto& c : int_cols_) reserve_more(c, rows);
+  for (auto& c : float_cols_) reserve_more(c, rows);
+  if (updates_) { reserve_more(is_update_, rows); }
 }
 
 void window_table_builder::append(std::uint32_t key, std::int64_t start, std::int64_t end,
@@ -98,20 +143,65 @@ void window_table_builder::append(std::uint32_t key, std::int64_t start, std::in
   for (agg a : aggs_) {
     for (int c = 0; c < channels_; ++c) {
       if (is_int_agg(a)) {
-        int_cols_[ic++].push_back(a == agg::count ? acc[c].count : acc[c].nan_count);
+        int_cols_[ic++].push_back(a == agg::count       ? acc[c].count
+                                  : a == agg::nan_count ? acc[c].nan_count
+                                                        : nat);
       } else {
         float_cols_[fc++].push_back(finalize(acc[c], a));
       }
     }
   }
+  if (updates_) { is_update_.push_back(0); }
+}
+
+void window_table_builder::append_values(channel_acc const* acc, std::int64_t min_periods)
+{
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  std::size_t ic = 0, fc = 0;
+  for (std::size_t i = 0; i < aggs_.size(); ++i) {
+    agg const a = aggs_[i];
+    for (int c = 0; c < channels_; ++c) {
+      channel_acc const& x = acc[c];
+      bool const valid     = x.m.count >= min_periods;
+      switch (a) {
+        case agg::count: int_cols_[ic++].push_back(x.m.count); break;
+        case agg::nan_count: int_cols_[ic++].push_back(x.m.nan_count); break;
+        case agg::argmin_ts: int_cols_[ic++].push_back(valid && x.e.n > 0 ? x.e.min_ts : nat); break;
+        case agg::argmax_ts: int_cols_[ic++].push_back(valid && x.e.n > 0 ? x.e.max_ts : nat); break;
+        default: float_cols_[fc++].push_back(valid ? finalize(x, a, q_[i], layout_) : nan);
+      }
+    }
+  }
+}
+
+void window_table_builder::append(std::uint32_t key, std::int64_t start, std::int64_t end,
+                                  channel_acc const* acc, bool is_update)
+{
+  keys_.push_back(key);
+  starts_.push_back(start);
+  ends_.push_back(end);
+  append_values(acc, 0);
+  if (updates_) { is_update_.push_back(is_update ? 1 : 0); }
+}
+
+void window_table_builder::append_row(std::uint32_t key, std::int64_t ts, channel_acc const* acc,
+                                      std::int64_t min_periods)
+{
+  keys_.push_back(key);
+  starts_.push_back(ts);
+  append_values(acc, min_periods);
 }
 
 table window_table_builder::finish()
 {
   table t;
   t.columns.push_back({"key", std::move(keys_)});
-  t.columns.push_back({"window_start", std::move(starts_)});
-  t.columns.push_back({"window_end", std::move(ends_)});
+  if (rolling_) {
+    t.columns.push_back({"timestamp", std::move(starts_)});
+  } else {
+    t.columns.push_back({"window_start", std::move(starts_)});
+    t.columns.push_back({"window_end", std::move(ends_)});
+  }
   std::size_t ic = 0, fc = 0, name = 0;
   for (agg a : aggs_) {
     for (int c = 0; c < channels_; ++c) {
@@ -122,6 +212,8 @@ table window_table_builder::finish()
       }
     }
   }
+  if (updates_) { t.columns.push_back({"is_update", std::move(is_update_)}); }
+  is_update_.clear();
   keys_.clear();
   starts_.clear();
   ends_.clear();

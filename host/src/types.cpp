@@ -1,4 +1,7 @@
 #include <array>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include <cusense/error.hpp>
@@ -6,7 +9,7 @@
 
 namespace cusense {
 namespace {
-constexpr std::array<std::pair<agg, char const*>, 10> agg_names{{{agg::count, "count"},
+constexpr std::array<std::pair<agg, char const*>, 15> agg_names{{{agg::count, "count"},
                                                                  {agg::nan_count, "nan_count"},
                                                                  {agg::sum, "sum"},
                                                                  {agg::mean, "mean"},
@@ -15,7 +18,12 @@ constexpr std::array<std::pair<agg, char const*>, 10> agg_names{{{agg::count, "c
                                                                  {agg::var, "var"},
                                                                  {agg::std, "std"},
                                                                  {agg::var_pop, "var_pop"},
-                                                                 {agg::std_pop, "std_pop"}}};
+                                                                 {agg::std_pop, "std_pop"},
+                                                                 {agg::first, "first"},
+                                                                 {agg::last, "last"},
+                                                                 {agg::argmin_ts, "argmin_ts"},
+                                                                 {agg::argmax_ts, "argmax_ts"},
+                                                                 {agg::quantile, "p"}}};
 }  // namespace
 
 std::string to_string(backend b)
@@ -47,10 +55,75 @@ agg parse_agg(std::string const& name)
 {
   std::string known;
   for (auto const& [value, n] : agg_names) {
+    if (value == agg::quantile) { continue; }
     if (name == n) { return value; }
     known += known.empty() ? n : std::string(", ") + n;
   }
-  throw invalid_argument("unknown aggregation '" + name + "' (known: " + known + ")");
+  if (name.size() > 1 && name[0] == 'p' && name[1] >= '0' && name[1] <= '9') {
+    parse_quantile(name);
+    return agg::quantile;
+  }
+  throw invalid_argument("unknown aggregation '" + name + "' (known: " + known +
+                         ", and quantiles pXX such as p50, p99, p99.9)");
+}
+
+double parse_quantile(std::string const& name)
+{
+  bool ok = name.size() > 1 && name[0] == 'p';
+  for (std::size_t i = 1; ok && i < name.size(); ++i) {
+    ok = (name[i] >= '0' && name[i] <= '9') || (name[i] == '.' && i > 1);
+  }
+  double pct = 0;
+  if (ok) {
+    char* end = nullptr;
+    pct       = std::strtod(name.c_str() + 1, &end);
+    ok        = end && *end == '\0' && pct >= 0 && pct <= 100;
+  }
+  if (!ok) {
+    throw invalid_argument("bad quantile aggregation '" + name +
+                           "' (expected pXX with XX a percentage in [0, 100], e.g. p50, p99.9)");
+  }
+  return pct / 100.0;
+}
+
+std::string quantile_name(double q)
+{
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "p%.10g", q * 100.0);
+  return buf;
+}
+
+std::string to_string(window_spec::kind k)
+{
+  switch (k) {
+    case window_spec::kind::tumbling: return "tumbling";
+    case window_spec::kind::sliding: return "sliding";
+    case window_spec::kind::session: return "session";
+    case window_spec::kind::rolling: return "rolling";
+  }
+  return "?";
+}
+
+void pipeline_options::add_agg(std::string const& name)
+{
+  agg const a = parse_agg(name);
+  if (a == agg::quantile) { quantiles.push_back(parse_quantile(name)); }
+  aggs.push_back(a);
+}
+
+std::vector<std::string> pipeline_options::agg_names() const
+{
+  std::vector<std::string> names;
+  std::size_t qi = 0;
+  for (agg a : aggs) {
+    if (a == agg::quantile) {
+      names.push_back(qi < quantiles.size() ? quantile_name(quantiles[qi]) : "p?");
+      ++qi;
+    } else {
+      names.push_back(to_string(a));
+    }
+  }
+  return names;
 }
 
 }  // namespace cusense

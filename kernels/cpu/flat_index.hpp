@@ -24,6 +24,12 @@ class flat_index {
     }
   }
 
+  /// Hints that (key, win) will be looked up soon: loads its home bucket into the cache.
+  void prefetch(std::uint32_t key, std::int64_t win) const
+  {
+    __builtin_prefetch(&entries_[bucket(key, win)]);
+  }
+
   /// Inserts (key, win) -> slot; the pair must not be present.
   void insert(std::uint32_t key, std::int64_t win, std::uint32_t slot)
   {
@@ -80,10 +86,12 @@ class flat_index {
     return static_cast<std::size_t>(h) & mask_;
   }
 
+  // Strong guarantee: allocates the new table before touching the old one.
   void rehash(std::size_t capacity)
   {
+    std::vector<entry> fresh(capacity);
     std::vector<entry> old = std::move(entries_);
-    entries_.assign(capacity, entry{});
+    entries_ = std::move(fresh);
     mask_ = capacity - 1;
     size_ = 0;
     for (entry const& e : old) {

@@ -92,9 +92,8 @@ class device_buffer {
     return *this;
   }
 
-  /// Ensures at least `bytes` bytes; grows geometrically (x1.5), never shrinks. Freeing the old
-  /// block implicitly waits for work using it (cudaFree synchronises), so growth is safe even
-  /// while earlier kernels are queued; callers grow only at points where that is acceptable.
+  /// Ensures at least `bytes` bytes; grows geometrically (x1.5), never shrinks. The caller
+  /// guarantees that no queued work still uses the block (see the stream overload).
   void reserve(std::size_t bytes)
   {
     if (bytes <= bytes_) return;
@@ -116,16 +115,33 @@ class device_buffer {
     bytes_ = wanted;
   }
 
+  /// As reserve(bytes), for a block used only on `stream`: before the old block is freed, the
+  /// work queued on `stream` (which may still use it) is waited for.
+  void reserve(std::size_t bytes, cudaStream_t stream)
+  {
+    if (bytes <= bytes_) return;
+    if (ptr_ != nullptr) { CUSENSE_CUDA_TRY(cudaStreamSynchronize(stream)); }
+    reserve(bytes);
+  }
+
   template <typename T>
   T* data() const
   {
     return static_cast<T*>(ptr_);
   }
-  /// Ensures room for `count` objects of type T and returns the typed pointer.
+  /// Ensures room for `count` objects of type T and returns the typed pointer. Contents are
+  /// lost when the block grows; the caller guarantees no queued work still uses the block.
   template <typename T>
   T* get(std::size_t count)
   {
     reserve(std::max<std::size_t>(count, 1) * sizeof(T));
+    return data<T>();
+  }
+  /// As get(count), for a block used only on `stream`: growth first waits for that stream.
+  template <typename T>
+  T* get(std::size_t count, cudaStream_t stream)
+  {
+    reserve(std::max<std::size_t>(count, 1) * sizeof(T), stream);
     return data<T>();
   }
   std::size_t capacity() const { return bytes_; }

@@ -31,6 +31,86 @@ class Tumbling:
         object.__setattr__(self, "offset", to_nanoseconds(self.offset, "window offset"))
 
 
+@dataclass(frozen=True)
+class Sliding:
+    """Sliding (hopping) windows ``[k*slide + offset, k*slide + offset + size)``; each record
+    lies in ``ceil(size / slide)`` windows. Computed from panes of ``gcd(size, slide)``.
+    """
+
+    size: object
+    slide: object
+    offset: object = 0
+
+    def __post_init__(self):
+        size = to_nanoseconds(self.size, "window size")
+        slide = to_nanoseconds(self.slide, "window slide")
+        if size <= 0:
+            raise ValueError(f"window size must be positive, got {self.size!r}")
+        if not 0 < slide <= size:
+            raise ValueError(f"window slide must lie in (0, size], got {self.slide!r} for size {self.size!r}")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "slide", slide)
+        object.__setattr__(self, "offset", to_nanoseconds(self.offset, "window offset"))
+
+
+@dataclass(frozen=True)
+class Session:
+    """Session windows: per key, records less than ``gap`` apart (directly or through records
+    between them) share a session ``[first, last + gap)``; emitted once the watermark reaches
+    ``last + gap``.
+    """
+
+    gap: object
+
+    def __post_init__(self):
+        gap = to_nanoseconds(self.gap, "session gap")
+        if gap <= 0:
+            raise ValueError(f"session gap must be positive, got {self.gap!r}")
+        object.__setattr__(self, "gap", gap)
+
+
+@dataclass(frozen=True)
+class Rolling:
+    """Count windows: per key, the last ``n`` records in (timestamp, arrival) order, one output
+    row per record (columns ``key, timestamp, ...``), like pandas ``groupby(key).rolling(n)``.
+    A channel with fewer than ``min_periods`` (default ``n``) non-NaN values in the window gets
+    NaN (NaT for argmin_ts/argmax_ts) for every aggregation but count and nan_count.
+    """
+
+    n: int
+    min_periods: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n <= 0:
+            raise ValueError(f"rolling window n must be a positive int, got {self.n!r}")
+        mp = self.n if self.min_periods is None else self.min_periods
+        if isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or not 0 <= mp <= self.n:
+            raise ValueError(f"min_periods must be an int in [0, n], got {self.min_periods!r}")
+        object.__setattr__(self, "n", int(self.n))
+        object.__setattr__(self, "min_periods", int(mp))
+
+
+_WINDOWS = (Tumbling, Sliding, Session, Rolling)
+
+
+def _set_window(opts, window) -> None:
+    if not isinstance(window, _WINDOWS):
+        raise TypeError("window must be cusense.Tumbling, Sliding, Session or Rolling, "
+                        f"got {type(window).__name__}")
+    if isinstance(window, Tumbling):
+        opts.window_kind = "tumbling"
+        opts.window_size, opts.window_offset = window.size, window.offset
+    elif isinstance(window, Sliding):
+        opts.window_kind = "sliding"
+        opts.window_size, opts.window_slide, opts.window_offset = window.size, window.slide, window.offset
+    elif isinstance(window, Session):
+        opts.window_kind = "session"
+        opts.session_gap = window.gap
+    else:
+        opts.window_kind = "rolling"
+        opts.rolling_rows, opts.min_periods = window.n, window.min_periods
+
+
 def _as_keys(keys) -> np.ndarray:
     k = np.asarray(keys)
     if k.dtype == np.uint32:
@@ -62,11 +142,21 @@ class Pipeline:
 
     Parameters
     ----------
-    window : Tumbling
+    window : Tumbling, Sliding, Session or Rolling
         The window definition.
     aggs : list of str
         Aggregations: count, sum, mean, min, max, var, std (sample, ddof=1, like pandas),
-        var_pop, std_pop (ddof=0), nan_count. A ``nan_count`` column is always present.
+        var_pop, std_pop (ddof=0), nan_count, first, last (by event time, ties by arrival),
+        argmin_ts, argmax_ts (event time of the min / max, int64 ns, NaT without values) and
+        approximate quantiles ``pXX`` (p50, p90, p99, p99.9, ...) from a DDSketch: within
+        ``quantile_accuracy * |x|`` of ``x = np.quantile(v, q, method="lower")``. A
+        ``nan_count`` column is always present.
+    allowed_lateness : duration
+        Tumbling, sliding and session windows are kept this long after they were emitted: a
+        record arriving within it updates its window, which is emitted again with
+        ``is_update=True`` (the ``is_update`` column is present when allowed_lateness > 0).
+    quantile_accuracy : float
+        Relative accuracy alpha of the quantile sketch, in [1e-4, 0.5] (default 1%).
     max_out_of_orderness : duration
         How far the watermark trails the largest event time seen. A record whose window ended
         at or before the watermark just before it is late: counted, returned by
@@ -79,22 +169,38 @@ class Pipeline:
     nan_policy : "skip" | "raise"
         ``"skip"`` leaves NaN values out of the aggregations and counts them (``nan_count``);
         ``"raise"`` rejects a batch holding NaN with a ValueError.
+    max_open_windows : int
+        Cap on the (key, window) states held at once (0 = unlimited), counted while a batch is
+        applied. A push that would exceed it raises :class:`cusense.CapacityError` (a
+        ``MemoryError``) and is rejected whole; the pipeline stays usable.
+
+    A pipeline is not thread-safe: a call made while another thread is inside a call on the
+    same pipeline raises :class:`cusense.ConcurrentUseError` and changes nothing. Use one
+    pipeline per thread or serialise the calls.
     """
 
-    def __init__(self, window, aggs: Sequence[str] = ("count", "sum", "mean", "min", "max", "var", "std"),
+    def __init__(self, window=None, aggs: Sequence[str] = ("count", "sum", "mean", "min", "max", "var", "std"),
                  max_out_of_orderness=0, backend: str = "auto", channels=None,
                  nan_policy: str = "skip", staging_records: int | None = None,
-                 cpu_threads: int = 0):
-        if not isinstance(window, Tumbling):
-            raise TypeError(f"window must be cusense.Tumbling(...), got {type(window).__name__}")
+                 cpu_threads: int = 0, max_open_windows: int = 0, detectors=None,
+                 allowed_lateness=0, quantile_accuracy: float = 0.01):
+        if window is None and not detectors:
+            raise TypeError("window is required unless detectors are given")
+        if window is not None and not isinstance(window, _WINDOWS):
+            raise TypeError("window must be cusense.Tumbling, Sliding, Session or Rolling, "
+                            f"got {type(window).__name__}")
         if isinstance(aggs, str):
             aggs = [aggs]
         if nan_policy not in _NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
         opts = _core.PipelineOptions()
-        opts.window_size = window.size
-        opts.window_offset = window.offset
+        if window is None:
+            opts.windowed = False  # detectors only
+        else:
+            _set_window(opts, window)
         opts.aggs = list(aggs)
+        opts.allowed_lateness = to_nanoseconds(allowed_lateness, "allowed_lateness")
+        opts.quantile_accuracy = float(quantile_accuracy)
         opts.max_out_of_orderness = to_nanoseconds(max_out_of_orderness, "max_out_of_orderness")
         opts.backend = backend
         if channels is None:
@@ -107,6 +213,14 @@ class Pipeline:
         if staging_records is not None:
             opts.staging_records = int(staging_records)
         opts.cpu_threads = int(cpu_threads)
+        if int(max_open_windows) < 0:
+            raise ValueError(f"max_open_windows must be >= 0 (0 = unlimited), got {max_open_windows!r}")
+        opts.max_open_windows = int(max_open_windows)
+        self.detectors = list(detectors or [])
+        for d in self.detectors:
+            if not hasattr(d, "_spec"):
+                raise TypeError(f"detectors must be cusense.detectors.* objects, got {type(d).__name__}")
+        opts.detectors = [d._spec() for d in self.detectors]
         self._core = _core.Pipeline(opts)
         self._channels = opts.channels
         self._nan_policy = nan_policy
@@ -120,9 +234,11 @@ class Pipeline:
 
     @property
     def stats(self) -> dict:
-        """Records pushed / aggregated / late / rejected, NaN values, windows emitted and open,
-        current watermark (ns, None before the first record)."""
-        return self._core.stats()
+        """Records pushed / aggregated / late / rejected, NaN values, windows emitted and open
+        (``open_windows``: (key, window) states; (key, pane) partials for sliding windows,
+        sessions, held records for rolling windows), ``open_keys`` (keys holding state),
+        ``state_bytes`` (approximate), current watermark (ns, None before the first record)."""
+        return {**self._core.stats(), **self._core.detector_stats()}
 
     def push(self, keys, timestamps, values) -> None:
         """Push a micro-batch: keys (uint32 ids), timestamps (int64 ns or datetime64), values."""
@@ -152,6 +268,17 @@ class Pipeline:
     def flush(self) -> Result:
         """End of stream: emit every open window and return what poll() would."""
         return Result(self._core.flush())
+
+    def poll_scores(self) -> Result:
+        """Records scored by the detectors since the last call, in release order ((timestamp,
+        key, arrival) within each push): key, timestamp, seq (arrival index), value(s), late,
+        then ``score_<name>`` and ``is_anomaly_<name>`` per detector. See cusense.detectors."""
+        return Result(self._core.poll_scores())
+
+    def poll_silence(self) -> Result:
+        """Silence events since the last call: key, last_seen, silent_since, back_at (NaT =
+        INT64_MIN while still silent), back. Needs a cusense.detectors.Silence detector."""
+        return Result(self._core.poll_silence())
 
 
 def window_aggregate(keys, timestamps, values, window, aggs=("count", "sum", "mean", "min", "max"),

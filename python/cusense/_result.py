@@ -44,7 +44,8 @@ class Result:
 
         data = {}
         for name, col in self._columns.items():
-            data[name] = col.view("datetime64[ns]") if datetimes and name in self._TIME_COLUMNS else col
+            is_time = name in self._TIME_COLUMNS or name.startswith(("argmin_ts", "argmax_ts"))
+            data[name] = col.view("datetime64[ns]") if datetimes and is_time and col.dtype == np.int64 else col
         return pd.DataFrame(data)
 
     @staticmethod

@@ -16,10 +16,11 @@ struct device_info {
   std::size_t total_memory = 0;  ///< bytes
 };
 
-/// True when the library was compiled with the CUDA backend.
+/// True when the library was compiled with the CUDA backend. Never throws.
 bool cuda_built();
-/// CUDA devices usable by this process; empty without CUDA support, driver or device.
-/// Never throws.
+/// CUDA devices usable by this process; empty without CUDA support, driver or device (any CUDA
+/// error counts as "no usable device"). Never throws. Safe to call from any thread; the first
+/// call initialises the CUDA runtime and may take a moment.
 std::vector<device_info> devices();
 /// True when the CUDA backend was built and at least one device is usable.
 bool cuda_available();

@@ -15,13 +15,20 @@ struct backend_unavailable : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// A configured capacity (open windows, keys, staging) would be exceeded.
+/// A configured capacity (open windows, keys, staging) would be exceeded. Python sees
+/// cusense.CapacityError, both a MemoryError and a RuntimeError.
 struct capacity_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
 /// Host or device memory could not be allocated. Python sees a MemoryError.
 struct out_of_memory : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// A pipeline was called while another thread was inside a call on the same pipeline. Nothing
+/// was changed by the refused call. Python sees cusense.ConcurrentUseError (a RuntimeError).
+struct concurrent_use : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 

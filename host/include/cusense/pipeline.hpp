@@ -1,4 +1,5 @@
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -11,7 +12,17 @@ namespace cusense {
 
 namespace detail {
 class window_engine;
-}
+class detector_runner;
+
+/// Marks a pipeline as in use by a call, to refuse concurrent calls (see pipeline). Moving a
+/// pipeline gives the target a fresh, idle flag.
+struct busy_flag {
+  busy_flag() = default;
+  busy_flag(busy_flag&&) noexcept {}
+  busy_flag& operator=(busy_flag&&) noexcept { return *this; }
+  std::atomic<bool> busy{false};
+};
+}  // namespace detail
 
 /// A keyed event-time windowing pipeline over a stream of (key, timestamp, value) records.
 ///
@@ -26,6 +37,13 @@ class window_engine;
 /// `<agg>_<channel>` with several channels, and a `nan_count` column when not requested.
 /// Rows come ordered by (window_start, key).
 ///
+/// Other windows (window_spec): sliding windows emit like tumbling ones; sessions come in
+/// (window_start, key) order within each watermark step; rolling windows give one row per
+/// record, columns key, timestamp (instead of window_start, window_end), in (timestamp, key,
+/// arrival) order. argmin_ts/argmax_ts are int64 columns (INT64_MIN when no value). With
+/// options.allowed_lateness > 0 a bool `is_update` column follows; updates are emitted right
+/// after the record that caused them. These run on the CPU backend only for now.
+///
 /// Backends: the CUDA backend copies each push into a ring of pinned staging slots and
 /// enqueues the host-to-device copy and the kernels on its own streams; push() returns once
 /// the data is staged, so the copy of one batch overlaps the compute of the previous one.
@@ -33,34 +51,76 @@ class window_engine;
 /// threads. Results of the two agree exactly for counts, min and max, and to rounding for
 /// sums and moments.
 ///
-/// Thread safety: a pipeline is not safe for concurrent use; calls from several threads must
-/// be serialised by the caller.
+/// Thread safety: a pipeline is not safe for concurrent use. Calls from several threads must be
+/// serialised by the caller; a call (push, poll, poll_late, flush, stats) made while another
+/// thread is inside a call on the same pipeline is detected and refused with
+/// cusense::concurrent_use, changing nothing. Distinct pipelines are independent.
+///
+/// Failures: a push that fails (invalid_argument, capacity_error when options.max_open_windows
+/// would be exceeded, out_of_memory when an allocation fails) leaves the pipeline as it was,
+/// except that its records count as rejected; the pipeline stays usable.
 class pipeline {
  public:
   /// Validates `options` (throws cusense::invalid_argument naming the problem) and selects the
   /// backend (throws backend_unavailable when CUDA is asked for and cannot be used).
   explicit pipeline(pipeline_options options);
+  /// Waits for the work still queued on the pipeline's streams, then frees its host and device
+  /// memory. Never throws (a device error at that point is dropped).
   ~pipeline();
+  /// Moves the pipeline (its state and streams); the moved-from object may only be destroyed
+  /// or assigned to.
   pipeline(pipeline&&) noexcept;
   pipeline& operator=(pipeline&&) noexcept;
 
   /// Pushes n records; `values` holds n * channels values, record-major. NaN values are skipped
   /// by the aggregations and counted. Throws cusense::invalid_argument (and changes nothing
   /// but the rejected count) when a timestamp is outside [-max_timestamp, max_timestamp].
+  ///
+  /// Units: timestamps are int64 nanoseconds since the epoch (event time); keys are arbitrary
+  /// uint32 ids. The three arrays are read before push returns (the CUDA backend copies them
+  /// into a pinned staging slot on the calling thread, then enqueues the host-to-device copy
+  /// on its copy stream and the kernels on its compute stream), so the caller may reuse them at
+  /// once. push blocks while every staging slot is still in use (back-pressure; nothing is
+  /// dropped). A device failure is reported as cusense::cuda_error; the work is asynchronous,
+  /// so it may be reported by a later call.
   void push(std::uint32_t const* keys, std::int64_t const* timestamps, float const* values,
             std::size_t n);
   void push(std::uint32_t const* keys, std::int64_t const* timestamps, double const* values,
             std::size_t n);
 
-  /// Windows emitted since the last poll (waits for pushed batches to finish).
+  /// Windows emitted since the last poll (waits for pushed batches to finish: synchronises the
+  /// pipeline's streams, then copies the emitted windows back to host memory). The returned
+  /// table is owned by the caller. Throws cuda_error on a device failure.
   table poll();
-  /// Late records since the last call: key, timestamp, value columns, in arrival order.
+  /// Late records since the last call: key, timestamp, value columns, in arrival order
+  /// (value_<channel> with several channels). Waits like poll().
   table poll_late();
-  /// Ends the stream: emits every open window, then returns poll(). The pipeline stays usable.
+  /// Ends the stream: emits every open window, then returns poll(). The pipeline stays usable:
+  /// records pushed afterwards start new windows (a record whose window was already emitted is
+  /// late).
   table flush();
 
+  /// Records scored by options.detectors since the last call, in release order: rows ordered by
+  /// (timestamp, key, arrival) within each push (a push releases every buffered record with
+  /// timestamp < watermark; flush() releases all). Columns: key, timestamp, seq (arrival index
+  /// among accepted records, from 0), value (or value_<channel>), late (too late to be scored
+  /// causally: NaN scores), then per scoring detector score_<name> (float64 in [0, 1), NaN for
+  /// NaN values and late records) and is_anomaly_<name> (score >= threshold). See detectors.hpp.
+  table poll_scores();
+  /// Silence events since the last call (needs a silence detector): key, last_seen (event time
+  /// of the key's last scored record), silent_since (last_seen + timeout), back_at and back.
+  /// A key goes silent when the watermark passes silent_since without a newer record of it
+  /// (event: back = false, back_at = INT64_MIN); when its next record is scored the comeback
+  /// is reported (back = true, back_at = that record's timestamp). A gap longer than the
+  /// timeout released at once (e.g. by flush) gives both events. flush() releases records but
+  /// does not advance the silence clock. Rows are ordered by (event time = silent_since or
+  /// back_at, key) within each call. Late records do not count as signs of life.
+  table poll_silence();
+
+  /// Running totals (see pipeline_stats); waits for pushed batches like poll().
   pipeline_stats stats();
-  backend where() const;  ///< cpu or cuda, never automatic
+  backend where() const;  ///< cpu or cuda, never automatic; never throws
+  /// The options as given (backend::automatic is kept; where() tells the backend chosen).
   pipeline_options const& options() const;
 
  private:
@@ -70,12 +130,24 @@ class pipeline {
   pipeline_options options_;
   backend backend_;
   std::unique_ptr<detail::window_engine> engine_;
+  std::unique_ptr<detail::detector_runner> detectors_;
   std::uint64_t pushed_   = 0;
   std::uint64_t rejected_ = 0;
+  detail::busy_flag busy_;
 };
 
-/// One-shot windowed aggregation of a whole (finite) stream: push everything, flush.
+/// One-shot windowed aggregation of a whole (finite) stream: push everything, flush. Same
+/// units, output and errors as pipeline; with options.max_out_of_orderness = 0 a record whose
+/// window ended before it arrived is late (and left out), so sort by time or give a bound.
 table window_aggregate(std::uint32_t const* keys, std::int64_t const* timestamps,
                        double const* values, std::size_t n, pipeline_options const& options);
+
+/// One-shot scoring of a finite stream by one detector: every record is scored from its key's
+/// earlier records in (timestamp, arrival) order (nothing is late). Returns one score per input
+/// record, aligned with the input order. `keys` may be null: one series.
+std::vector<double> score(std::uint32_t const* keys, std::int64_t const* timestamps,
+                          double const* values, std::size_t n,
+                          detector_spec const& detector = detector_spec::default_detector(),
+                          backend where = backend::automatic);
 
 }  // namespace cusense

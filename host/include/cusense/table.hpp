@@ -20,7 +20,9 @@ struct column {
 };
 
 /// A column-oriented result: emitted windows, late records, scores. Columns all have the same
-/// length; their order is part of the output contract.
+/// length; their order is part of the output contract. A table is a plain value in host memory
+/// (no device memory, no reference to the pipeline that made it): copy, move and read it from
+/// any thread; like std::vector, concurrent modification needs the caller's synchronisation.
 class table {
  public:
   std::vector<column> columns;
@@ -29,6 +31,10 @@ class table {
   /// The column called `name`; throws cusense::invalid_argument if there is none.
   column const& operator[](std::string const& name) const;
   column& operator[](std::string const& name);
+  /// The values of column `name` as std::vector<T>: uint32_t for key, int64_t for times
+  /// (ns since the epoch) and counts, double for statistics, uint8_t for booleans. Throws
+  /// cusense::invalid_argument when there is no such column and std::bad_variant_access when T
+  /// is not its type.
   template <typename T>
   std::vector<T> const& get(std::string const& name) const
   {

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include <cusense/detectors.hpp>
+
 namespace cusense {
 
 /// Where the work runs. `automatic` picks CUDA when it was built and a device is usable.
@@ -18,26 +20,71 @@ constexpr std::int64_t max_timestamp = std::int64_t{1} << 62;
 /// Upper bound for window sizes, offsets and the out-of-orderness bound (about 73 years).
 constexpr std::int64_t max_duration = std::int64_t{1} << 61;
 
-/// Keyed event-time windows.
+/// Keyed windows.
+///  - tumbling: [k*size + offset, (k+1)*size + offset)
+///  - sliding:  [k*slide + offset, k*slide + offset + size); a record lies in ceil(size/slide)
+///              windows (computed from panes of gcd(size, slide))
+///  - session:  per key, records less than `gap` apart share a session [first, last + gap)
+///  - rolling:  per key, the last `rows` records in (timestamp, arrival) order, one output row
+///              per record (count windows, like pandas groupby(key).rolling(rows))
 struct window_spec {
-  enum class kind { tumbling };
+  enum class kind { tumbling, sliding, session, rolling };
   kind type           = kind::tumbling;
-  std::int64_t size   = 0;  ///< nanoseconds, > 0
+  std::int64_t size   = 0;  ///< nanoseconds, > 0 (tumbling, sliding)
   std::int64_t offset = 0;  ///< nanoseconds: windows are [k*size + offset, (k+1)*size + offset)
+  std::int64_t slide  = 0;  ///< sliding: nanoseconds between window starts, in (0, size]
+  std::int64_t gap    = 0;  ///< session: nanoseconds, > 0
+  std::int64_t rows   = 0;  ///< rolling: records per window, > 0
+  /// rolling: fewest non-NaN values for a row to get values (else NaN, like pandas);
+  /// -1 means `rows`
+  std::int64_t min_periods = -1;
 
   static window_spec tumbling(std::int64_t size_ns, std::int64_t offset_ns = 0)
   {
     return window_spec{kind::tumbling, size_ns, offset_ns};
   }
+  static window_spec sliding(std::int64_t size_ns, std::int64_t slide_ns, std::int64_t offset_ns = 0)
+  {
+    window_spec w{kind::sliding, size_ns, offset_ns};
+    w.slide = slide_ns;
+    return w;
+  }
+  static window_spec session(std::int64_t gap_ns)
+  {
+    window_spec w{kind::session};
+    w.gap = gap_ns;
+    return w;
+  }
+  static window_spec rolling(std::int64_t rows, std::int64_t min_periods = -1)
+  {
+    window_spec w{kind::rolling};
+    w.rows        = rows;
+    w.min_periods = min_periods;
+    return w;
+  }
 };
 
-/// Aggregations: count, nan_count, sum, mean, min, max, var, std (sample, ddof = 1, like pandas),
-/// var_pop, std_pop (population, ddof = 0).
-enum class agg { count, nan_count, sum, mean, min, max, var, std, var_pop, std_pop };
+std::string to_string(window_spec::kind k);
 
+/// Aggregations: count, nan_count, sum, mean, min, max, var, std (sample, ddof = 1, like pandas),
+/// var_pop, std_pop (population, ddof = 0), first, last (value of the earliest / latest record
+/// by event time, ties by arrival), argmin_ts, argmax_ts (event time of the minimum / maximum,
+/// ties to the earliest arrival; int64 ns, INT64_MIN = NaT when there is no value) and quantile
+/// (approximate, from a DDSketch: see pipeline_options::quantiles). NaN values are skipped.
+enum class agg {
+  count, nan_count, sum, mean, min, max, var, std, var_pop, std_pop,
+  first, last, argmin_ts, argmax_ts, quantile
+};
+
+/// The name of `a` ("p" for quantile; use quantile_name for its column name).
 std::string to_string(agg a);
-/// Parses an aggregation name; throws cusense::invalid_argument naming it when unknown.
+/// Parses an aggregation name; "pXX" (p50, p99, p99.9: percent in [0, 100]) gives
+/// agg::quantile (see parse_quantile). Throws cusense::invalid_argument naming it when unknown.
 agg parse_agg(std::string const& name);
+/// The quantile in [0, 1] of a name "pXX" (XX percent); throws invalid_argument otherwise.
+double parse_quantile(std::string const& name);
+/// The column name of quantile q: "p50", "p99.9", ...
+std::string quantile_name(double q);
 
 /// Everything that defines a pipeline.
 struct pipeline_options {
@@ -51,6 +98,30 @@ struct pipeline_options {
   std::size_t staging_records = std::size_t{1} << 22;
   int staging_slots           = 3;   ///< pinned staging slots (>= 2 overlaps copy with compute)
   int cpu_threads             = 0;   ///< CPU backend worker threads; 0 = all hardware threads
+  /// Cap on the (key, window) states held at once, counted while a batch is applied (before
+  /// the windows it closes are emitted); 0 = unlimited. A push that would exceed it throws
+  /// cusense::capacity_error and changes nothing but the rejected count. It also bounds the
+  /// number of keys with open state.
+  std::size_t max_open_windows = 0;
+  /// For each agg::quantile entry of `aggs`, in order, its quantile in [0, 1].
+  std::vector<double> quantiles;
+  /// Relative accuracy alpha of the quantile sketch, in [1e-4, 0.5]: each quantile is within
+  /// alpha * |x| of the exact order statistic x = sorted[floor(q * (n - 1))].
+  double quantile_accuracy = 0.01;
+  /// Nanoseconds a window is kept after it was emitted (tumbling, sliding, session): a record
+  /// arriving within it updates the window, which is emitted again with is_update = true.
+  /// With allowed_lateness > 0 window tables get an `is_update` column.
+  std::int64_t allowed_lateness = 0;
+  /// Per-key anomaly detectors (see detectors.hpp): scored records come from
+  /// pipeline::poll_scores, silence events from pipeline::poll_silence.
+  std::vector<detector_spec> detectors;
+  /// false: a detectors-only pipeline (`window` and `aggs` are ignored, poll() gives nothing).
+  bool windowed = true;
+
+  /// Appends an aggregation by name (also "pXX" quantiles).
+  void add_agg(std::string const& name);
+  /// Output names of the aggregations, in order ("p99" for quantiles).
+  std::vector<std::string> agg_names() const;
 };
 
 /// Running totals. Every record pushed is aggregated, late, or rejected:
@@ -63,8 +134,13 @@ struct pipeline_stats {
   std::uint64_t nan_values         = 0;  ///< NaN values among aggregated records
   std::uint64_t windows_emitted    = 0;
   std::uint64_t open_windows       = 0;  ///< (key, window) states held now
+  std::uint64_t open_keys          = 0;  ///< distinct keys holding state now (key cardinality)
+  std::uint64_t state_bytes        = 0;  ///< approximate bytes of window state held now
   std::int64_t watermark           = 0;  ///< valid when has_watermark
   bool has_watermark               = false;
+  std::uint64_t records_scored       = 0;  ///< released to the detectors and scored
+  std::uint64_t records_score_late   = 0;  ///< too late to be scored causally (poll_scores, late)
+  std::uint64_t records_score_buffered = 0;  ///< waiting for the watermark before scoring
 };
 
 }  // namespace cusense

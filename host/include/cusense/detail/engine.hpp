@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include <cusense/table.hpp>
 #include <cusense/types.hpp>
@@ -25,6 +26,8 @@ struct engine_counters {
   std::uint64_t nan_values   = 0;
   std::uint64_t emitted      = 0;
   std::uint64_t open_windows = 0;
+  std::uint64_t open_keys    = 0;  ///< distinct keys holding state
+  std::uint64_t state_bytes  = 0;  ///< approximate bytes of state
   std::int64_t watermark     = 0;
   bool has_watermark         = false;
 };
@@ -46,6 +49,16 @@ class window_engine {
 };
 
 std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options);
+/// CPU engines for the general case: tumbling and sliding windows from panes, sessions, and
+/// rolling (count) windows; every aggregation and allowed lateness.
+std::unique_ptr<window_engine> make_cpu_pane_engine(pipeline_options const& options);
+std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
+std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
+/// Whether the CUDA engine can run `options` (tumbling windows, moment aggregations, no
+/// allowed lateness); the pipeline refuses or, for backend::automatic, uses the CPU otherwise.
+bool cuda_engine_supports(pipeline_options const& options, std::string* why = nullptr);
+/// Whether the fast tumbling CPU engine (make_cpu_engine) can run `options`.
+bool tumbling_engine_supports(pipeline_options const& options);
 /// Defined only when the CUDA backend is built.
 std::unique_ptr<window_engine> make_cuda_engine(pipeline_options const& options);
 

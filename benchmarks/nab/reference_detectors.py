@@ -1,0 +1,288 @@
+"""Reference streaming anomaly detectors for the NAB benchmark (numpy, float64).
+
+Every detector has the signature::
+
+    fn(timestamps: np.ndarray[int64 ns], values: np.ndarray[float64]) -> np.ndarray[float64]
+
+and returns one score in ``[0, 1]`` per record. All of them are *causal* and
+*per key*: the score of record ``t`` depends only on ``values[0..t]`` of the
+same series, computed in one pass with bounded state, and one configuration is
+used for every series. They are written as reference semantics for the C++
+(CPU) and CUDA ports; the docstrings give the exact recurrences. The numpy code
+is vectorised where the arithmetic is identical to the streaming recurrence
+(blockwise evaluation of per-record formulas), and an explicit loop otherwise.
+Timestamps are accepted for interface compatibility and currently unused (all
+windows are counted in records).
+
+Score mapping shared by the z-score baselines (``z_to_score``)::
+
+    p  = erfc(|z| / sqrt(2))            # two-sided normal tail probability
+    Lp = -log10(p)                      # "surprise" in decades, >= 0
+    s  = Lp / (1 + Lp)                  # in [0, 1), strictly increasing in |z|
+
+This is a monotone function of ``1 - 2*(1 - Phi(|z|)) = 1 - p`` (so any
+threshold on one is a threshold on the other) but it does not saturate to
+exactly 1.0 in double precision for |z| > 8.3, which would create ties that
+the corpus-wide threshold cannot separate. For ``|z| / sqrt(2) >= 25`` ``Lp``
+uses the asymptotic ``-ln erfc(u) = u^2 + ln(u*sqrt(pi))`` (relative error
+< 1e-3 there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Callable, Dict
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+Detector = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+_LN10 = math.log(10.0)
+_SQRT_PI = math.sqrt(math.pi)
+TINY = 1e-12  # absolute floor for spreads (std, MAD)
+
+
+# --------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------
+
+def neglog10_tail(z: float) -> float:
+    """``-log10(erfc(|z|/sqrt2))``, the two-sided normal tail in decades, without underflow."""
+    u = abs(z) / math.sqrt(2.0)
+    if u < 25.0:
+        return -math.log10(math.erfc(u))
+    return (u * u + math.log(u * _SQRT_PI)) / _LN10
+
+
+def z_to_score(z: float) -> float:
+    """Map a z-score to ``[0, 1)``: ``Lp / (1 + Lp)`` with ``Lp = neglog10_tail(z)``."""
+    lp = neglog10_tail(z)
+    return lp / (1.0 + lp)
+
+
+def _safe_z(d: float, spread: float) -> float:
+    """``d / spread``; when ``spread <= TINY``: 0 if ``|d| <= TINY`` else ``+-1e6`` (a huge z)."""
+    if spread > TINY:
+        return d / spread
+    if abs(d) <= TINY:
+        return 0.0
+    return 1e6 if d > 0 else -1e6
+
+
+def _as_f64(values) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------
+
+def ewma_zscore(timestamps, values, alpha: float = 0.05) -> np.ndarray:
+    """EWMA z-score, alpha = 0.05.
+
+    State per key: ``m`` (EW mean), ``v`` (EW variance), both float64.
+    Init with the first record: ``m = x0, v = 0``, ``score0 = 0``.
+    For each later record ``x``::
+
+        d = x - m
+        z = _safe_z(d, sqrt(v))           # uses the state *before* the update
+        score = z_to_score(z)
+        m = m + alpha * d
+        v = (1 - alpha) * (v + alpha * d * d)
+    """
+    x = _as_f64(values)
+    n = len(x)
+    out = np.zeros(n)
+    if n == 0:
+        return out
+    m, v = x[0], 0.0
+    for i in range(1, n):
+        d = x[i] - m
+        out[i] = z_to_score(_safe_z(d, math.sqrt(v)))
+        m += alpha * d
+        v = (1.0 - alpha) * (v + alpha * d * d)
+    return out
+
+
+def _prev_windows(x: np.ndarray, window: int, min_count: int):
+    """Yield ``(t0, t1, W)``: rows ``t`` in ``[t0, t1)`` with ``W[k]`` = the ``window`` values before ``t0+k``."""
+    n = len(x)
+    # Records with fewer than `window` predecessors (warm-up): ragged, done one by one.
+    for t in range(min_count, min(window, n)):
+        yield t, t + 1, x[None, :t]
+    if n > window:
+        W = sliding_window_view(x, window)  # W[j] = x[j .. j+window-1]
+        step = 4096
+        for t0 in range(window, n, step):
+            t1 = min(n, t0 + step)
+            yield t0, t1, W[t0 - window:t1 - window]
+
+
+def rolling_zscore(timestamps, values, window: int = 100, min_count: int = 2) -> np.ndarray:
+    """Rolling z-score over the previous ``window`` (=100) records.
+
+    State per key: ring buffer of the last ``window`` values.
+    For record ``t`` with buffer ``B = x[max(0, t-window) .. t-1]`` (``|B| >= 2``,
+    else score 0)::
+
+        mu = mean(B); sd = sqrt(mean((B - mu)^2))      # population std, two-pass
+        score = z_to_score(_safe_z(x_t - mu, sd))
+    """
+    x = _as_f64(values)
+    out = np.zeros(len(x))
+    for t0, t1, W in _prev_windows(x, window, min_count):
+        mu = W.mean(axis=1)
+        sd = np.sqrt(((W - mu[:, None]) ** 2).mean(axis=1))
+        d = x[t0:t1] - mu
+        out[t0:t1] = [z_to_score(_safe_z(a, b)) for a, b in zip(d, sd)]
+    return out
+
+
+def rolling_mad(timestamps, values, window: int = 100, min_count: int = 2) -> np.ndarray:
+    """Robust rolling score: median / MAD of the previous ``window`` (=100) records.
+
+    For record ``t`` with buffer ``B = x[max(0, t-window) .. t-1]``
+    (``|B| >= 2``, else score 0)::
+
+        med = median(B)                       # mean of the two middle values if |B| even
+        mad = median(|B - med|)
+        spread = 1.4826 * mad
+        if spread <= TINY: spread = 1.2533 * mean(|B - med|)   # MAD = 0 fallback
+        score = z_to_score(_safe_z(x_t - med, spread))
+    """
+    x = _as_f64(values)
+    out = np.zeros(len(x))
+    for t0, t1, W in _prev_windows(x, window, min_count):
+        med = np.median(W, axis=1)
+        dev = np.abs(W - med[:, None])
+        spread = 1.4826 * np.median(dev, axis=1)
+        fallback = 1.2533 * dev.mean(axis=1)
+        spread = np.where(spread > TINY, spread, fallback)
+        d = x[t0:t1] - med
+        out[t0:t1] = [z_to_score(_safe_z(a, b)) for a, b in zip(d, spread)]
+    return out
+
+
+# --------------------------------------------------------------------------
+# Best detector: k-NN subsequence discord + ratio-to-recent-max calibration
+# --------------------------------------------------------------------------
+
+def knn_discord_raw(values, L: int = 4, H: int = 3000, min_candidates: int = 50,
+                    block: int = 256) -> np.ndarray:
+    """Raw left-discord distance (stage 1 of :func:`knn_discord`).
+
+    State per key: ring buffer of the last ``H`` values (``H`` = 3000) plus the
+    current ``L``-record subsequence (``L`` = 4).
+
+    For record ``t`` (0-based) with history ``B = x[max(0, t-H) .. t-1]``:
+
+    * query ``q = x[t-L+1 .. t]`` (needs ``t >= L-1``);
+    * candidates: every length-``L`` subsequence lying entirely in ``B`` and not
+      overlapping ``q``, i.e. ending at ``j`` with
+      ``max(L-1, t-H+L-1) <= j <= t-L``; if fewer than ``min_candidates`` (=50)
+      exist the raw score is 0;
+    * ``dmin = min_j sqrt(sum_{k=0..L-1} (q[k] - x[j-L+1+k])^2)`` (nearest
+      neighbour, Euclidean, no z-normalisation of subsequences);
+    * ``sd = sqrt(mean((B - mean(B))^2))`` (population std of the whole buffer);
+    * ``raw_t = dmin / (sqrt(L) * max(sd, TINY))``; ``raw_t = 0`` if ``sd <= TINY``
+      and ``dmin <= TINY``, ``raw_t = 1e6`` if ``sd <= TINY < dmin``.
+    """
+    x = _as_f64(values)
+    n = len(x)
+    raw = np.zeros(n)
+    if n < L:
+        return raw
+    E = sliding_window_view(x, L)  # E[s] = x[s .. s+L-1], ends at s+L-1
+    first = L - 1
+    for b0 in range(first, n, block):
+        b1 = min(n, b0 + block)
+        lo = max(L - 1, b0 - H + L - 1)   # smallest candidate end over the block
+        hi = b1 - 1 - L                    # largest candidate end over the block
+        if hi < lo:
+            continue
+        C = E[lo - L + 1:hi - L + 2]       # candidate subsequences, ends lo..hi
+        Q = E[b0 - L + 1:b1 - L + 1]       # queries, ends b0..b1-1
+        D = np.sqrt(((Q[:, None, :] - C[None, :, :]) ** 2).sum(axis=2))
+        for r, t in enumerate(range(b0, b1)):
+            j_lo, j_hi = max(L - 1, t - H + L - 1), t - L
+            if j_hi - j_lo + 1 < min_candidates:
+                continue
+            dmin = D[r, j_lo - lo:j_hi - lo + 1].min()
+            B = x[max(0, t - H):t]
+            sd = math.sqrt(np.mean((B - B.mean()) ** 2))
+            if sd > TINY:
+                raw[t] = dmin / (math.sqrt(L) * sd)
+            else:
+                raw[t] = 0.0 if dmin <= TINY else 1e6
+    return raw
+
+
+def ratio_to_recent_max(raw: np.ndarray, H2: int = 500) -> np.ndarray:
+    """Stage 2 of :func:`knn_discord`: ``s_t = r_t / (r_t + M_t)``.
+
+    ``M_t = max(raw[t-H2 .. t-1])`` (0 when ``t == 0``), kept with a monotone
+    deque of (index, value) (at most ``H2`` entries). ``s_t = 0`` when
+    ``r_t + M_t == 0``. ``s_t > 0.5`` exactly when the record is more surprising
+    than every record of the last ``H2`` (=500); after a big event the
+    following records are damped automatically (alarm suppression).
+    """
+    n = len(raw)
+    out = np.zeros(n)
+    dq: deque = deque()
+    for i in range(n):
+        while dq and dq[0] < i - H2:
+            dq.popleft()
+        M = raw[dq[0]] if dq else 0.0
+        r = raw[i]
+        out[i] = r / (r + M) if (r + M) > 0.0 else 0.0
+        while dq and raw[dq[-1]] <= r:
+            dq.pop()
+        dq.append(i)
+    return out
+
+
+def trailing_max_gate(s: np.ndarray, K: int = 50) -> np.ndarray:
+    """Stage 3 of :func:`knn_discord`: repeated-alarm suppression.
+
+    ``g_t = s_t`` if ``s_t > max(s[t-K .. t-1])`` (strictly; the max of an
+    empty range is -inf), else ``g_t = 0``. Only a record that beats every
+    score of the previous ``K`` (=50) records keeps its score, so a burst of
+    high scores yields a single detection at any threshold. State: monotone
+    deque of (index, value), at most ``K`` entries (the max is taken over the
+    *ungated* ``s``).
+    """
+    n = len(s)
+    out = np.zeros(n)
+    dq: deque = deque()
+    for i in range(n):
+        while dq and dq[0] < i - K:
+            dq.popleft()
+        if not dq or s[i] > s[dq[0]]:
+            out[i] = s[i]
+        while dq and s[dq[-1]] <= s[i]:
+            dq.pop()
+        dq.append(i)
+    return out
+
+
+def knn_discord(timestamps, values, L: int = 4, H: int = 3000, H2: int = 500,
+                K: int = 50) -> np.ndarray:
+    """Best reference detector: 1-NN left discord, recent-max calibration, gating.
+
+    ``score = trailing_max_gate(ratio_to_recent_max(knn_discord_raw(x; L=4, H=3000),
+    H2=500), K=50)``. Per-key state: last ``H`` values, a deque of <= ``H2``
+    raw scores and a deque of <= ``K`` calibrated scores. See
+    :func:`knn_discord_raw`, :func:`ratio_to_recent_max`, :func:`trailing_max_gate`.
+    """
+    s = ratio_to_recent_max(knn_discord_raw(values, L=L, H=H), H2=H2)
+    return trailing_max_gate(s, K=K)
+
+
+DETECTORS: Dict[str, Detector] = {
+    "ewma_z": ewma_zscore,
+    "rolling_z": rolling_zscore,
+    "rolling_mad": rolling_mad,
+    "knn_discord": knn_discord,
+}

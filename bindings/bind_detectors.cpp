@@ -1,0 +1,137 @@
+// Detector bindings: DetectorSpec, PipelineOptions.detectors / .windowed, Pipeline.poll_scores /
+// poll_silence / detector_stats, and the one-shot score(). Called from module.cpp after
+// PipelineOptions and Pipeline are bound (it adds methods to those classes).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cusense/cusense.hpp>
+
+namespace py = pybind11;
+using namespace cusense;
+
+namespace {
+
+template <typename T>
+py::array vector_to_numpy(std::vector<T>&& v)
+{
+  auto* owner = new std::vector<T>(std::move(v));
+  py::capsule free_when_done(owner, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(static_cast<py::ssize_t>(owner->size()), owner->data(), free_when_done);
+}
+
+py::dict table_to_python(table&& t)
+{
+  py::dict out;
+  for (auto& c : t.columns) {
+    out[py::str(c.name)] = std::visit(
+      [](auto&& v) -> py::object {
+        using vec = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<vec, std::vector<std::uint8_t>>) {
+          return vector_to_numpy(std::move(v)).attr("view")("bool");
+        } else {
+          return vector_to_numpy(std::move(v));
+        }
+      },
+      c.data);
+  }
+  return out;
+}
+
+detector_kind parse_kind(std::string const& name)
+{
+  for (auto k : {detector_kind::ewma, detector_kind::rolling_z, detector_kind::rolling_mad,
+                 detector_kind::knn_discord, detector_kind::silence}) {
+    if (to_string(k) == name) return k;
+  }
+  throw invalid_argument("unknown detector kind '" + name +
+                         "' (ewma, rolling_z, rolling_mad, knn_discord, silence)");
+}
+
+}  // namespace
+
+void bind_detectors(py::module_& m)
+{
+  py::class_<detector_spec>(m, "DetectorSpec")
+    .def(py::init<>())
+    .def_property(
+      "kind", [](detector_spec const& s) { return to_string(s.kind); },
+      [](detector_spec& s, std::string const& k) { s.kind = parse_kind(k); })
+    .def_readwrite("name", &detector_spec::name)
+    .def_readwrite("threshold", &detector_spec::threshold)
+    .def_readwrite("channel", &detector_spec::channel)
+    .def_readwrite("alpha", &detector_spec::alpha)
+    .def_readwrite("window", &detector_spec::window)
+    .def_readwrite("min_count", &detector_spec::min_count)
+    .def_readwrite("L", &detector_spec::L)
+    .def_readwrite("H", &detector_spec::H)
+    .def_readwrite("min_candidates", &detector_spec::min_candidates)
+    .def_readwrite("H2", &detector_spec::H2)
+    .def_readwrite("K", &detector_spec::K)
+    .def_readwrite("timeout", &detector_spec::timeout)
+    .def_property_readonly("column_name", &detector_spec::column_name)
+    .def("validate", [](detector_spec const& s, int channels) { validate(s, channels); },
+         py::arg("channels") = 1);
+
+  auto options = py::reinterpret_borrow<py::class_<pipeline_options>>(m.attr("PipelineOptions"));
+  options.def_readwrite("detectors", &pipeline_options::detectors)
+    .def_readwrite("windowed", &pipeline_options::windowed);
+
+  auto pipe = py::reinterpret_borrow<py::class_<pipeline>>(m.attr("Pipeline"));
+  pipe
+    .def("poll_scores",
+         [](pipeline& p) {
+           table t;
+           {
+             py::gil_scoped_release release;
+             t = p.poll_scores();
+           }
+           return table_to_python(std::move(t));
+         })
+    .def("poll_silence",
+         [](pipeline& p) {
+           table t;
+           {
+             py::gil_scoped_release release;
+             t = p.poll_silence();
+           }
+           return table_to_python(std::move(t));
+         })
+    .def("detector_stats", [](pipeline& p) {
+      pipeline_stats s;
+      {
+        py::gil_scoped_release release;
+        s = p.stats();
+      }
+      py::dict d;
+      d["records_scored"]         = s.records_scored;
+      d["records_score_late"]     = s.records_score_late;
+      d["records_score_buffered"] = s.records_score_buffered;
+      return d;
+    });
+
+  m.def(
+    "score",
+    [](py::array_t<std::uint32_t, py::array::c_style> const& keys,
+       py::array_t<std::int64_t, py::array::c_style> const& ts,
+       py::array_t<double, py::array::c_style> const& values, detector_spec const& spec,
+       std::string const& where, bool has_keys) {
+      auto const n = static_cast<std::size_t>(ts.size());
+      if (ts.ndim() != 1 || values.ndim() != 1 || static_cast<std::size_t>(values.size()) != n ||
+          (has_keys && static_cast<std::size_t>(keys.size()) != n)) {
+        throw invalid_argument("score: timestamps, values (and keys) must be 1-D of equal length");
+      }
+      backend const b            = parse_backend(where);
+      std::uint32_t const* k     = has_keys ? keys.data() : nullptr;
+      std::int64_t const* t      = ts.data();
+      double const* v            = values.data();
+      std::vector<double> scores;
+      {
+        py::gil_scoped_release release;
+        scores = score(k, t, v, n, spec, b);
+      }
+      return vector_to_numpy(std::move(scores));
+    },
+    py::arg("keys"), py::arg("timestamps"), py::arg("values"), py::arg("detector"),
+    py::arg("backend"), py::arg("has_keys"));
+}

@@ -1,0 +1,129 @@
+#pragma once
+// Internal: detector scoring. The runner (host, shared by both backends) keeps the watermark,
+// buffers records until they can be scored causally, orders them, tracks silence and builds
+// the result tables; a backend engine holds the per-key detector state and scores released
+// records. Not part of the public API.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <queue>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <cusense/detectors.hpp>
+#include <cusense/ops/detectors.hpp>
+#include <cusense/table.hpp>
+#include <cusense/types.hpp>
+
+namespace cusense::detail {
+
+/// Per-key detector state and scoring of one backend.
+class detector_engine {
+ public:
+  virtual ~detector_engine() = default;
+  /// Scores n released records. Records of one key come in their scoring order; slots[i] <
+  /// num_slots is the key's dense state slot (slots are assigned 0, 1, 2, ...). values holds n *
+  /// channels doubles, record-major. Writes scores[d * n + i] for each detector d. Synchronous.
+  virtual void score(std::uint32_t const* slots, double const* values, std::size_t n,
+                     std::uint32_t num_slots, double* scores) = 0;
+};
+
+std::unique_ptr<detector_engine> make_cpu_detector_engine(std::vector<ops::detector_params> params,
+                                                          int channels);
+/// Defined only when the CUDA backend is built.
+std::unique_ptr<detector_engine> make_cuda_detector_engine(std::vector<ops::detector_params> params,
+                                                           int channels);
+
+/// Converts a validated scoring spec (not silence) to kernel parameters.
+ops::detector_params to_params(detector_spec const& spec);
+
+struct detector_counters {
+  std::uint64_t scored   = 0;  ///< released and scored
+  std::uint64_t late     = 0;
+  std::uint64_t buffered = 0;  ///< waiting for the watermark
+  std::uint64_t silence_events = 0;
+  std::int64_t watermark = 0;  ///< valid when has_watermark
+  bool has_watermark     = false;
+};
+
+/// Watermark, buffering, release order, late records, silence and output tables.
+class detector_runner {
+ public:
+  detector_runner(pipeline_options const& options, backend where);
+
+  void push(std::uint32_t const* keys, std::int64_t const* ts, void const* values, bool f32,
+            std::size_t n);
+  /// Releases every buffered record.
+  void flush();
+  table drain_scores();
+  table drain_silence();
+  detector_counters counters() const;
+  bool has_scorers() const { return !scorers_.empty(); }
+  bool has_silence() const { return has_silence_; }
+
+ private:
+  struct pending {
+    std::int64_t ts;
+    std::uint32_t key;
+    std::uint32_t slot;
+    std::int64_t seq;
+    bool late;
+    std::size_t value_at;  // index of its first value in pending_values_ / late values
+  };
+  struct silence_state {
+    std::int64_t last_seen = 0;
+    bool seen              = false;
+    bool reported          = false;  // the current silence has been reported
+    bool queued            = false;  // has an entry in deadlines_
+  };
+
+  template <typename T>
+  void push_typed(std::uint32_t const* keys, std::int64_t const* ts, T const* values, std::size_t n);
+  void release(bool all);
+  void emit_silence(std::uint32_t key, std::int64_t last_seen, bool back, std::int64_t back_at);
+  std::uint32_t slot_for(std::uint32_t key);
+
+  int channels_;
+  std::int64_t ooo_;
+  std::vector<detector_spec> scorers_;
+  std::vector<double> thresholds_;
+  std::vector<std::string> value_names_;
+  std::unique_ptr<detector_engine> engine_;
+  bool has_silence_     = false;
+  std::int64_t timeout_ = 0;
+
+  std::unordered_map<std::uint32_t, std::uint32_t> slot_of_;
+  std::vector<std::uint32_t> slot_key_;
+  std::vector<pending> pending_;
+  std::vector<double> pending_values_;
+  std::vector<pending> late_now_;  // late records of the current push
+  std::vector<double> late_values_;
+  std::int64_t max_ts_   = 0;
+  bool has_max_          = false;
+  std::int64_t floor_    = 0;  // after a flush: timestamps below it are late
+  bool has_floor_        = false;
+  std::int64_t next_seq_ = 0;
+  detector_counters counters_;
+
+  std::vector<silence_state> silence_;  // by slot
+  using deadline = std::pair<std::int64_t, std::uint32_t>;  // (last_seen + timeout, slot)
+  std::priority_queue<deadline, std::vector<deadline>, std::greater<deadline>> deadlines_;
+
+  // output being collected
+  std::vector<std::uint32_t> out_key_;
+  std::vector<std::int64_t> out_ts_, out_seq_;
+  std::vector<std::uint8_t> out_late_;
+  std::vector<std::vector<double>> out_values_;  // per channel
+  std::vector<std::vector<double>> out_scores_;  // per scorer
+  struct silence_event {
+    std::int64_t at;  // silent_since, or back_at for a comeback
+    std::uint32_t key;
+    bool back;
+    std::int64_t last_seen, silent_since, back_at;
+  };
+  std::vector<silence_event> silence_out_;
+  std::vector<silence_event> silence_step_;
+};
+
+}  // namespace cusense::detail

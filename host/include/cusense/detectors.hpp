@@ -1,0 +1,123 @@
+#pragma once
+// Streaming per-key anomaly detectors: configuration types. Included by types.hpp; the pipeline
+// runs them (pipeline::poll_scores, pipeline::poll_silence) and cusense::score scores a finite
+// stream in one call (pipeline.hpp).
+//
+// Semantics (both backends):
+// - Causality in event time. Each key's records are scored in (timestamp, arrival) order, and
+//   a record's score depends only on that key's earlier records in this order and on itself.
+//   Records are buffered per pipeline and released for scoring once the watermark (largest
+//   event time seen - max_out_of_orderness, the same watermark as the windows) guarantees that
+//   no earlier record of that key can still arrive: a push releases every buffered record with
+//   timestamp < watermark. flush() releases all buffered records.
+// - Late records. A record whose timestamp is < the watermark just before it (arrival order),
+//   or < the largest timestamp seen before the last flush(), cannot be scored causally: it is
+//   never silently dropped but reported by poll_scores with late = true, NaN scores and
+//   is_anomaly = false, and counted (stats().records_score_late). It does not touch any state.
+// - Batching. Scores do not depend on how the stream is cut into pushes (bit-identical on the
+//   CPU backend), and many keys interleaved give each key the scores it gets alone. Without a
+//   flush(), the scores polled after a prefix of the pushes are a prefix of those of the whole
+//   stream.
+// - Values. A detector reads one value channel (`channel`, default 0). A NaN value is scored
+//   NaN (is_anomaly false) and leaves the state unchanged.
+// - Scores lie in [0, 1). The z-score detectors map z to Lp / (1 + Lp), Lp = -log10(erfc(|z| /
+//   sqrt 2)) (the two-sided normal tail in decades): strictly increasing in |z|, 0 at z = 0,
+//   0.565 at 1.96, 0.720 at 3, 0.862 at 5. A spread (std, MAD) <= 1e-12 gives z = 0 for a
+//   deviation <= 1e-12 and |z| = 1e6 otherwise. is_anomaly = score >= threshold.
+#include <cstdint>
+#include <string>
+
+namespace cusense {
+
+enum class detector_kind {
+  ewma,         ///< exponentially weighted mean / variance z-score
+  rolling_z,    ///< mean / std of the previous `window` records
+  rolling_mad,  ///< median / MAD of the previous `window` records (robust)
+  knn_discord,  ///< 1-NN subsequence discord, calibrated by the recent maximum, gated
+  silence,      ///< sensor silent for longer than `timeout` (poll_silence, no score column)
+};
+
+std::string to_string(detector_kind k);
+
+/// One detector of a pipeline. Build with the factories; `name` labels its output columns
+/// (score_<name>, is_anomaly_<name>) and defaults to the kind's name.
+///
+/// - ewma(alpha): state m, v per key; the first value sets m = x, v = 0. For each later value
+///   x: d = x - m, z = d / sqrt(v) (state before the update), then m = (1-alpha) m + alpha x,
+///   v = (1-alpha) (v + alpha d^2). Score 0 while the key has fewer than max(1, min_count)
+///   earlier values. alpha in (0, 1].
+/// - rolling_z(window): B = the previous min(count, window) values of the key; z = (x -
+///   mean(B)) / std(B), population std (ddof 0), two-pass. Score 0 while |B| < min_count
+///   (default 2). window >= 2.
+/// - rolling_mad(window): B as above; z = (x - median(B)) / (1.4826 MAD(B)), with 1.2533 *
+///   mean|B - median(B)| as the spread when the MAD is 0. Median of an even count: mean of the
+///   two middle values. Score 0 while |B| < min_count (default 2). window >= 2.
+/// - knn_discord(L, H, min_candidates, H2, K), the default detector: for the record at key
+///   position t, query q = the last L values (including x); candidates: all length-L
+///   subsequences of the previous H values not overlapping q (raw = 0 when fewer than
+///   min_candidates); raw = min_j ||q - c_j||_2 / (sqrt(L) std(previous min(t, H) values));
+///   calibrated s = raw / (raw + M), M = max raw of the previous H2 records; score = s when s
+///   is greater than every s of the previous K records, else 0 (one alarm per burst).
+/// - silence(timeout): see pipeline::poll_silence. At most one per pipeline.
+struct detector_spec {
+  detector_kind kind = detector_kind::ewma;
+  std::string name;         ///< output column suffix; empty = to_string(kind)
+  /// is_anomaly = score >= threshold; in [0, 1]. 0.8 is |z| ~ 3.9 for the z-score detectors.
+  double threshold = 0.8;
+  int channel      = 0;     ///< value channel read
+
+  double alpha           = 0.05;  ///< ewma: in (0, 1]
+  std::int64_t window    = 100;   ///< rolling_z, rolling_mad: >= 2
+  std::int64_t min_count = 1;     ///< values needed before scoring (ewma 1, rolling 2)
+  std::int64_t L = 4, H = 3000, min_candidates = 50, H2 = 500, K = 50;  ///< knn_discord
+  std::int64_t timeout = 0;       ///< silence: nanoseconds, > 0
+
+  static detector_spec ewma(double alpha = 0.05, double threshold = 0.8)
+  {
+    detector_spec s;
+    s.kind      = detector_kind::ewma;
+    s.alpha     = alpha;
+    s.threshold = threshold;
+    s.min_count = 1;
+    return s;
+  }
+  static detector_spec rolling_z(std::int64_t window = 100, double threshold = 0.8)
+  {
+    detector_spec s;
+    s.kind      = detector_kind::rolling_z;
+    s.window    = window;
+    s.threshold = threshold;
+    s.min_count = 2;
+    return s;
+  }
+  static detector_spec rolling_mad(std::int64_t window = 100, double threshold = 0.8)
+  {
+    detector_spec s = rolling_z(window, threshold);
+    s.kind          = detector_kind::rolling_mad;
+    return s;
+  }
+  static detector_spec knn_discord(double threshold = 0.6)
+  {
+    detector_spec s;
+    s.kind      = detector_kind::knn_discord;
+    s.threshold = threshold;
+    return s;
+  }
+  static detector_spec silence(std::int64_t timeout_ns)
+  {
+    detector_spec s;
+    s.kind    = detector_kind::silence;
+    s.timeout = timeout_ns;
+    return s;
+  }
+  /// The configuration recommended for unknown data: knn_discord with its defaults.
+  static detector_spec default_detector() { return knn_discord(); }
+
+  /// The name used in column names.
+  std::string column_name() const { return name.empty() ? to_string(kind) : name; }
+};
+
+/// Throws cusense::invalid_argument naming the problem when a parameter is out of range.
+void validate(detector_spec const& spec, int channels = 1);
+
+}  // namespace cusense

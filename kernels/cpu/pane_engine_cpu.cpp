@@ -1,0 +1,246 @@
+// CPU engine for tumbling and sliding windows with every aggregation and allowed lateness.
+//
+// Records are added to panes of gcd(size, slide) (one accumulator per (key, pane)); a window
+// is the merge of its size/gcd panes, formed when it is emitted, so a record is aggregated
+// once however many windows hold it. Records are processed one by one in arrival order and
+// windows are emitted as soon as the watermark passes their end, before the next record, so
+// results are bit-identical for any cut of the stream into batches.
+//
+// Per record: late when every window holding it ended at or before watermark - lateness
+// (the watermark just before it); otherwise it joins its pane, so it counts in every window
+// holding it that has not been emitted yet, and re-emits (is_update) the windows holding it
+// that were emitted but are still kept (end > watermark - allowed_lateness).
+#include <algorithm>
+#include <limits>
+#include <map>
+#include <unordered_map>
+#include <vector>
+
+#include <cusense/detail/results.hpp>
+#include <cusense/ops/windows.hpp>
+
+#include "engine_common.hpp"
+
+namespace cusense::detail {
+namespace {
+
+constexpr std::int64_t none = std::numeric_limits<std::int64_t>::min();
+
+class cpu_pane_engine final : public window_engine {
+ public:
+  explicit cpu_pane_engine(pipeline_options const& options)
+    : options_(options),
+      layout_(acc_layout::of(options)),
+      win_(ops::sliding::make(options.window.size,
+                              options.window.type == window_spec::kind::sliding ? options.window.slide
+                                                                                 : options.window.size,
+                              options.window.offset)),
+      channels_(options.channels),
+      pool_(options.channels),
+      windows_out_(options),
+      late_out_(options)
+  {
+    clock_.ooo = options.max_out_of_orderness;
+    tmp_.resize(static_cast<std::size_t>(channels_));
+  }
+
+  void push(record_batch const& batch) override
+  {
+    if (batch.values_f32) {
+      push_typed(batch, static_cast<float const*>(batch.values));
+    } else {
+      push_typed(batch, static_cast<double const*>(batch.values));
+    }
+  }
+
+  void flush() override
+  {
+    emit_windows(emitted_before_, std::numeric_limits<std::int64_t>::max());
+    free_panes_before(std::numeric_limits<std::int64_t>::max());
+  }
+
+  void drain(table* windows, table* late) override
+  {
+    if (windows) { windows->append(windows_out_.finish()); }
+    if (late) { late->append(late_out_.finish()); }
+  }
+
+  engine_counters counters() override
+  {
+    engine_counters c;
+    c.aggregated    = aggregated_;
+    c.late          = late_count_;
+    c.nan_values    = nan_values_;
+    c.emitted       = emitted_;
+    c.open_windows  = pool_.live();
+    c.open_keys     = keys_.size();
+    c.state_bytes   = pool_.bytes() + pool_.live() * 64 + keys_.size() * 64;
+    c.has_watermark = clock_.has;
+    c.watermark     = clock_.has ? clock_.value() : 0;
+    return c;
+  }
+
+ private:
+  using pane_map = std::map<std::int64_t, std::uint32_t>;  // pane id -> slot
+
+  std::int64_t closed_before(std::int64_t lateness) const
+  {
+    return win_.closed_before(minus_clamped(clock_.value(), lateness));
+  }
+
+  template <typename T>
+  void push_typed(record_batch const& batch, T const* values)
+  {
+    if (options_.max_open_windows != 0) { check_capacity(batch); }
+    for (std::size_t i = 0; i < batch.n; ++i) {
+      std::uint32_t const key = batch.keys[i];
+      std::int64_t const t    = batch.timestamps[i];
+      T const* v              = values + i * static_cast<std::size_t>(channels_);
+      std::uint64_t const seq = seq_++;
+      std::int64_t const j    = win_.pane_id(t);
+      if (clock_.has && win_.last_window(j) < kept_from_) {
+        late_out_.append(key, t, v);
+        ++late_count_;
+        continue;
+      }
+      pane_map& panes = keys_[key];
+      auto it         = panes.find(j);
+      if (it == panes.end()) {
+        it = panes.emplace(j, pool_.take()).first;
+        keys_by_pane_[j].push_back(key);
+      }
+      nan_values_ += add_record(pool_.at(it->second), layout_, v, channels_, t, seq);
+      ++aggregated_;
+      if (clock_.has && options_.allowed_lateness > 0) {
+        // Windows holding the record that were emitted and are still kept: emit them again.
+        std::int64_t const lo = std::max(win_.first_window(j), kept_from_);
+        std::int64_t const hi = std::min(win_.last_window(j), emitted_before_ - 1);
+        for (std::int64_t k = lo; k <= hi; ++k) emit_window(key, panes, k, true);
+      }
+      if (clock_.see(t)) { advance(); }
+    }
+  }
+
+  // The watermark moved: emit the windows it closed, free what can no longer change.
+  void advance()
+  {
+    std::int64_t const closed = closed_before(0);
+    if (emitted_before_ == none || closed > emitted_before_) {
+      emit_windows(emitted_before_, closed);
+      emitted_before_ = closed;
+    }
+    std::int64_t const kept = closed_before(options_.allowed_lateness);
+    if (kept_from_ == none || kept > kept_from_) {
+      free_panes_before(kept);
+      kept_from_ = kept;
+    }
+  }
+
+  // Emits, in (window start, key) order, the windows k0 <= k < k1 holding records
+  // (k0 == none: no lower bound; k1 == INT64_MAX: no upper bound).
+  void emit_windows(std::int64_t k0, std::int64_t k1)
+  {
+    if (keys_by_pane_.empty() || k1 == none) { return; }
+    std::int64_t const w = win_.panes_per_window();
+    auto it  = k0 == none ? keys_by_pane_.begin() : keys_by_pane_.lower_bound(win_.first_pane(k0));
+    auto end = k1 == std::numeric_limits<std::int64_t>::max()
+                 ? keys_by_pane_.end()
+                 : keys_by_pane_.upper_bound(win_.first_pane(k1 - 1) + w - 1);
+    ready_.clear();
+    for (; it != end; ++it) {
+      std::int64_t const j  = it->first;
+      std::int64_t const lo = k0 == none ? win_.first_window(j) : std::max(k0, win_.first_window(j));
+      std::int64_t const hi = std::min(k1 - 1, win_.last_window(j));
+      for (std::uint32_t key : it->second) {
+        for (std::int64_t k = lo; k <= hi; ++k) ready_.push_back({k, key});
+      }
+    }
+    std::sort(ready_.begin(), ready_.end());
+    ready_.erase(std::unique(ready_.begin(), ready_.end()), ready_.end());
+    windows_out_.reserve(ready_.size());
+    for (auto const& [k, key] : ready_) emit_window(key, keys_.at(key), k, false);
+  }
+
+  void emit_window(std::uint32_t key, pane_map const& panes, std::int64_t k, bool update)
+  {
+    for (auto& a : tmp_) a = channel_acc{};
+    std::int64_t const first = win_.first_pane(k);
+    std::int64_t const last  = first + win_.panes_per_window() - 1;
+    for (auto p = panes.lower_bound(first); p != panes.end() && p->first <= last; ++p) {
+      channel_acc const* a = pool_.at(p->second);
+      for (int c = 0; c < channels_; ++c) merge_into(tmp_[c], a[c], layout_);
+    }
+    windows_out_.append(key, win_.start(k), win_.end(k), tmp_.data(), update);
+    ++emitted_;
+  }
+
+  // Frees the panes of windows k < kept only (panes j < kept * panes_per_slide).
+  void free_panes_before(std::int64_t kept)
+  {
+    auto const end = kept == std::numeric_limits<std::int64_t>::max()
+                       ? keys_by_pane_.end()
+                       : keys_by_pane_.lower_bound(win_.first_pane(kept));
+    for (auto it = keys_by_pane_.begin(); it != end; ++it) {
+      for (std::uint32_t key : it->second) {
+        auto k          = keys_.find(key);
+        pane_map& panes = k->second;
+        auto p          = panes.find(it->first);
+        pool_.give_back(p->second);
+        panes.erase(p);
+        if (panes.empty()) { keys_.erase(k); }
+      }
+    }
+    keys_by_pane_.erase(keys_by_pane_.begin(), end);
+  }
+
+  // Refuses (before changing anything) a batch that would take the (key, pane) states held
+  // beyond max_open_windows, counting the new states of its non-late records.
+  void check_capacity(record_batch const& batch)
+  {
+    watermark_clock clock = clock_;
+    std::int64_t kept     = kept_from_;
+    std::vector<std::pair<std::uint32_t, std::int64_t>> fresh;
+    for (std::size_t i = 0; i < batch.n; ++i) {
+      std::int64_t const t = batch.timestamps[i];
+      std::int64_t const j = win_.pane_id(t);
+      if (clock.has && win_.last_window(j) < kept) { continue; }
+      auto k = keys_.find(batch.keys[i]);
+      if (k == keys_.end() || k->second.count(j) == 0) { fresh.emplace_back(batch.keys[i], j); }
+      if (clock.see(t)) {
+        kept = std::max(kept, win_.closed_before(minus_clamped(clock.value(), options_.allowed_lateness)));
+      }
+    }
+    std::sort(fresh.begin(), fresh.end());
+    fresh.erase(std::unique(fresh.begin(), fresh.end()), fresh.end());
+    check_cap(options_.max_open_windows, pool_.live(), fresh.size(), batch.n, "(key, pane) states");
+  }
+
+  pipeline_options options_;
+  acc_layout layout_;
+  ops::sliding win_;
+  int channels_;
+  acc_pool pool_;
+  std::unordered_map<std::uint32_t, pane_map> keys_;
+  std::map<std::int64_t, std::vector<std::uint32_t>> keys_by_pane_;  // pane -> keys holding it
+  std::vector<std::pair<std::int64_t, std::uint32_t>> ready_;        // scratch: (window, key)
+  std::vector<channel_acc> tmp_;
+  window_table_builder windows_out_;
+  late_table_builder late_out_;
+  watermark_clock clock_;
+  std::int64_t emitted_before_ = none;  // windows k < this have been emitted (by the watermark)
+  std::int64_t kept_from_      = none;  // windows k < this are freed
+  std::uint64_t seq_           = 0;
+  std::uint64_t aggregated_    = 0;
+  std::uint64_t late_count_    = 0;
+  std::uint64_t nan_values_    = 0;
+  std::uint64_t emitted_       = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<window_engine> make_cpu_pane_engine(pipeline_options const& options)
+{
+  return std::make_unique<cpu_pane_engine>(options);
+}
+
+}  // namespace cusense::detail

@@ -1,0 +1,209 @@
+// CPU engine for rolling (count) windows: per key, the last `rows` records in (timestamp,
+// arrival) order; one output row per record, like pandas groupby(key).rolling(rows).
+//
+// A record is a point [t, t + 1): it is late when t < watermark just before it, and its row is
+// emitted once t < watermark, when no record that precedes it can still arrive (a later one
+// with an earlier or equal time is late or sorts after it). Rows come in (timestamp, key,
+// arrival) order; the row of record r aggregates, in order, the rows - 1 records of its key
+// before it and r itself. In a channel with fewer than min_periods non-NaN values in the
+// window, every aggregation but count and nan_count is NaN.
+#include <algorithm>
+#include <deque>
+#include <limits>
+#include <queue>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include <cusense/detail/results.hpp>
+
+#include "engine_common.hpp"
+
+namespace cusense::detail {
+namespace {
+
+struct held_record {
+  std::int64_t t;
+  std::uint32_t key;
+  std::uint64_t seq;
+  std::uint32_t slot;  // values: vals_[slot * channels ...]
+
+  bool operator>(held_record const& o) const
+  {
+    return std::tie(t, key, seq) > std::tie(o.t, o.key, o.seq);
+  }
+};
+
+class cpu_rolling_engine final : public window_engine {
+ public:
+  explicit cpu_rolling_engine(pipeline_options const& options)
+    : options_(options),
+      layout_(acc_layout::of(options)),
+      channels_(options.channels),
+      rows_(options.window.rows),
+      min_periods_(options.window.min_periods < 0 ? options.window.rows : options.window.min_periods),
+      windows_out_(options),
+      late_out_(options)
+  {
+    clock_.ooo = options.max_out_of_orderness;
+    tmp_.resize(static_cast<std::size_t>(channels_));
+  }
+
+  void push(record_batch const& batch) override
+  {
+    if (batch.values_f32) {
+      push_typed(batch, static_cast<float const*>(batch.values));
+    } else {
+      push_typed(batch, static_cast<double const*>(batch.values));
+    }
+  }
+
+  void flush() override
+  {
+    emit_before(std::numeric_limits<std::int64_t>::max());
+    for (auto& [key, h] : history_) {
+      for (held_record const& r : h) free_.push_back(r.slot);
+    }
+    history_.clear();
+  }
+
+  void drain(table* windows, table* late) override
+  {
+    if (windows) { windows->append(windows_out_.finish()); }
+    if (late) { late->append(late_out_.finish()); }
+  }
+
+  engine_counters counters() override
+  {
+    engine_counters c;
+    c.aggregated    = aggregated_;
+    c.late          = late_count_;
+    c.nan_values    = nan_values_;
+    c.emitted       = emitted_;
+    c.open_windows  = held();
+    c.open_keys     = history_.size();
+    c.state_bytes   = vals_.capacity() * sizeof(double) + held() * sizeof(held_record) +
+                      history_.size() * 96 + free_.capacity() * sizeof(std::uint32_t);
+    c.has_watermark = clock_.has;
+    c.watermark     = clock_.has ? clock_.value() : 0;
+    return c;
+  }
+
+ private:
+  // Records held: waiting rows and the per-key history.
+  std::size_t held() const { return vals_.size() / static_cast<std::size_t>(channels_) - free_.size(); }
+
+  template <typename T>
+  void push_typed(record_batch const& batch, T const* values)
+  {
+    if (options_.max_open_windows != 0) { check_capacity(batch); }
+    for (std::size_t i = 0; i < batch.n; ++i) {
+      std::int64_t const t    = batch.timestamps[i];
+      T const* v              = values + i * static_cast<std::size_t>(channels_);
+      std::uint64_t const seq = seq_++;
+      if (clock_.has && t < clock_.value()) {
+        late_out_.append(batch.keys[i], t, v);
+        ++late_count_;
+        continue;
+      }
+      std::uint32_t const slot = take();
+      double* dst              = &vals_[std::size_t{slot} * static_cast<std::size_t>(channels_)];
+      for (int c = 0; c < channels_; ++c) {
+        dst[c] = static_cast<double>(v[c]);
+        nan_values_ += ops::is_nan(dst[c]) ? 1 : 0;
+      }
+      pending_.push({t, batch.keys[i], seq, slot});
+      if (rows_ > 1) { history_[batch.keys[i]]; }  // the key holds state from now on
+      ++aggregated_;
+      clock_.see(t);
+    }
+    // Rows do not depend on when they are emitted (a record that could precede a waiting
+    // row is late), so emitting once per batch gives the same rows in the same order.
+    if (clock_.has) { emit_before(clock_.value()); }
+  }
+
+  std::uint32_t take()
+  {
+    if (!free_.empty()) {
+      std::uint32_t const s = free_.back();
+      free_.pop_back();
+      return s;
+    }
+    auto const s = static_cast<std::uint32_t>(vals_.size() / static_cast<std::size_t>(channels_));
+    vals_.resize(vals_.size() + static_cast<std::size_t>(channels_));
+    return s;
+  }
+
+  // Emits the rows of the waiting records with t < limit, in (t, key, arrival) order.
+  void emit_before(std::int64_t limit)
+  {
+    while (!pending_.empty() && pending_.top().t < limit) {
+      held_record const r = pending_.top();
+      pending_.pop();
+      for (auto& a : tmp_) a = channel_acc{};
+      auto const add_one = [&](held_record const& x) {
+        double const* v = &vals_[std::size_t{x.slot} * static_cast<std::size_t>(channels_)];
+        for (int c = 0; c < channels_; ++c) add(tmp_[c], layout_, v[c], x.t, x.seq);
+      };
+      auto h = history_.find(r.key);
+      if (h != history_.end()) {
+        for (held_record const& x : h->second) add_one(x);
+      }
+      add_one(r);
+      windows_out_.append_row(r.key, r.t, tmp_.data(), min_periods_);
+      ++emitted_;
+      if (h != history_.end()) {
+        h->second.push_back(r);
+        if (static_cast<std::int64_t>(h->second.size()) > rows_ - 1) {
+          free_.push_back(h->second.front().slot);
+          h->second.pop_front();
+        }
+      } else {
+        free_.push_back(r.slot);
+      }
+    }
+  }
+
+  // Refuses (before changing anything) a batch whose non-late records would take the records
+  // held beyond max_open_windows.
+  void check_capacity(record_batch const& batch)
+  {
+    watermark_clock clock = clock_;
+    std::size_t added     = 0;
+    for (std::size_t i = 0; i < batch.n; ++i) {
+      std::int64_t const t = batch.timestamps[i];
+      if (clock.has && t < clock.value()) { continue; }
+      ++added;
+      clock.see(t);
+    }
+    check_cap(options_.max_open_windows, held(), added, batch.n, "records");
+  }
+
+  pipeline_options options_;
+  acc_layout layout_;
+  int channels_;
+  std::int64_t rows_;
+  std::int64_t min_periods_;
+  std::vector<double> vals_;  // values of held records, slot * channels + channel
+  std::vector<std::uint32_t> free_;
+  std::priority_queue<held_record, std::vector<held_record>, std::greater<held_record>> pending_;
+  std::unordered_map<std::uint32_t, std::deque<held_record>> history_;  // last rows - 1 emitted
+  std::vector<channel_acc> tmp_;
+  window_table_builder windows_out_;
+  late_table_builder late_out_;
+  watermark_clock clock_;
+  std::uint64_t seq_        = 0;
+  std::uint64_t aggregated_ = 0;
+  std::uint64_t late_count_ = 0;
+  std::uint64_t nan_values_ = 0;
+  std::uint64_t emitted_    = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options)
+{
+  return std::make_unique<cpu_rolling_engine>(options);
+}
+
+}  // namespace cusense::detail

@@ -1,0 +1,407 @@
+#pragma once
+// Per-key streaming anomaly detectors: the state layout and the update/score functions, shared
+// by the CPU backend and the CUDA kernels (marked CUSENSE_HD). No CUDA headers.
+//
+// Every detector keeps its per-key state in two flat arrays owned by the backend: `d` (doubles)
+// and `i` (int64), of d_stride() / i_stride() elements per key (see detector_params). i[0] is
+// always the number of non-NaN values the key has had so far. A record with a NaN value is
+// scored NaN and leaves the state unchanged.
+#include <math.h>
+
+#include <cstdint>
+
+#include <cusense/ops/macros.hpp>
+
+namespace cusense::ops {
+
+/// Spreads (std, MAD) at or below this are treated as zero.
+constexpr double tiny_spread = 1e-12;
+/// z used for a deviation over a zero spread.
+constexpr double huge_z = 1e6;
+/// MAD to standard deviation for normal data (the conventional 1.4826).
+constexpr double mad_scale = 1.4826;
+/// Mean absolute deviation to standard deviation for normal data (sqrt(pi/2), 4 digits).
+constexpr double mean_abs_dev_scale = 1.2533;
+
+CUSENSE_HD bool isnan_(double x) { return x != x; }
+
+/// -log10(erfc(|z| / sqrt 2)): the two-sided normal tail probability of z, in decades. For
+/// |z|/sqrt2 >= 25 the asymptotic form (u^2 + ln(u sqrt(pi))) / ln 10 avoids underflow.
+CUSENSE_HD double neglog10_tail(double z)
+{
+  double const u = fabs(z) / sqrt(2.0);
+  if (u < 25.0) { return -log10(erfc(u)); }
+  return (u * u + log(u * sqrt(3.14159265358979323846))) / log(10.0);
+}
+
+/// z to a score in [0, 1): Lp / (1 + Lp) with Lp = neglog10_tail(z). Strictly increasing in |z|
+/// (a threshold on it is a threshold on |z|) and, unlike erf(|z|/sqrt2), it does not round to
+/// 1.0 for large |z|: 0 -> 0, |z| = 1.96 -> 0.565, 3 -> 0.720, 5 -> 0.862, 10 -> 0.958.
+CUSENSE_HD double z_to_score(double z)
+{
+  double const lp = neglog10_tail(z);
+  return lp / (1.0 + lp);
+}
+
+/// d / spread; when spread <= tiny_spread: 0 if |d| <= tiny_spread, else +-huge_z.
+CUSENSE_HD double safe_z(double d, double spread)
+{
+  if (spread > tiny_spread) { return d / spread; }
+  if (fabs(d) <= tiny_spread) { return 0.0; }
+  return d > 0 ? huge_z : -huge_z;
+}
+
+enum class detector_kind_id : int { ewma = 0, rolling_z = 1, rolling_mad = 2, knn_discord = 3 };
+
+/// Parameters of one scoring detector, trivially copyable to the device.
+struct detector_params {
+  detector_kind_id kind = detector_kind_id::ewma;
+  int channel           = 0;     ///< value channel the detector reads
+  double alpha          = 0.05;  ///< ewma
+  std::int64_t window   = 100;   ///< rolling_z, rolling_mad: records in the buffer
+  std::int64_t min_count = 1;    ///< earlier values needed before scoring (score 0 before)
+  std::int64_t L        = 4;     ///< knn_discord: subsequence length
+  std::int64_t H        = 3000;  ///< knn_discord: history (records)
+  std::int64_t min_candidates = 50;
+  std::int64_t H2       = 500;   ///< knn_discord: recent-max calibration span
+  std::int64_t K        = 50;    ///< knn_discord: alarm gate span
+
+  CUSENSE_HD std::int64_t d_stride() const
+  {
+    switch (kind) {
+      case detector_kind_id::ewma: return 2;                  // mean, var
+      case detector_kind_id::rolling_z: return window;        // ring
+      case detector_kind_id::rolling_mad: return 2 * window;  // ring, sorted
+      case detector_kind_id::knn_discord: return H + (H2 + 1) + (K + 1);  // ring, dq2, dq3 values
+    }
+    return 0;
+  }
+  CUSENSE_HD std::int64_t i_stride() const
+  {
+    // count; knn: + dq2 head/size, dq3 head/size, dq2 and dq3 indices
+    return kind == detector_kind_id::knn_discord ? 5 + (H2 + 1) + (K + 1) : 1;
+  }
+};
+
+// --- EWMA z-score ------------------------------------------------------------------------------
+
+/// x -> a * x + b. Composition is associative, so a sequence of them is a parallel scan.
+struct affine {
+  double a = 1.0;
+  double b = 0.0;
+};
+CUSENSE_HD double apply(affine f, double x) { return f.a * x + f.b; }
+/// `second` after `first`.
+CUSENSE_HD affine compose(affine first, affine second)
+{
+  return {second.a * first.a, second.a * first.b + second.b};
+}
+struct compose_affine {
+  CUSENSE_HD affine operator()(affine first, affine second) const { return compose(first, second); }
+};
+
+/// EWMA mean update as an affine map of the previous mean: m' = (1-alpha) m + alpha x; the first
+/// value (count_before == 0) sets m' = x.
+CUSENSE_HD affine ewma_mean_map(double alpha, double x, std::int64_t count_before)
+{
+  if (count_before == 0) { return {0.0, x}; }
+  return {1.0 - alpha, alpha * x};
+}
+/// EWMA variance update as an affine map of the previous variance, given d = x - m_before:
+/// v' = (1-alpha) (v + alpha d^2) = (1-alpha) v + (1-alpha) alpha d^2; the first value sets 0.
+CUSENSE_HD affine ewma_var_map(double alpha, double d, std::int64_t count_before)
+{
+  if (count_before == 0) { return {0.0, 0.0}; }
+  return {1.0 - alpha, (1.0 - alpha) * alpha * d * d};
+}
+/// Score of x from the state before it (count, mean, var).
+CUSENSE_HD double ewma_score(double x, std::int64_t count_before, double mean, double var,
+                             std::int64_t min_count)
+{
+  if (count_before == 0 || count_before < min_count) { return 0.0; }
+  return z_to_score(safe_z(x - mean, sqrt(var)));
+}
+/// Sequential EWMA step (d = [mean, var], i = [count]): returns the score, updates the state.
+CUSENSE_HD double ewma_step(detector_params const& p, double* d, std::int64_t* i, double x)
+{
+  std::int64_t const c = i[0];
+  double const score   = ewma_score(x, c, d[0], d[1], p.min_count);
+  double const dev     = x - d[0];
+  d[0]                 = apply(ewma_mean_map(p.alpha, x, c), d[0]);
+  d[1]                 = apply(ewma_var_map(p.alpha, dev, c), d[1]);
+  i[0]                 = c + 1;
+  return score;
+}
+
+// --- ring buffers --------------------------------------------------------------------------------
+
+/// The last min(count, cap) values pushed into a ring of capacity cap, oldest first.
+struct ring_view {
+  double const* buf;
+  std::int64_t cap;
+  std::int64_t count;  ///< values ever pushed
+  CUSENSE_HD std::int64_t size() const { return count < cap ? count : cap; }
+  CUSENSE_HD double operator()(std::int64_t k) const
+  {
+    std::int64_t const first = count < cap ? 0 : count % cap;
+    std::int64_t j           = first + k;
+    if (j >= cap) { j -= cap; }
+    return buf[j];
+  }
+};
+CUSENSE_HD void ring_push(double* buf, std::int64_t cap, std::int64_t count, double x)
+{
+  buf[count % cap] = x;
+}
+
+/// A ring's history followed by one more value x at position size().
+struct ring_with_value {
+  ring_view h;
+  std::int64_t len;
+  double x;
+  CUSENSE_HD double operator()(std::int64_t k) const { return k == len ? x : h(k); }
+};
+
+/// A contiguous history, oldest first.
+struct span_view {
+  double const* p;
+  CUSENSE_HD double operator()(std::int64_t k) const { return p[k]; }
+};
+
+// --- rolling z-score -----------------------------------------------------------------------------
+
+/// Score of x against the buffer B = h(0..len-1): population mean and std (two-pass),
+/// z = (x - mean) / std; 0 while len < min_count.
+template <typename Hist>
+CUSENSE_HD double rolling_z_score(Hist const& h, std::int64_t len, double x, std::int64_t min_count)
+{
+  if (len < min_count || len == 0) { return 0.0; }
+  double s = 0.0;
+  for (std::int64_t k = 0; k < len; ++k) s += h(k);
+  double const mu = s / static_cast<double>(len);
+  double q        = 0.0;
+  for (std::int64_t k = 0; k < len; ++k) {
+    double const e = h(k) - mu;
+    q += e * e;
+  }
+  double const sd = sqrt(q / static_cast<double>(len));
+  return z_to_score(safe_z(x - mu, sd));
+}
+
+CUSENSE_HD double rolling_z_step(detector_params const& p, double* d, std::int64_t* i, double x)
+{
+  std::int64_t const c = i[0];
+  ring_view const h{d, p.window, c};
+  double const score = rolling_z_score(h, h.size(), x, p.min_count);
+  ring_push(d, p.window, c, x);
+  i[0] = c + 1;
+  return score;
+}
+
+// --- rolling median / MAD -------------------------------------------------------------------------
+
+/// Median of sorted s[0..n-1], n >= 1: the middle value, or the mean of the two middle ones.
+CUSENSE_HD double sorted_median(double const* s, std::int64_t n)
+{
+  std::int64_t const h = n / 2;
+  return (n % 2 == 1) ? s[h] : (s[h - 1] + s[h]) / 2.0;
+}
+
+/// Median of |s[k] - med| over sorted s[0..n-1] without sorting the deviations: they grow
+/// outwards from med, so a two-pointer merge finds the middle ones in O(n).
+CUSENSE_HD double sorted_mad(double const* s, std::int64_t n, double med)
+{
+  std::int64_t lo = 0, hi = n;  // first index with s >= med
+  while (lo < hi) {
+    std::int64_t const mid = (lo + hi) / 2;
+    if (s[mid] < med) { lo = mid + 1; } else { hi = mid; }
+  }
+  std::int64_t left = lo - 1, right = lo;  // next candidates on each side
+  std::int64_t const want_hi = n / 2, want_lo = (n - 1) / 2;
+  double dev_lo = 0.0, dev = 0.0;
+  for (std::int64_t k = 0; k <= want_hi; ++k) {
+    bool const take_left =
+      right >= n || (left >= 0 && (med - s[left]) <= (s[right] - med));
+    if (take_left) { dev = med - s[left--]; } else { dev = s[right++] - med; }
+    if (k == want_lo) { dev_lo = dev; }
+  }
+  return (n % 2 == 1) ? dev : (dev_lo + dev) / 2.0;
+}
+
+/// Score of x against sorted buffer s[0..n-1]: spread = 1.4826 MAD, or 1.2533 * mean absolute
+/// deviation from the median when that is <= tiny_spread; 0 while n < min_count.
+CUSENSE_HD double rolling_mad_score(double const* s, std::int64_t n, double x, std::int64_t min_count)
+{
+  if (n < min_count || n == 0) { return 0.0; }
+  double const med = sorted_median(s, n);
+  double spread    = mad_scale * sorted_mad(s, n, med);
+  if (!(spread > tiny_spread)) {
+    double a = 0.0;
+    for (std::int64_t k = 0; k < n; ++k) a += fabs(s[k] - med);
+    spread = mean_abs_dev_scale * (a / static_cast<double>(n));
+  }
+  return z_to_score(safe_z(x - med, spread));
+}
+
+/// Sorted buffer update: removes one value equal to `old` (when remove is set), inserts x.
+CUSENSE_HD void sorted_replace(double* s, std::int64_t n, bool remove, double old, double x)
+{
+  if (remove) {
+    std::int64_t lo = 0, hi = n;
+    while (lo < hi) {
+      std::int64_t const mid = (lo + hi) / 2;
+      if (s[mid] < old) { lo = mid + 1; } else { hi = mid; }
+    }
+    for (std::int64_t k = lo; k + 1 < n; ++k) s[k] = s[k + 1];
+    --n;
+  }
+  std::int64_t k = n;
+  while (k > 0 && s[k - 1] > x) {
+    s[k] = s[k - 1];
+    --k;
+  }
+  s[k] = x;
+}
+
+CUSENSE_HD double rolling_mad_step(detector_params const& p, double* d, std::int64_t* i, double x)
+{
+  std::int64_t const c = i[0], w = p.window;
+  double* ring         = d;
+  double* sorted       = d + w;
+  std::int64_t const n = c < w ? c : w;
+  double const score   = rolling_mad_score(sorted, n, x, p.min_count);
+  bool const full      = c >= w;
+  double const old     = full ? ring[c % w] : 0.0;
+  sorted_replace(sorted, n, full, old, x);
+  ring_push(ring, w, c, x);
+  i[0] = c + 1;
+  return score;
+}
+
+// --- k-NN subsequence discord -----------------------------------------------------------------------
+
+/// Stage 1 of knn_discord: the raw left-discord distance of the record at key position t (its
+/// count of earlier values), given h(0..len) = the len = min(t, H) values before it, oldest
+/// first, followed by the record's own value h(len).
+///   query q = x[t-L+1 .. t] (needs t >= L-1); candidates: the length-L subsequences ending at
+///   j in [max(L-1, t-H+L-1), t-L] (inside the history, not overlapping q); fewer than
+///   min_candidates -> 0; dmin = min_j ||q - x[j-L+1 .. j]||_2;
+///   sd = population std of the history; raw = dmin / (sqrt(L) sd) (0 / 1e6 when sd <= tiny).
+template <typename Hist>
+CUSENSE_HD double knn_raw(detector_params const& p, Hist const& h, std::int64_t len, std::int64_t t)
+{
+  std::int64_t const L = p.L;
+  if (t < L - 1) { return 0.0; }
+  std::int64_t j_lo       = t - p.H + L - 1;
+  if (j_lo < L - 1) { j_lo = L - 1; }
+  std::int64_t const j_hi = t - L;
+  if (j_hi - j_lo + 1 < p.min_candidates) { return 0.0; }
+  std::int64_t const base = t - len;  // key position of h(0)
+  double best             = 0.0;
+  bool have               = false;
+  for (std::int64_t j = j_lo; j <= j_hi; ++j) {
+    double s = 0.0;
+    for (std::int64_t k = 0; k < L; ++k) {
+      double const e = h(t - L + 1 + k - base) - h(j - L + 1 + k - base);
+      s += e * e;
+    }
+    if (!have || s < best) {
+      best = s;
+      have = true;
+    }
+  }
+  double const dmin = sqrt(best);  // sqrt is monotone: min of the roots == root of the min
+  double m          = 0.0;
+  for (std::int64_t k = 0; k < len; ++k) m += h(k);
+  m /= static_cast<double>(len);
+  double q = 0.0;
+  for (std::int64_t k = 0; k < len; ++k) {
+    double const e = h(k) - m;
+    q += e * e;
+  }
+  double const sd = sqrt(q / static_cast<double>(len));
+  if (sd > tiny_spread) { return dmin / (sqrt(static_cast<double>(L)) * sd); }
+  return dmin <= tiny_spread ? 0.0 : huge_z;
+}
+
+/// A monotone (non-increasing values) deque of (index, value) in fixed storage of cap slots:
+/// the maximum over a sliding index range in O(1) amortised.
+struct max_deque {
+  std::int64_t* idx;
+  double* val;
+  std::int64_t cap;
+  std::int64_t* head;
+  std::int64_t* size;
+
+  CUSENSE_HD std::int64_t at(std::int64_t k) const
+  {
+    std::int64_t j = *head + k;
+    return j >= cap ? j - cap : j;
+  }
+  /// Drops entries with index < lo.
+  CUSENSE_HD void expire(std::int64_t lo)
+  {
+    while (*size > 0 && idx[*head] < lo) {
+      *head = (*head + 1 == cap) ? 0 : *head + 1;
+      --*size;
+    }
+  }
+  CUSENSE_HD bool empty() const { return *size == 0; }
+  CUSENSE_HD double front() const { return val[*head]; }
+  CUSENSE_HD void push(std::int64_t i, double v)
+  {
+    while (*size > 0 && val[at(*size - 1)] <= v) --*size;
+    std::int64_t const j = at(*size);
+    idx[j]               = i;
+    val[j]               = v;
+    ++*size;
+  }
+};
+
+/// Stages 2 and 3 of knn_discord for the record at key position t with raw score r:
+///   s = r / (r + M), M = max raw over the previous H2 records (0 if none; s = 0 if r + M == 0);
+///   score = s if s > max s over the previous K records (strictly; -inf if none), else 0.
+/// State (i): [count, dq2 head, dq2 size, dq3 head, dq3 size, dq2 idx (H2+1), dq3 idx (K+1)];
+/// (d): [ring (H), dq2 val (H2+1), dq3 val (K+1)]. Does not touch the ring or the count.
+CUSENSE_HD double knn_calibrate(detector_params const& p, double* d, std::int64_t* i,
+                                std::int64_t t, double r)
+{
+  max_deque q2{i + 5, d + p.H, p.H2 + 1, i + 1, i + 2};
+  max_deque q3{i + 5 + (p.H2 + 1), d + p.H + (p.H2 + 1), p.K + 1, i + 3, i + 4};
+  q2.expire(t - p.H2);
+  double const M = q2.empty() ? 0.0 : q2.front();
+  double const s = (r + M) > 0.0 ? r / (r + M) : 0.0;
+  q2.push(t, r);
+  q3.expire(t - p.K);
+  double const g = (q3.empty() || s > q3.front()) ? s : 0.0;
+  q3.push(t, s);
+  return g;
+}
+
+CUSENSE_HD double knn_step(detector_params const& p, double* d, std::int64_t* i, double x)
+{
+  std::int64_t const t = i[0];
+  ring_view const h{d, p.H, t};
+  std::int64_t const len = h.size();
+  ring_with_value const hx{h, len, x};
+  double const r     = knn_raw(p, hx, len, t);
+  double const score = knn_calibrate(p, d, i, t, r);
+  ring_push(d, p.H, t, x);
+  i[0] = t + 1;
+  return score;
+}
+
+/// One sequential step of any detector: the score of x, and the state updated. NaN -> NaN.
+CUSENSE_HD double detector_step(detector_params const& p, double* d, std::int64_t* i, double x)
+{
+  if (isnan_(x)) { return x; }
+  switch (p.kind) {
+    case detector_kind_id::ewma: return ewma_step(p, d, i, x);
+    case detector_kind_id::rolling_z: return rolling_z_step(p, d, i, x);
+    case detector_kind_id::rolling_mad: return rolling_mad_step(p, d, i, x);
+    case detector_kind_id::knn_discord: return knn_step(p, d, i, x);
+  }
+  return x;
+}
+
+}  // namespace cusense::ops

@@ -1,0 +1,426 @@
+"""The ``cusense`` command line.
+
+    cusense run INPUT --key COL --time COL --value COL [--value COL ...] --window 1min
+                      --aggs mean,max [--max-out-of-orderness 5s] [--detector ewma] --out OUTPUT
+    cusense devices          usable CUDA devices (or why there are none)
+    cusense bench [...]      the benchmark suite (arguments are passed on)
+    cusense demo [...]       the synthetic fleet demo (arguments are passed on)
+
+``cusense <command> --help`` describes each command. Exit status: 0 on success, 1 for bad
+input data (the message names the file, the line or row, and the column), 2 for bad options
+or a missing feature.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import sys
+import time
+
+EXIT_DATA, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """Bad options or a feature this installation lacks (exit status 2)."""
+
+
+# --- cusense run ------------------------------------------------------------------------------
+
+RUN_HELP = """\
+Streams a CSV or Parquet file through a windowing pipeline in micro-batches and writes the
+emitted windows (CSV or Parquet, by the extension of --out). Records whose window had already
+closed when they arrived (see --max-out-of-orderness) go to a sibling file OUTPUT.late.EXT;
+with --detector, per-record anomaly scores go to OUTPUT.scores.EXT.
+
+Times: integer columns are read as --time-unit since the epoch (default ns); strings as
+ISO 8601 datetimes (or with --time-format); Parquet timestamps as they are. Output times keep
+the input's form. Keys: integer ids are used as they are (0..2^32-1); other ids (strings) are
+mapped to codes and written back as the original ids.
+"""
+
+RUN_EXAMPLES = """\
+examples:
+  cusense run readings.csv --key sensor --time ts --value temp --window 1min --aggs mean,max --out windows.csv
+  cusense run data.parquet --key id --time t --time-unit s --value a --value b --window 10s \\
+      --aggs count,mean,std --max-out-of-orderness 2s --out windows.parquet
+  cusense run nyc_taxi.csv --key-const 0 --time timestamp --value value --window 1d --detector ewma --out taxi.csv
+"""
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="window (and score) a CSV or Parquet file",
+                       description=RUN_HELP, epilog=RUN_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", metavar="INPUT", help="input file (.csv, .tsv or .parquet)")
+    p.add_argument("--out", "-o", required=True, metavar="OUTPUT",
+                   help="windows output (.csv or .parquet)")
+    cols = p.add_argument_group("columns")
+    key = cols.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key", metavar="COL", help="sensor id column")
+    key.add_argument("--key-const", metavar="ID", type=int,
+                     help="treat the whole file as one sensor with this integer id")
+    cols.add_argument("--time", required=True, metavar="COL", help="event time column")
+    cols.add_argument("--value", required=True, action="append", metavar="COL",
+                      help="value column; repeat for several channels (columns <agg>_<COL>)")
+    cols.add_argument("--time-unit", choices=["s", "ms", "us", "ns"], default=None,
+                      help="unit of integer (or decimal) times (default ns)")
+    cols.add_argument("--time-format", metavar="FMT",
+                      help="strptime format of string times, e.g. '%%d/%%m/%%Y %%H:%%M:%%S'")
+    cols.add_argument("--key-type", choices=["auto", "int", "string"], default="auto",
+                      help="int: ids are uint32 numbers; string: map any ids to codes; "
+                           "auto (default): decided by the first key")
+    win = p.add_argument_group("windows")
+    win.add_argument("--window", required=True, metavar="DURATION",
+                     help="tumbling window size, e.g. 500ms, 10s, 1min, 1h, 1d")
+    win.add_argument("--offset", default="0s", metavar="DURATION",
+                     help="window offset: windows are [k*size + offset, (k+1)*size + offset)")
+    win.add_argument("--aggs", default="count,mean,min,max",
+                     help="comma-separated aggregations: count, sum, mean, min, max, var, std, "
+                          "var_pop, std_pop, nan_count (default count,mean,min,max)")
+    win.add_argument("--max-out-of-orderness", "--lateness", dest="lateness", default="0s",
+                     metavar="DURATION",
+                     help="how far event time may go backwards before a record is late (default 0s)")
+    det = p.add_argument_group("anomaly scores")
+    det.add_argument("--detector", metavar="NAME[:k=v,...]",
+                     help="score every record with a detector from cusense.detectors, e.g. ewma, "
+                          "'ewma:alpha=0.05,threshold=0.99' or default")
+    det.add_argument("--scores-out", metavar="PATH", help="scores output (default OUTPUT.scores.EXT)")
+    run = p.add_argument_group("execution")
+    run.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="auto (default) uses a GPU when one is usable")
+    run.add_argument("--batch", type=int, default=1_000_000, metavar="N",
+                     help="records per micro-batch (default 1000000)")
+    run.add_argument("--late-out", metavar="PATH", help="late records output (default OUTPUT.late.EXT)")
+    run.add_argument("--format", choices=["csv", "parquet"], help="input format (default: extension)")
+    run.add_argument("--out-format", choices=["csv", "parquet"], help="output format (default: extension)")
+    run.add_argument("--delimiter", metavar="CHAR", help="CSV field delimiter (default ',' or tab for .tsv)")
+    prog = run.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="show a progress bar on stderr (default: when stderr is a terminal)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false")
+    run.add_argument("--quiet", "-q", action="store_true", help="print no summary")
+    p.set_defaults(func=cmd_run)
+
+
+def sibling(path: str, tag: str) -> str:
+    """``out.csv`` -> ``out.<tag>.csv``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.{tag}{ext}"
+
+
+def _duration(text: str, option: str, allow_zero: bool = True) -> int:
+    from ._io import InputError, duration_ns
+
+    if re.fullmatch(r"\s*[+-]?\d+\s*", text) and int(text) != 0:
+        raise UsageError(f"{option} {text!r}: give a unit, e.g. {text}s or {text}ms")
+    try:
+        ns = duration_ns(text, option)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    if ns < 0 or (ns == 0 and not allow_zero):
+        raise UsageError(f"{option} must be {'non-negative' if allow_zero else 'positive'}, got {text!r}")
+    return ns
+
+
+def _parse_param(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def make_detector(spec: str):
+    """A detector from ``NAME`` or ``NAME:k=v,k=v``, looked up in ``cusense.detectors``
+    (case and underscores ignored; ``default`` gives ``cusense.detectors.default()``)."""
+    import cusense
+
+    detectors = getattr(cusense, "detectors", None)
+    if detectors is None:
+        raise UsageError("--detector needs anomaly detectors (cusense.detectors), which this "
+                         "installation of cusense does not provide; run without --detector")
+    name, _, params = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, (s.strip() for s in params.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise UsageError(f"--detector {spec!r}: parameters are k=v pairs separated by commas")
+        kwargs[k.strip()] = _parse_param(v.strip())
+
+    def norm(s):
+        return re.sub(r"[^a-z0-9]", "", s.lower())
+
+    wanted = norm(name)
+    if wanted == "default" and callable(getattr(detectors, "default", None)):
+        factory = detectors.default
+    else:
+        import types
+
+        base = getattr(detectors, "Detector", None)
+
+        def usable(obj):
+            if isinstance(base, type):      # the detector classes
+                return isinstance(obj, type) and issubclass(obj, base) and obj is not base
+            return callable(obj) and not isinstance(obj, types.ModuleType)
+
+        candidates = {n: getattr(detectors, n) for n in dir(detectors)
+                      if not n.startswith("_") and n not in ("default", "score")
+                      and usable(getattr(detectors, n))}
+        exact = [n for n in candidates if norm(n) == wanted]
+        prefix = [n for n in candidates if norm(n).startswith(wanted)]
+        match = exact or (prefix if len(prefix) == 1 else [])
+        if not match:
+            names = ", ".join(sorted(candidates)) or "none"
+            raise UsageError(f"--detector {name!r}: no such detector (available: {names}, default)")
+        factory = candidates[match[0]]
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--detector {spec!r}: {e}") from None
+
+
+def _poll_scores(pipe):
+    """The scores emitted so far as a list of Results (one per detector when they come apart)."""
+    from ._result import Result
+
+    scores = pipe.poll_scores()
+    if isinstance(scores, Result) or hasattr(scores, "columns") and hasattr(scores, "to_dict"):
+        return [scores]
+    if isinstance(scores, dict):
+        return [s for s in scores.values()]
+    return list(scores)
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    import cusense
+
+    from ._io import Converter, InputError, Progress, Reader, Writer, file_format
+
+    window = _duration(args.window, "--window", allow_zero=False)
+    offset = _duration(args.offset, "--offset")
+    lateness = _duration(args.lateness, "--max-out-of-orderness")
+    aggs = [a.strip() for a in args.aggs.split(",") if a.strip()]
+    known = set(cusense._core.aggregation_names())
+    unknown = [a for a in aggs if a not in known]
+    if not aggs or unknown:
+        raise UsageError(f"--aggs: unknown aggregation {', '.join(map(repr, unknown)) or '(none)'}; "
+                         f"choose from {', '.join(sorted(known))}")
+    if args.batch <= 0:
+        raise UsageError("--batch must be positive")
+    if len(set(args.value)) != len(args.value):
+        raise UsageError("--value: each column may be given once")
+    if args.time_unit and args.time_format:
+        raise UsageError("--time-unit is for numeric times, --time-format for strings: give one")
+    unit = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[args.time_unit or "ns"]
+    if window % unit or offset % unit:
+        raise UsageError(f"--window and --offset must be whole multiples of --time-unit {args.time_unit}")
+    detector = make_detector(args.detector) if args.detector else None
+    try:
+        out_format = file_format(args.out, args.out_format)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    late_path = args.late_out or sibling(args.out, "late")
+    scores_path = args.scores_out or sibling(args.out, "scores")
+    if os.path.abspath(args.out) == os.path.abspath(args.input):
+        raise UsageError("--out must not be the input file")
+
+    columns = ([args.key] if args.key else []) + [args.time] + list(args.value)
+    reader = Reader(args.input, columns, args.batch, fmt=args.format, delimiter=args.delimiter)
+    conv = Converter(reader, args.key, args.time, args.value, time_unit=args.time_unit,
+                     time_format=args.time_format, key_type=args.key_type)
+    kwargs = {}
+    if len(args.value) > 1:
+        kwargs["channels"] = list(args.value)
+    if detector is not None:
+        kwargs["detectors"] = [detector]
+    try:
+        pipe = cusense.Pipeline(cusense.Tumbling(window, offset), aggs=aggs,
+                                max_out_of_orderness=lateness, backend=args.backend, **kwargs)
+    except cusense.BackendUnavailableError as e:
+        raise UsageError(f"--backend {args.backend}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+    windows = Writer(args.out, out_format)
+    late = Writer(late_path, out_format)
+    scores = Writer(scores_path, out_format) if detector is not None else None
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = Progress(show)
+    t0 = time.perf_counter()
+    records = 0
+
+    # Late records keep the input's column names, so they can be fed again.
+    late_names = [args.key or "key", args.time] + list(args.value)
+
+    def drain(final: bool):
+        res = pipe.flush() if final else pipe.poll()
+        windows.write(conv.result_table(res))
+        late.write(conv.result_table(pipe.poll_late()).rename_columns(late_names))
+        if scores is not None:
+            for part in _poll_scores(pipe):
+                scores.write(conv.result_table(part))
+
+    try:
+        for batch in reader:
+            if batch.data.num_rows == 0:
+                continue
+            keys = (conv.keys(batch) if args.key
+                    else np.full(batch.data.num_rows, args.key_const, dtype=np.uint32))
+            if not args.key and not 0 <= args.key_const <= np.iinfo(np.uint32).max:
+                raise UsageError("--key-const must be in 0..4294967295")
+            ts = conv.timestamps(batch)
+            vals = conv.values(batch)
+            try:
+                pipe.push(keys, ts, vals)
+            except (TypeError, ValueError) as e:
+                raise InputError(f"{args.input}, rows {reader.location(batch.first_row)} to "
+                                 f"{reader.location(batch.first_row + batch.data.num_rows - 1)}: {e}") from None
+            records += batch.data.num_rows
+            drain(final=False)
+            progress.update(*reader.progress(), records)
+        drain(final=True)
+        progress.update(1, 1, records, final=True)
+    finally:
+        progress.close()
+        windows.close()
+        late.close()
+        if scores is not None:
+            scores.close()
+    elapsed = time.perf_counter() - t0
+    if not args.quiet:
+        st = pipe.stats
+        print(f"cusense run: {records:,} records in {elapsed:.2f} s on {pipe.backend}; "
+              f"{windows.rows:,} windows -> {args.out}")
+        print(f"  late records: {st['records_late']:,} -> {late_path}"
+              + (f"; scores: {scores.rows:,} -> {scores_path}" if scores is not None else ""))
+    return 0
+
+
+# --- cusense devices --------------------------------------------------------------------------
+
+def cmd_devices(args) -> int:
+    import cusense
+
+    devs = cusense.devices()
+    if devs:
+        for d in devs:
+            mem = getattr(d, "total_memory", 0) / 2**30
+            cc = f"{getattr(d, 'compute_major', '?')}.{getattr(d, 'compute_minor', '?')}"
+            print(f"cuda:{d.ordinal}  {d.name}  compute capability {cc}  {mem:.1f} GiB")
+        return 0
+    if not cusense._core.cuda_built():
+        print("no CUDA devices: this cusense was built without the CUDA backend (CPU only); "
+              "rebuild with nvcc available (CUSENSE_CUDA=ON) to use a GPU")
+    else:
+        print("no CUDA devices: the CUDA backend is built, but no usable GPU was found "
+              "(no NVIDIA driver, no device, or CUDA_VISIBLE_DEVICES hides them)")
+    print("the CPU backend is used (backend='auto' or 'cpu')")
+    return 0
+
+
+# --- cusense bench / demo ---------------------------------------------------------------------
+
+def _find_upwards(relative: str):
+    here = os.path.abspath(os.getcwd())
+    while True:
+        candidate = os.path.join(here, relative)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def cmd_bench(args) -> int:
+    import importlib
+    import importlib.util
+    import subprocess
+
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    if importlib.util.find_spec("cusense.bench") is not None:
+        bench = importlib.import_module("cusense.bench")
+        entry = getattr(bench, "main", None)
+        if callable(entry):
+            return int(entry(rest) or 0)
+    script = _find_upwards(os.path.join("benchmarks", "run.py"))
+    if script:
+        return subprocess.call([sys.executable, script, *rest])
+    raise UsageError("the benchmark suite is not available: this installation has no "
+                     "cusense.bench module and no benchmarks/run.py was found in the current "
+                     "directory or above (run from a cusense source checkout)")
+
+
+def cmd_demo(args) -> int:
+    from . import demo
+
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return int(demo.main(rest) or 0)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cusense", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=_version())
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run(sub)
+    d = sub.add_parser("devices", help="list usable CUDA devices",
+                       description="Lists the CUDA devices cusense can use, or says why there are none.")
+    d.set_defaults(func=cmd_devices)
+    b = sub.add_parser("bench", help="run the benchmark suite (arguments are passed on)",
+                       description="Runs the benchmark suite: cusense.bench when installed, else "
+                                   "benchmarks/run.py of a source checkout. Arguments after "
+                                   "'bench' go to the suite (e.g. cusense bench --quick; "
+                                   "cusense bench -- --help for its options).",
+                       prefix_chars="+", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+    m = sub.add_parser("demo", help="run the synthetic fleet demo (arguments are passed on)",
+                       description="Runs python -m cusense.demo; arguments after 'demo' go to it "
+                                   "(cusense demo -- --help for its options).",
+                       prefix_chars="+", add_help=False)
+    m.add_argument("rest", nargs=argparse.REMAINDER)
+    m.set_defaults(func=cmd_demo)
+    ap.subcommands = sub.choices
+    return ap
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+        return f"cusense {__version__}"
+    except Exception:  # pragma: no cover
+        return "cusense"
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # "bench"/"demo" pass everything on, "--help" included (after "--"); their own --help/-h
+    # without "--" shows the subcommand help.
+    if len(argv) >= 2 and argv[0] in ("bench", "demo") and argv[1] in ("-h", "--help"):
+        parser.subcommands[argv[0]].print_help()
+        return 0
+    args = parser.parse_args(argv)
+    from ._io import InputError
+
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"cusense {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except InputError as e:
+        print(f"cusense {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_DATA
+    except KeyboardInterrupt:
+        print(f"cusense {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Streaming per-key anomaly detectors.
+
+Pass them to :class:`cusense.Pipeline` (``detectors=[...]``) and read the scores with
+``pipe.poll_scores()``, or score a finite series with :func:`cusense.score`.
+
+Semantics (both backends):
+
+* Each key's records are scored in event-time order, ``(timestamp, arrival)``: a record's score
+  depends only on that key's earlier records and itself. Records are buffered until the
+  watermark (largest event time seen - ``max_out_of_orderness``) passes them; a push releases
+  every buffered record with ``timestamp < watermark``, ``flush()`` releases all.
+* A record with ``timestamp <`` the watermark before it (arrival order) is *late*: it appears in
+  ``poll_scores()`` with ``late=True`` and NaN scores, touches no state, and is counted.
+* Scores are in ``[0, 1)``; ``is_anomaly = score >= threshold``. The z-score detectors map
+  ``z`` to ``Lp / (1 + Lp)`` with ``Lp = -log10(erfc(|z| / sqrt 2))`` (0 at z = 0, 0.565 at
+  1.96, 0.720 at 3, 0.801 at 3.9, 0.862 at 5). NaN values score NaN and are skipped.
+* A detector reads one value channel (``channel``, default 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import _core
+from ._time import to_nanoseconds
+
+
+def _check_threshold(threshold):
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+
+
+class Detector:
+    """Base class: a detector configuration that builds a ``_core.DetectorSpec``."""
+
+    kind = ""
+
+    def _fill(self, spec) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _spec(self):
+        spec = _core.DetectorSpec()
+        spec.kind = self.kind
+        if getattr(self, "name", None):
+            spec.name = str(self.name)
+        if hasattr(self, "threshold"):
+            _check_threshold(self.threshold)
+            spec.threshold = float(self.threshold)
+        spec.channel = int(getattr(self, "channel", 0))
+        self._fill(spec)
+        spec.validate(max(spec.channel + 1, 1))
+        return spec
+
+    @property
+    def column_name(self) -> str:
+        return self._spec().column_name
+
+
+@dataclass(frozen=True)
+class EWMA(Detector):
+    """EWMA z-score. State per key: mean ``m`` and variance ``v``; the first value sets
+    ``m = x, v = 0``; for each later value ``d = x - m``, ``z = d / sqrt(v)`` (state before the
+    update), then ``m = (1-alpha) m + alpha x``, ``v = (1-alpha) (v + alpha d^2)``. Scores are 0
+    while the key has fewer than ``min_count`` earlier values. ``alpha`` in (0, 1]."""
+
+    alpha: float = 0.05
+    threshold: float = 0.8
+    min_count: int = 1
+    channel: int = 0
+    name: str | None = None
+    kind = "ewma"
+
+    def __post_init__(self):
+        if not 0.0 < float(self.alpha) <= 1.0:
+            raise ValueError(f"alpha must lie in (0, 1], got {self.alpha!r}")
+        _check_threshold(self.threshold)
+
+    def _fill(self, spec):
+        spec.alpha = float(self.alpha)
+        spec.min_count = int(self.min_count)
+
+
+@dataclass(frozen=True)
+class RollingZ(Detector):
+    """Rolling z-score over the previous ``window`` records of the key: population mean and std
+    (ddof 0); scores are 0 while fewer than ``min_count`` (default 2) earlier values exist.
+    ``window >= 2``."""
+
+    window: int = 100
+    threshold: float = 0.8
+    min_count: int = 2
+    channel: int = 0
+    name: str | None = None
+    kind = "rolling_z"
+
+    def __post_init__(self):
+        if int(self.window) < 2:
+            raise ValueError(f"window must be >= 2 records, got {self.window!r}")
+        _check_threshold(self.threshold)
+
+    def _fill(self, spec):
+        spec.window = int(self.window)
+        spec.min_count = int(self.min_count)
+
+
+@dataclass(frozen=True)
+class RollingMAD(RollingZ):
+    """Robust rolling score: median and MAD of the previous ``window`` records;
+    ``z = (x - median) / (1.4826 MAD)``, with ``1.2533 * mean|B - median|`` as the spread when the
+    MAD is 0."""
+
+    kind = "rolling_mad"
+
+
+@dataclass(frozen=True)
+class KnnDiscord(Detector):
+    """1-NN left discord of the last ``L`` values among the subsequences of the previous ``H``
+    values (normalised by the history's std), calibrated as ``raw / (raw + M)`` with ``M`` the
+    largest raw of the previous ``H2`` records, and gated: a record keeps its score only when it
+    beats every calibrated score of the previous ``K`` records. The default detector."""
+
+    threshold: float = 0.6
+    L: int = 4
+    H: int = 3000
+    min_candidates: int = 50
+    H2: int = 500
+    K: int = 50
+    channel: int = 0
+    name: str | None = None
+    kind = "knn_discord"
+
+    def __post_init__(self):
+        _check_threshold(self.threshold)
+
+    def _fill(self, spec):
+        spec.L, spec.H, spec.min_candidates = int(self.L), int(self.H), int(self.min_candidates)
+        spec.H2, spec.K = int(self.H2), int(self.K)
+
+
+@dataclass(frozen=True)
+class Silence(Detector):
+    """A key that sends nothing for longer than ``timeout`` (measured by the watermark) is
+    reported by ``pipe.poll_silence()``, and reported again when it comes back."""
+
+    timeout: object = "1min"
+    kind = "silence"
+
+    def __post_init__(self):
+        t = to_nanoseconds(self.timeout, "timeout")
+        if t <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout!r}")
+        object.__setattr__(self, "timeout", t)
+
+    def _fill(self, spec):
+        spec.timeout = int(self.timeout)
+
+
+def default() -> Detector:
+    """The configuration recommended for unknown data (one setting for every stream)."""
+    return KnnDiscord()
+
+
+def score(timestamps, values, keys=None, detector: Detector | None = None, backend: str = "auto"):
+    """Scores of a finite stream by one detector, aligned with the input order (float64 array).
+
+    Every record is scored from its key's earlier records in ``(timestamp, input order)``
+    order; nothing is late. ``keys=None`` means one series. ``values`` is 1-D (one channel).
+    """
+    import numpy as np
+
+    from ._pipeline import _as_keys, _as_values
+    from ._time import timestamps_to_ns
+
+    det = default() if detector is None else detector
+    if not hasattr(det, "_spec"):
+        raise TypeError(f"detector must be a cusense.detectors.* object, got {type(det).__name__}")
+    if isinstance(det, Silence):
+        raise ValueError("score: the silence detector gives events, not scores (use a Pipeline)")
+    t = timestamps_to_ns(timestamps)
+    v = np.ascontiguousarray(_as_values(values, 1), dtype=np.float64)
+    if keys is None:
+        k = np.zeros(0, dtype=np.uint32)
+    else:
+        k = _as_keys(keys)
+    if t.ndim != 1 or len(t) != len(v) or (keys is not None and len(k) != len(t)):
+        raise ValueError(f"length mismatch: {len(t)} timestamps, {len(v)} values"
+                         + ("" if keys is None else f", {len(k)} keys"))
+    return _core.score(k, t, v, det._spec(), backend, keys is not None)
+
+
+__all__ = ["Detector", "EWMA", "RollingZ", "RollingMAD", "KnnDiscord", "Silence", "default", "score"]

@@ -1,0 +1,469 @@
+// Streaming detectors on every backend against plain oracles written here.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include <cusense/cusense.hpp>
+
+#include "backend_fixture.hpp"
+
+namespace cusense::test {
+namespace {
+
+// --- oracles (one key's values in scoring order -> scores) ---------------------------------------
+
+double z_to_score(double z)
+{
+  double const u = std::abs(z) / std::sqrt(2.0);
+  double const lp =
+    u < 25.0 ? -std::log10(std::erfc(u)) : (u * u + std::log(u * std::sqrt(M_PI))) / std::log(10.0);
+  return lp / (1.0 + lp);
+}
+double safe_z(double d, double spread)
+{
+  if (spread > 1e-12) return d / spread;
+  if (std::abs(d) <= 1e-12) return 0.0;
+  return d > 0 ? 1e6 : -1e6;
+}
+
+std::vector<double> ewma_oracle(std::vector<double> const& x, double alpha)
+{
+  std::vector<double> out(x.size(), 0.0);
+  if (x.empty()) return out;
+  double m = x[0], v = 0;
+  for (std::size_t i = 1; i < x.size(); ++i) {
+    double const d = x[i] - m;
+    out[i]         = z_to_score(safe_z(d, std::sqrt(v)));
+    m += alpha * d;
+    v = (1 - alpha) * (v + alpha * d * d);
+  }
+  return out;
+}
+
+std::vector<double> rolling_z_oracle(std::vector<double> const& x, std::size_t w)
+{
+  std::vector<double> out(x.size(), 0.0);
+  for (std::size_t t = 2; t < x.size(); ++t) {
+    std::size_t const b = t > w ? t - w : 0;
+    double mu           = 0;
+    for (std::size_t k = b; k < t; ++k) mu += x[k];
+    mu /= double(t - b);
+    double q = 0;
+    for (std::size_t k = b; k < t; ++k) q += (x[k] - mu) * (x[k] - mu);
+    out[t] = z_to_score(safe_z(x[t] - mu, std::sqrt(q / double(t - b))));
+  }
+  return out;
+}
+
+double median(std::vector<double> v)
+{
+  std::sort(v.begin(), v.end());
+  std::size_t const n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+std::vector<double> rolling_mad_oracle(std::vector<double> const& x, std::size_t w)
+{
+  std::vector<double> out(x.size(), 0.0);
+  for (std::size_t t = 2; t < x.size(); ++t) {
+    std::size_t const b = t > w ? t - w : 0;
+    std::vector<double> B(x.begin() + b, x.begin() + t);
+    double const med = median(B);
+    std::vector<double> dev;
+    double mean_dev = 0;
+    for (double v : B) {
+      dev.push_back(std::abs(v - med));
+      mean_dev += std::abs(v - med);
+    }
+    double spread = 1.4826 * median(dev);
+    if (!(spread > 1e-12)) spread = 1.2533 * mean_dev / double(B.size());
+    out[t] = z_to_score(safe_z(x[t] - med, spread));
+  }
+  return out;
+}
+
+std::vector<double> knn_oracle(std::vector<double> const& x, detector_spec const& p)
+{
+  std::int64_t const n = std::int64_t(x.size()), L = p.L, H = p.H;
+  std::vector<double> raw(x.size(), 0.0), s(x.size(), 0.0), g(x.size(), 0.0);
+  for (std::int64_t t = L - 1; t < n; ++t) {
+    std::int64_t const lo = std::max(L - 1, t - H + L - 1), hi = t - L;
+    if (hi - lo + 1 < p.min_candidates) continue;
+    double best = INFINITY;
+    for (std::int64_t j = lo; j <= hi; ++j) {
+      double q = 0;
+      for (std::int64_t k = 0; k < L; ++k) q += std::pow(x[t - L + 1 + k] - x[j - L + 1 + k], 2);
+      best = std::min(best, std::sqrt(q));
+    }
+    std::int64_t const b = std::max<std::int64_t>(0, t - H);
+    double mu            = 0;
+    for (std::int64_t k = b; k < t; ++k) mu += x[k];
+    mu /= double(t - b);
+    double q = 0;
+    for (std::int64_t k = b; k < t; ++k) q += (x[k] - mu) * (x[k] - mu);
+    double const sd = std::sqrt(q / double(t - b));
+    raw[t] = sd > 1e-12 ? best / (std::sqrt(double(L)) * sd) : (best <= 1e-12 ? 0.0 : 1e6);
+  }
+  for (std::int64_t t = 0; t < n; ++t) {
+    double M = 0;
+    for (std::int64_t k = std::max<std::int64_t>(0, t - p.H2); k < t; ++k) M = std::max(M, raw[k]);
+    s[t] = raw[t] + M > 0 ? raw[t] / (raw[t] + M) : 0.0;
+    double prev = -INFINITY;
+    for (std::int64_t k = std::max<std::int64_t>(0, t - p.K); k < t; ++k) prev = std::max(prev, s[k]);
+    g[t] = s[t] > prev ? s[t] : 0.0;
+  }
+  return g;
+}
+
+std::vector<double> oracle(detector_spec const& d, std::vector<double> const& x)
+{
+  switch (d.kind) {
+    case detector_kind::ewma: return ewma_oracle(x, d.alpha);
+    case detector_kind::rolling_z: return rolling_z_oracle(x, std::size_t(d.window));
+    case detector_kind::rolling_mad: return rolling_mad_oracle(x, std::size_t(d.window));
+    case detector_kind::knn_discord: return knn_oracle(x, d);
+    default: return {};
+  }
+}
+
+// --- streams ------------------------------------------------------------------------------------
+
+struct stream {
+  std::vector<std::uint32_t> keys;
+  std::vector<std::int64_t> ts;
+  std::vector<double> values;
+};
+
+// Per-key random walks with level shifts and spikes; event times shuffled within `disorder`.
+stream make_stream(std::size_t n, std::uint32_t num_keys, std::int64_t disorder, unsigned seed)
+{
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> noise(0, 1);
+  std::vector<double> level(num_keys, 0.0);
+  stream s;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t const k = std::uint32_t(rng() % num_keys);
+    level[k] += 0.1 * noise(rng);
+    double v = 10 * k + level[k] + noise(rng);
+    if (rng() % 97 == 0) v += 8 * noise(rng);
+    if (rng() % 50 == 0) v = std::round(v);  // ties for the median
+    s.keys.push_back(k);
+    s.ts.push_back(std::int64_t(i) * 10 - std::int64_t(rng() % std::uint64_t(disorder + 1)));
+    s.values.push_back(v);
+  }
+  return s;
+}
+
+// Scores by arrival index (NaN where not scored), plus the late flags.
+struct scored {
+  std::vector<double> score;
+  std::vector<std::uint8_t> late;
+  std::vector<std::int64_t> order;  // seq in output order
+};
+
+scored run(pipeline& p, stream const& s, std::vector<std::size_t> const& cuts, std::string const& col)
+{
+  scored r;
+  r.score.assign(s.ts.size(), std::numeric_limits<double>::quiet_NaN());
+  r.late.assign(s.ts.size(), 0);
+  auto collect = [&](table const& t) {
+    auto const& seq  = t.get<std::int64_t>("seq");
+    auto const& sc   = t.get<double>(col);
+    auto const& late = t.get<std::uint8_t>("late");
+    for (std::size_t i = 0; i < seq.size(); ++i) {
+      r.score[std::size_t(seq[i])] = sc[i];
+      r.late[std::size_t(seq[i])]  = late[i];
+      r.order.push_back(seq[i]);
+    }
+  };
+  std::size_t begin = 0;
+  for (std::size_t end : cuts) {
+    p.push(s.keys.data() + begin, s.ts.data() + begin, s.values.data() + begin, end - begin);
+    collect(p.poll_scores());
+    begin = end;
+  }
+  p.flush();
+  collect(p.poll_scores());
+  return r;
+}
+
+std::vector<std::size_t> random_cuts(std::size_t n, unsigned seed, std::size_t max_step)
+{
+  std::mt19937 rng(seed);
+  std::vector<std::size_t> cuts;
+  for (std::size_t at = 0; at < n;) {
+    at = std::min(n, at + 1 + rng() % max_step);
+    cuts.push_back(at);
+  }
+  return cuts;
+}
+
+// Expected scores by arrival index: each key's records in (ts, arrival) order through the oracle.
+std::vector<double> expected(detector_spec const& d, stream const& s)
+{
+  std::map<std::uint32_t, std::vector<std::size_t>> by_key;
+  for (std::size_t i = 0; i < s.ts.size(); ++i) by_key[s.keys[i]].push_back(i);
+  std::vector<double> out(s.ts.size());
+  for (auto& [k, idx] : by_key) {
+    std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return s.ts[a] < s.ts[b]; });
+    std::vector<double> x;
+    for (std::size_t i : idx) x.push_back(s.values[i]);
+    std::vector<double> sc = oracle(d, x);
+    for (std::size_t j = 0; j < idx.size(); ++j) out[idx[j]] = sc[j];
+  }
+  return out;
+}
+
+// Scores equal to `rel` relative plus `abs` absolute (scores lie in [0, 1]; near 0 a score is
+// proportional to x - mean, whose relative rounding grows when x is close to the mean).
+::testing::AssertionResult close(std::vector<double> const& got, std::vector<double> const& want, double rel,
+                                 double abs = 1e-12)
+{
+  if (got.size() != want.size()) return ::testing::AssertionFailure() << "size";
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    double const a = got[i], b = want[i];
+    bool const ok = (std::isnan(a) && std::isnan(b)) ||
+                    std::abs(a - b) <= rel * std::max(std::abs(a), std::abs(b)) + abs;
+    if (!ok) return ::testing::AssertionFailure() << "record " << i << ": " << a << " vs " << b;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+template <typename Backend>
+class detector_test : public backend_test<Backend> {
+ protected:
+  pipeline_options options(std::vector<detector_spec> dets, std::int64_t ooo)
+  {
+    pipeline_options o;
+    o.windowed             = false;
+    o.detectors            = std::move(dets);
+    o.max_out_of_orderness = ooo;
+    o.where                = Backend::value;
+    return o;
+  }
+};
+
+TYPED_TEST_SUITE(detector_test, backends, backend_names);
+
+std::vector<detector_spec> all_detectors()
+{
+  detector_spec knn = detector_spec::knn_discord();
+  knn.H = 60, knn.L = 3, knn.min_candidates = 10, knn.H2 = 25, knn.K = 7;
+  return {detector_spec::ewma(0.1), detector_spec::rolling_z(20), detector_spec::rolling_mad(15), knn};
+}
+
+TYPED_TEST(detector_test, matches_oracles_with_disorder_and_random_batches)
+{
+  stream s = make_stream(6000, 13, 150, 7);
+  for (detector_spec const& d : all_detectors()) {
+    pipeline p(this->options({d}, 200));  // disorder < bound: nothing late
+    scored r = run(p, s, random_cuts(s.ts.size(), 3, 700), "score_" + d.column_name());
+    EXPECT_TRUE(close(r.score, expected(d, s), 1e-9)) << d.column_name();
+    EXPECT_EQ(std::accumulate(r.late.begin(), r.late.end(), 0), 0);
+    EXPECT_EQ(p.stats().records_scored, s.ts.size());
+  }
+}
+
+TYPED_TEST(detector_test, batching_changes_nothing)
+{
+  stream s = make_stream(3000, 7, 60, 11);
+  auto dets = all_detectors();
+  pipeline one(this->options(dets, 30));
+  scored whole = run(one, s, {s.ts.size()}, "score_ewma");
+  for (std::size_t step : {1u, 31u, 32u, 33u, 500u}) {
+    std::vector<std::size_t> cuts;
+    for (std::size_t at = step; at < s.ts.size() + step; at += step) cuts.push_back(std::min(at, s.ts.size()));
+    for (auto const& d : dets) {
+      pipeline a(this->options(dets, 30)), b(this->options(dets, 30));
+      scored x = run(a, s, {s.ts.size()}, "score_" + d.column_name());
+      scored y = run(b, s, cuts, "score_" + d.column_name());
+      bool const cpu = TypeParam::value == backend::cpu;
+      EXPECT_TRUE(close(y.score, x.score, cpu ? 0.0 : 1e-9, cpu ? 0.0 : 1e-12))
+        << d.column_name() << " step " << step;
+      EXPECT_EQ(x.late, y.late);
+      if (TypeParam::value == backend::cpu) {
+        for (std::size_t i = 0; i < x.score.size(); ++i) {
+          ASSERT_TRUE(x.score[i] == y.score[i] || (std::isnan(x.score[i]) && std::isnan(y.score[i])));
+        }
+      }
+    }
+  }
+  EXPECT_GT(std::accumulate(whole.late.begin(), whole.late.end(), 0), 0);  // disorder > bound
+}
+
+TYPED_TEST(detector_test, prefix_gives_prefix_of_scores)
+{
+  stream s = make_stream(2000, 5, 20, 5);
+  auto dets = all_detectors();
+  pipeline full(this->options(dets, 30));
+  full.push(s.keys.data(), s.ts.data(), s.values.data(), s.ts.size());
+  table all = full.poll_scores();
+  pipeline part(this->options(dets, 30));
+  part.push(s.keys.data(), s.ts.data(), s.values.data(), 1234);
+  table pre = part.poll_scores();
+  ASSERT_LE(pre.num_rows(), all.num_rows());
+  ASSERT_GT(pre.num_rows(), 1000u);
+  for (auto const& c : pre.columns) {
+    auto const& whole = all[c.name];
+    if (auto const* v = std::get_if<std::vector<double>>(&c.data)) {
+      auto const& w = std::get<std::vector<double>>(whole.data);
+      std::vector<double> head(w.begin(), w.begin() + std::ptrdiff_t(v->size()));
+      bool const cpu = TypeParam::value == backend::cpu;
+      EXPECT_TRUE(close(*v, head, cpu ? 0.0 : 1e-9, cpu ? 0.0 : 1e-12)) << c.name;
+    }
+  }
+  EXPECT_EQ(pre.get<std::int64_t>("seq"),
+            std::vector<std::int64_t>(all.get<std::int64_t>("seq").begin(),
+                                      all.get<std::int64_t>("seq").begin() + std::ptrdiff_t(pre.num_rows())));
+}
+
+TYPED_TEST(detector_test, interleaved_keys_equal_each_key_alone)
+{
+  stream s = make_stream(3000, 9, 0, 21);
+  for (detector_spec const& d : all_detectors()) {
+    pipeline p(this->options({d}, 0));
+    scored mixed = run(p, s, random_cuts(s.ts.size(), 9, 300), "score_" + d.column_name());
+    for (std::uint32_t k = 0; k < 9; ++k) {
+      stream one;
+      std::vector<std::size_t> idx;
+      for (std::size_t i = 0; i < s.ts.size(); ++i) {
+        if (s.keys[i] != k) continue;
+        one.keys.push_back(k);
+        one.ts.push_back(s.ts[i]);
+        one.values.push_back(s.values[i]);
+        idx.push_back(i);
+      }
+      pipeline q(this->options({d}, 0));
+      scored alone = run(q, one, {one.ts.size()}, "score_" + d.column_name());
+      for (std::size_t j = 0; j < idx.size(); ++j) {
+        double const a = mixed.score[idx[j]], b = alone.score[j];
+        ASSERT_NEAR(a, b, TypeParam::value == backend::cpu ? 0.0 : 1e-12 + 1e-9 * std::abs(b))
+          << d.column_name() << " key " << k;
+      }
+    }
+  }
+}
+
+TYPED_TEST(detector_test, late_records_are_reported_not_dropped)
+{
+  pipeline p(this->options({detector_spec::ewma(0.5)}, 15));
+  std::vector<std::uint32_t> keys{1, 1, 1, 1, 1};
+  std::vector<std::int64_t> ts{100, 110, 96, 90, 120};  // 96 is within the bound, 90 is late
+  std::vector<double> v{1, 2, 3, 4, 5};
+  p.push(keys.data(), ts.data(), v.data(), 5);
+  table t = p.poll_scores();
+  // watermark 105: 96, 100 released in time order; 90 late; 110, 120 buffered
+  EXPECT_EQ(t.get<std::int64_t>("timestamp"), (std::vector<std::int64_t>{90, 96, 100}));
+  EXPECT_EQ(t.get<std::uint8_t>("late"), (std::vector<std::uint8_t>{1, 0, 0}));
+  EXPECT_EQ(t.get<std::int64_t>("seq"), (std::vector<std::int64_t>{3, 2, 0}));
+  EXPECT_TRUE(std::isnan(t.get<double>("score_ewma")[0]));
+  EXPECT_EQ(t.get<double>("score_ewma")[1], 0.0);  // first value of the key
+  EXPECT_EQ(p.stats().records_score_late, 1u);
+  EXPECT_EQ(p.stats().records_score_buffered, 2u);
+  p.flush();
+  t = p.poll_scores();
+  EXPECT_EQ(t.get<std::int64_t>("timestamp"), (std::vector<std::int64_t>{110, 120}));
+  std::int64_t again = 119;  // below the largest time seen before the flush: late
+  p.push(keys.data(), &again, v.data(), 1);
+  EXPECT_EQ(p.poll_scores().get<std::uint8_t>("late"), (std::vector<std::uint8_t>{1}));
+}
+
+TYPED_TEST(detector_test, nan_values_score_nan_and_are_skipped)
+{
+  std::vector<double> x{1, 2, NAN, 3, 2.5, NAN, 10};
+  std::vector<std::int64_t> ts(x.size());
+  std::iota(ts.begin(), ts.end(), 0);
+  std::vector<double> clean{1, 2, 3, 2.5, 10};
+  auto const want = ewma_oracle(clean, 0.3);
+  std::vector<double> got = score(nullptr, ts.data(), x.data(), x.size(), detector_spec::ewma(0.3), this->where);
+  std::vector<double> got_clean;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (std::isnan(x[i])) {
+      EXPECT_TRUE(std::isnan(got[i]));
+    } else {
+      got_clean.push_back(got[i]);
+    }
+  }
+  EXPECT_TRUE(close(got_clean, want, 1e-9));
+}
+
+TYPED_TEST(detector_test, one_shot_score_is_aligned_with_input_order)
+{
+  stream s = make_stream(800, 3, 1000, 4);  // heavy disorder: one-shot sorts by time per key
+  detector_spec d = detector_spec::rolling_z(10);
+  std::vector<double> got = score(s.keys.data(), s.ts.data(), s.values.data(), s.ts.size(), d, this->where);
+  EXPECT_TRUE(close(got, expected(d, s), 1e-9));
+}
+
+TYPED_TEST(detector_test, silence_events)
+{
+  detector_spec sil = detector_spec::silence(100);
+  pipeline p(this->options({sil}, 0));
+  // key 1 reports every 10 ns; key 2 stops at 50 and comes back at 400.
+  std::vector<std::uint32_t> keys;
+  std::vector<std::int64_t> ts;
+  for (std::int64_t t = 0; t <= 600; t += 10) {
+    keys.push_back(1);
+    ts.push_back(t);
+    if (t <= 50 || t >= 400) {
+      keys.push_back(2);
+      ts.push_back(t);
+    }
+  }
+  std::vector<double> v(ts.size(), 1.0);
+  // push up to t = 300 (key 2 silent since 150), check, then the rest
+  std::size_t cut = std::size_t(std::find(ts.begin(), ts.end(), 300) - ts.begin()) + 1;
+  p.push(keys.data(), ts.data(), v.data(), cut);
+  table a = p.poll_silence();
+  ASSERT_EQ(a.num_rows(), 1u);
+  EXPECT_EQ(a.get<std::uint32_t>("key")[0], 2u);
+  EXPECT_EQ(a.get<std::int64_t>("last_seen")[0], 50);
+  EXPECT_EQ(a.get<std::int64_t>("silent_since")[0], 150);
+  EXPECT_EQ(a.get<std::uint8_t>("back")[0], 0);
+  EXPECT_EQ(a.get<std::int64_t>("back_at")[0], std::numeric_limits<std::int64_t>::min());
+  p.push(keys.data() + cut, ts.data() + cut, v.data() + cut, ts.size() - cut);
+  table b = p.poll_silence();
+  ASSERT_EQ(b.num_rows(), 1u);
+  EXPECT_EQ(b.get<std::uint8_t>("back")[0], 1);
+  EXPECT_EQ(b.get<std::int64_t>("back_at")[0], 400);
+  EXPECT_EQ(b.get<std::int64_t>("silent_since")[0], 150);
+  EXPECT_THROW(p.poll_scores(), invalid_argument);  // no scoring detector
+}
+
+TEST(detectors, bad_parameters_are_rejected)
+{
+  auto make = [](detector_spec d) {
+    pipeline_options o;
+    o.windowed  = false;
+    o.where     = backend::cpu;
+    o.detectors = {d};
+    return pipeline(o);
+  };
+  EXPECT_THROW(make(detector_spec::ewma(0.0)), invalid_argument);
+  EXPECT_THROW(make(detector_spec::ewma(1.5)), invalid_argument);
+  EXPECT_NO_THROW(make(detector_spec::ewma(1.0)));
+  EXPECT_THROW(make(detector_spec::rolling_z(1)), invalid_argument);
+  EXPECT_THROW(make(detector_spec::rolling_mad(0)), invalid_argument);
+  EXPECT_THROW(make(detector_spec::ewma(0.1, -0.1)), invalid_argument);
+  EXPECT_THROW(make(detector_spec::ewma(0.1, 1.01)), invalid_argument);
+  EXPECT_THROW(make(detector_spec::silence(0)), invalid_argument);
+  detector_spec other = detector_spec::ewma();
+  other.channel       = 1;
+  EXPECT_THROW(make(other), invalid_argument);  // one channel only
+  pipeline_options o;
+  o.windowed  = false;
+  o.where     = backend::cpu;
+  o.detectors = {detector_spec::ewma(), detector_spec::ewma(0.2)};
+  EXPECT_THROW(pipeline{o}, invalid_argument);  // duplicate names
+  o.detectors[1].name = "ewma_fast";
+  EXPECT_NO_THROW(pipeline{o});
+  o.detectors.clear();
+  EXPECT_THROW(pipeline{o}, invalid_argument);  // neither windows nor detectors
+}
+
+}  // namespace
+}  // namespace cusense::test

@@ -1,0 +1,312 @@
+"""The ``cusense`` command line: CSV and Parquet round trips against a pandas oracle, and every
+input error exits non-zero with a message naming the file, the line/row and the column."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pd = pytest.importorskip("pandas")
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+import cusense  # noqa: E402
+from cusense.cli import main  # noqa: E402
+
+BASE = np.datetime64("2026-03-01T00:00:00", "ns").astype(np.int64)
+SEC = 1_000_000_000
+
+
+def oracle(df, key, time_ns, values, size, bound=0, aggs=("count", "mean", "min", "max")):
+    """Windows and late records computed plainly with pandas (arrival order = row order)."""
+    t = df[time_ns].to_numpy(np.int64)
+    win = np.floor_divide(t, size) * size
+    prev_max = np.concatenate([[np.iinfo(np.int64).min], np.maximum.accumulate(t)[:-1]])
+    watermark = np.where(prev_max == np.iinfo(np.int64).min, prev_max, prev_max - bound)
+    late = win + size <= watermark
+    on_time = df[~late].assign(window_start=win[~late])
+    groups = on_time.groupby([key, "window_start"], sort=False)
+    out = groups[values].agg(list(aggs))
+    out.columns = [a if len(values) == 1 else f"{a}_{v}" for v, a in out.columns]
+    out = out.reset_index().sort_values(["window_start", key], kind="stable").reset_index(drop=True)
+    return out, df[late]
+
+
+def fleet(rng, n=20_000, keys=50, string_keys=False, shuffle_ns=0):
+    t = BASE + np.sort(rng.integers(0, 600 * SEC, n))
+    if shuffle_ns:
+        t = t - rng.integers(0, shuffle_ns, n)
+    k = rng.integers(0, keys, n)
+    df = pd.DataFrame({
+        "sensor": [f"s-{x:03d}" for x in k] if string_keys else k,
+        "t_ns": t,
+        "temp": np.round(rng.normal(20, 5, n), 3),
+        "hum": np.round(rng.uniform(0, 100, n), 3),
+    })
+    return df
+
+
+def read(path):
+    return pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path)
+
+
+def check_windows(got, expected, key, size, time_as):
+    assert len(got) == len(expected)
+    if time_as == "datetime":
+        starts = pd.to_datetime(got["window_start"]).to_numpy().astype("datetime64[ns]").view(np.int64)
+        ends = pd.to_datetime(got["window_end"]).to_numpy().astype("datetime64[ns]").view(np.int64)
+    else:   # integer seconds
+        starts = got["window_start"].to_numpy(np.int64) * SEC
+        ends = got["window_end"].to_numpy(np.int64) * SEC
+    np.testing.assert_array_equal(ends - starts, np.full(len(got), size))
+    # rows come ordered by (window_start, key code); string ids get codes in order of appearance
+    got = got.assign(_start=starts, _key=got["key"].astype(str)).sort_values(["_start", "_key"], kind="stable")
+    expected = expected.assign(_key=expected[key].astype(str)).sort_values(["window_start", "_key"], kind="stable")
+    np.testing.assert_array_equal(got["_start"].to_numpy(), expected["window_start"].to_numpy(np.int64))
+    np.testing.assert_array_equal(got["key"].astype(str).to_numpy(), expected[key].astype(str).to_numpy())
+    for col in expected.columns:
+        if col in (key, "window_start", "_key"):
+            continue
+        if col.startswith("count"):
+            np.testing.assert_array_equal(got[col].to_numpy(), expected[col].to_numpy())
+        else:
+            np.testing.assert_allclose(got[col].to_numpy(float), expected[col].to_numpy(float), rtol=1e-9)
+
+
+def test_csv_round_trip_datetime_strings_string_keys(tmp_path, rng, capsys):
+    df = fleet(rng, string_keys=True, shuffle_ns=3 * SEC)
+    df.loc[rng.choice(len(df), 20, replace=False), "temp"] = np.nan     # empty cells -> NaN
+    csv = tmp_path / "readings.csv"
+    out = df.assign(ts=pd.to_datetime(df["t_ns"]).dt.strftime("%Y-%m-%d %H:%M:%S.%f"))
+    out[["sensor", "ts", "temp"]].to_csv(csv, index=False)
+    # the strings keep microseconds: the oracle works on the same rounded times
+    df["t_ns"] = (df["t_ns"] // 1000) * 1000
+    rc = main(["run", str(csv), "--key", "sensor", "--time", "ts", "--value", "temp",
+               "--window", "10s", "--aggs", "count,mean,min,max", "--lateness", "1s",
+               "--batch", "3000", "--no-progress", "--out", str(tmp_path / "w.csv")])
+    assert rc == 0, capsys.readouterr().err
+    exp, late = oracle(df, "sensor", "t_ns", ["temp"], 10 * SEC, bound=SEC)
+    assert len(late) > 0
+    got = read(tmp_path / "w.csv")
+    assert list(got.columns) == ["key", "window_start", "window_end", "count", "mean", "min", "max", "nan_count"]
+    check_windows(got, exp, "sensor", 10 * SEC, "datetime")
+    assert got["nan_count"].sum() == df.loc[~df.index.isin(late.index), "temp"].isna().sum()
+    got_late = read(tmp_path / "w.late.csv")
+    assert list(got_late.columns) == ["sensor", "ts", "temp"]
+    assert got_late["sensor"].tolist() == late["sensor"].tolist()
+    np.testing.assert_array_equal(pd.to_datetime(got_late["ts"]).to_numpy().astype("datetime64[ns]").view(np.int64),
+                                  late["t_ns"].to_numpy())
+    summary = capsys.readouterr().out
+    assert f"{len(df):,} records" in summary and f"late records: {len(late):,}" in summary
+
+
+def test_parquet_round_trip_int_seconds_two_channels(tmp_path, rng, capsys):
+    df = fleet(rng, n=30_000, keys=500)
+    df["t_s"] = df["t_ns"] // SEC
+    df["t_ns"] = df["t_s"] * SEC
+    src = tmp_path / "readings.parquet"
+    pq.write_table(pa.Table.from_pandas(df[["sensor", "t_s", "temp", "hum"]], preserve_index=False),
+                   src, row_group_size=7000)
+    rc = main(["run", str(src), "--key", "sensor", "--time", "t_s", "--time-unit", "s",
+               "--value", "temp", "--value", "hum", "--window", "1min", "--aggs", "count,mean,max",
+               "--batch", "4096", "--backend", "cpu", "--no-progress", "--quiet",
+               "--out", str(tmp_path / "w.parquet")])
+    assert rc == 0, capsys.readouterr().err
+    exp, late = oracle(df, "sensor", "t_ns", ["temp", "hum"], 60 * SEC, aggs=("count", "mean", "max"))
+    assert len(late) == 0
+    got = read(tmp_path / "w.parquet")
+    assert got["window_start"].dtype == np.int64         # integer input -> integer seconds out
+    assert got["key"].dtype == np.uint32
+    check_windows(got, exp, "sensor", 60 * SEC, "int")
+    assert len(read(tmp_path / "w.late.parquet")) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_csv_to_parquet_one_sensor_int_ns(tmp_path, rng, capsys):
+    df = fleet(rng, n=5000)
+    csv = tmp_path / "one.csv"
+    df[["t_ns", "temp"]].to_csv(csv, index=False)
+    rc = main(["run", str(csv), "--key-const", "7", "--time", "t_ns", "--value", "temp",
+               "--window", "30s", "--aggs", "mean", "--no-progress", "--quiet",
+               "--out", str(tmp_path / "w.parquet")])
+    assert rc == 0, capsys.readouterr().err
+    got = read(tmp_path / "w.parquet")
+    exp, _ = oracle(df.assign(sensor=7), "sensor", "t_ns", ["temp"], 30 * SEC, aggs=("mean",))
+    assert (got["key"] == 7).all()
+    np.testing.assert_array_equal(got["window_start"].to_numpy(np.int64), exp["window_start"].to_numpy())
+    np.testing.assert_allclose(got["mean"].to_numpy(), exp["mean"].to_numpy(), rtol=1e-9)
+
+
+def test_parquet_timestamps_and_dictionary_keys(tmp_path, capsys):
+    times = pd.date_range("2026-01-01", periods=600, freq="1s").to_numpy().astype("datetime64[ms]")
+    names = np.array(["pump-a", "pump-b", "valve"])[np.arange(600) % 3]
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": pa.array(names).dictionary_encode(), "when": pa.array(times),
+                             "v": np.arange(600.0)}), src)
+    rc = main(["run", str(src), "--key", "id", "--time", "when", "--value", "v", "--window", "1min",
+               "--aggs", "count,sum", "--batch", "100", "--no-progress", "--quiet",
+               "--out", str(tmp_path / "w.csv")])
+    assert rc == 0, capsys.readouterr().err
+    got = read(tmp_path / "w.csv")
+    df = pd.DataFrame({"key": names, "w": pd.to_datetime(times).floor("1min"), "v": np.arange(600.0)})
+    exp = df.groupby(["w", "key"])["v"].agg(["count", "sum"]).reset_index()
+    got = got.assign(w=pd.to_datetime(got["window_start"])).sort_values(["w", "key"]).reset_index(drop=True)
+    assert got["key"].tolist() == exp["key"].tolist()
+    assert (got["w"] == exp["w"]).all()
+    np.testing.assert_array_equal(got["count"], exp["count"])
+    np.testing.assert_allclose(got["sum"], exp["sum"], rtol=1e-12)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+def write_csv(tmp_path, text, name="in.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run_err(capsys, path, *extra, out=None):
+    args = ["run", str(path), "--key", "id", "--time", "t", "--value", "v", "--window", "1s",
+            "--no-progress", "--out", str(out or path.parent / "out.csv"), *extra]
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc != 0
+    return rc, err
+
+
+@pytest.mark.parametrize("text, line, column, words", [
+    ("id,t,v\n1,100,1.5\n2,200,abc\n", 3, "v", "'abc' is not a number"),
+    ("id,t,v\n1,100,1.5\n2,200,2\n3,x,2\n", 4, "t", "cannot parse 'x'"),
+    ("id,t,v\n1,2026-01-01 00:00:00,1\n2,2026-13-01 00:00:00,2\n", 3, "t", "cannot parse '2026-13-01"),
+    ("id,t,v\n1,100,1\n2,,2\n", 3, "t", "missing time"),
+    ("id,t,v\n1,100,1\n-5,200,2\n", 3, "id", "outside"),
+    ("id,t,v\n1,100,1\nabc,200,2\n", 3, "id", "not an integer"),
+])
+def test_bad_values_name_file_line_column(tmp_path, capsys, text, line, column, words):
+    path = write_csv(tmp_path, text)
+    rc, err = run_err(capsys, path)
+    assert rc == 1
+    assert str(path) in err and f"line {line}" in err and f"column '{column}'" in err and words in err, err
+
+
+def test_bad_value_in_a_later_batch(tmp_path, capsys):
+    rows = "".join(f"{i % 3},{i},{i * 0.5}\n" for i in range(5000))
+    path = write_csv(tmp_path, "id,t,v\n" + rows + "1,5000,oops\n")
+    rc, err = run_err(capsys, path, "--batch", "500")
+    assert "line 5002" in err and "column 'v'" in err and "'oops'" in err, err
+
+
+def test_missing_column(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,time,v\n1,100,1\n")
+    rc, err = run_err(capsys, path)
+    assert rc == 1 and str(path) in err and "'t'" in err and "not found" in err and "'time'" in err, err
+
+
+def test_missing_file(tmp_path, capsys):
+    rc, err = run_err(capsys, tmp_path / "nope.csv")
+    assert rc == 1 and "nope.csv" in err and "no such file" in err, err
+
+
+def test_ragged_csv_row(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,t,v\n1,100,1\n2,200\n3,300,3\n")
+    rc, err = run_err(capsys, path)
+    assert rc == 1 and str(path) in err and "line 3" in err and "Expected 3 columns" in err, err
+
+
+def test_string_values_in_parquet(tmp_path, capsys):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "t": [1, 2, 3], "v": ["1.0", "2.5", "warm"]}), path)
+    rc, err = run_err(capsys, path, out=tmp_path / "o.parquet")
+    assert rc == 1 and str(path) in err and "row 3" in err and "column 'v'" in err and "'warm'" in err, err
+
+
+def test_wrong_column_type_in_parquet(tmp_path, capsys):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "t": [1, 2], "v": [[1.0], [2.0]]}), path)
+    rc, err = run_err(capsys, path, out=tmp_path / "o.parquet")
+    assert rc == 1 and "column 'v'" in err and "must be numbers" in err, err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--aggs", "mean,median"], "unknown aggregation 'median'"),
+    (["--window", "60"], "give a unit"),
+    (["--window", "0s"], "must be positive"),
+    (["--out", "x.xlsx"], "cannot tell the format"),
+])
+def test_bad_options(tmp_path, capsys, extra, words):
+    path = write_csv(tmp_path, "id,t,v\n1,100,1\n")
+    if extra[0] == "--out":
+        extra = ["--out", str(tmp_path / extra[1])]
+    rc, err = run_err(capsys, path, *extra)
+    assert rc == 2 and words in err, err
+
+
+def test_detector_option(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,t,v\n" + "".join(f"1,{i * SEC},{np.sin(i)}\n" for i in range(200)))
+    args = ["run", str(path), "--key", "id", "--time", "t", "--value", "v", "--window", "10s",
+            "--detector", "ewma", "--no-progress", "--quiet", "--out", str(tmp_path / "w.csv")]
+    rc = main(args)
+    err = capsys.readouterr().err
+    if not hasattr(cusense, "detectors"):
+        assert rc == 2 and "cusense.detectors" in err, err
+        return
+    assert rc == 0, err
+    scores = read(tmp_path / "w.scores.csv")
+    assert len(scores) == 200 and any(c.startswith("score") for c in scores.columns), scores.columns
+
+
+def test_unknown_detector(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,t,v\n1,100,1\n")
+    rc, err = run_err(capsys, path, "--detector", "no-such-detector")
+    assert rc == 2 and ("no such detector" in err or "cusense.detectors" in err), err
+
+
+# --- other commands ---------------------------------------------------------------------------
+
+def test_devices(capsys):
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    if cusense.devices():
+        assert "cuda:0" in out
+    else:
+        assert "no CUDA devices" in out
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["devices"], ["bench"], ["demo"]])
+def test_help(command):
+    proc = subprocess.run([sys.executable, "-m", "cusense.cli", *command, "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: cusense")
+
+
+def test_bench_missing_suite_is_clear(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cusense.bench" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick"]) == 2
+    assert "benchmark suite is not available" in capsys.readouterr().err
+
+
+def test_demo_runs():
+    proc = subprocess.run([sys.executable, "-m", "cusense.cli", "demo", "--records", "20000",
+                           "--sensors", "20", "--backend", "cpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "backend=cpu" in proc.stdout
+
+
+def test_console_script_progress(tmp_path):
+    path = write_csv(tmp_path, "id,t,v\n" + "".join(f"{i % 4},{i},{i}\n" for i in range(1000)))
+    exe = os.path.join(os.path.dirname(sys.executable), "cusense")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "cusense.cli"]
+    proc = subprocess.run([*cmd, "run", str(path), "--key", "id", "--time", "t", "--value", "v",
+                           "--window", "100ns", "--progress", "--out", str(tmp_path / "w.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "100.0%" in proc.stderr and "1,000 records" in proc.stdout
+    assert len(read(tmp_path / "w.csv")) == 40
