@@ -190,6 +190,18 @@ PYBIND11_MODULE(_core, m)
       d["watermark"]          = s.has_watermark ? py::object(py::int_(s.watermark)) : py::object(py::none());
       return d;
     })
-    .def_property_readonly("backend", [](pipeline const& p) { return to_string(p.where()); });
+    .def_property_readonly("backend", [](pipeline const& p) { return to_string(p.where()); })
+    .def_property_readonly("options", [](pipeline const& p) { return p.options(); })
+    .def("checkpoint", [](pipeline& p, std::string const& path) { p.checkpoint(path); },
+         py::arg("path"), py::call_guard<py::gil_scoped_release>())
+    .def_static(
+      "restore",
+      [](std::string const& path, std::string const& where) {
+        backend const b = parse_backend(where);
+        py::gil_scoped_release release;
+        return pipeline::restore(path, b);
+      },
+      py::arg("path"), py::arg("backend") = "auto");
+  py::register_exception<checkpoint_error>(m, "CheckpointError", PyExc_ValueError);
   bind_detectors(m);
 }

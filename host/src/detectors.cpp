@@ -50,7 +50,8 @@ void validate(detector_spec const& s, int channels)
                       who + "min_count must lie in [1, window], got " + std::to_string(s.min_count));
       break;
     case detector_kind::knn_discord:
-      CUSENSE_EXPECTS(s.L >= 1, who + "L (subsequence length) must be >= 1");
+      CUSENSE_EXPECTS(s.L >= 1 && s.L <= (std::int64_t{1} << 23),
+                      who + "L (subsequence length) must lie in [1, 2^23]");
       CUSENSE_EXPECTS(s.H >= 2 * s.L, who + "H (history) must be >= 2 L");
       CUSENSE_EXPECTS(s.H <= (std::int64_t{1} << 24), who + "H must be <= 2^24 records");
       CUSENSE_EXPECTS(s.min_candidates >= 1, who + "min_candidates must be >= 1");

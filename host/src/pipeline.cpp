@@ -92,6 +92,14 @@ class scoped_use {
   detail::busy_flag& f_;
 };
 
+// Moves the rows of `held` (outputs kept by a checkpoint or restore) to the end of `t`.
+void take_held(table& t, table& held)
+{
+  if (held.columns.empty()) { return; }
+  t.append(std::move(held));
+  held.columns.clear();
+}
+
 }  // namespace
 
 namespace detail {
@@ -108,15 +116,15 @@ bool tumbling_engine_supports(pipeline_options const& o)
 bool cuda_engine_supports(pipeline_options const& o, std::string* why)
 {
   std::string reason;
-  if (o.window.type != window_spec::kind::tumbling) {
+  if (o.window.type != window_spec::kind::tumbling && o.window.type != window_spec::kind::sliding) {
     reason = to_string(o.window.type) + " windows";
   } else if (o.allowed_lateness != 0) {
     reason = "allowed_lateness";
+  } else if (o.max_open_windows != 0) {
+    reason = "max_open_windows";
   } else {
     for (std::string const& name : o.agg_names()) {
-      agg const a = parse_agg(name);
-      if (a == agg::first || a == agg::last || a == agg::argmin_ts || a == agg::argmax_ts ||
-          a == agg::quantile) {
+      if (parse_agg(name) == agg::quantile) {
         reason = "aggregation '" + name + "'";
         break;
       }
@@ -180,8 +188,14 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
   CUSENSE_EXPECTS(keys && timestamps && values, "push: null data pointer");
   scoped_use use(busy_);
   pushed_ += n;
-  auto [lo, hi] = std::minmax_element(timestamps, timestamps + n);
-  if (*lo < -max_timestamp || *hi > max_timestamp) {
+  // Range check: a branch-free pass over the values; positions only on the error path.
+  std::int64_t tmin = timestamps[0], tmax = timestamps[0];
+  for (std::size_t i = 1; i < n; ++i) {
+    tmin = std::min(tmin, timestamps[i]);
+    tmax = std::max(tmax, timestamps[i]);
+  }
+  if (tmin < -max_timestamp || tmax > max_timestamp) {
+    auto [lo, hi] = std::minmax_element(timestamps, timestamps + n);
     rejected_ += n;
     std::int64_t const bad = *lo < -max_timestamp ? *lo : *hi;
     auto const at          = (*lo < -max_timestamp ? lo : hi) - timestamps;
@@ -230,6 +244,7 @@ table pipeline::poll()
 {
   scoped_use use(busy_);
   table t = detail::empty_window_table(options_);
+  take_held(t, held_windows_);
   if (engine_) { engine_->drain(&t, nullptr); }
   return t;
 }
@@ -238,6 +253,7 @@ table pipeline::poll_late()
 {
   scoped_use use(busy_);
   table t;
+  take_held(t, held_late_);
   if (engine_) { engine_->drain(nullptr, &t); }
   return t;
 }
@@ -247,7 +263,11 @@ table pipeline::poll_scores()
   scoped_use use(busy_);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_scorers(),
                   "poll_scores: the pipeline has no scoring detector (options.detectors)");
-  return detectors_->drain_scores();
+  table t;
+  take_held(t, held_scores_);
+  table more = detectors_->drain_scores();
+  take_held(t, more);
+  return t;
 }
 
 table pipeline::poll_silence()
@@ -255,7 +275,11 @@ table pipeline::poll_silence()
   scoped_use use(busy_);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_silence(),
                   "poll_silence: the pipeline has no silence detector (options.detectors)");
-  return detectors_->drain_silence();
+  table t;
+  take_held(t, held_silence_);
+  table more = detectors_->drain_silence();
+  take_held(t, more);
+  return t;
 }
 
 table pipeline::flush()

@@ -50,6 +50,28 @@ class cpu_detector_engine final : public detector_engine {
     }
   }
 
+  void export_state(std::uint32_t num_slots, std::vector<std::vector<double>>& d,
+                    std::vector<std::vector<std::int64_t>>& i) override
+  {
+    grow(num_slots);
+    d.resize(params_.size());
+    i.resize(params_.size());
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      d[k].assign(d_[k].begin(), d_[k].begin() + num_slots * static_cast<std::size_t>(params_[k].d_stride()));
+      i[k].assign(i_[k].begin(), i_[k].begin() + num_slots * static_cast<std::size_t>(params_[k].i_stride()));
+    }
+  }
+
+  void import_state(std::uint32_t num_slots, std::vector<std::vector<double>> const& d,
+                    std::vector<std::vector<std::int64_t>> const& i) override
+  {
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      d_[k] = d[k];
+      i_[k] = i[k];
+    }
+    slots_ = num_slots;
+  }
+
  private:
   void grow(std::uint32_t num_slots)
   {

@@ -14,10 +14,24 @@ class flat_index {
 
   std::size_t size() const { return size_; }
 
-  /// The slot of (key, win), or `none`.
-  std::uint32_t find(std::uint32_t key, std::int64_t win) const
+  /// The hash of (key, win): computed once, it serves find_hashed and prefetch_hashed, also
+  /// across a rehash.
+  static std::uint64_t hash(std::uint32_t key, std::int64_t win)
   {
-    for (std::size_t i = bucket(key, win);; i = (i + 1) & mask_) {
+    std::uint64_t h = (static_cast<std::uint64_t>(win) * 0x9E3779B97F4A7C15ull) ^ key;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    return h;
+  }
+
+  /// The slot of (key, win), or `none`.
+  std::uint32_t find(std::uint32_t key, std::int64_t win) const { return find_hashed(hash(key, win), key, win); }
+
+  /// find() given h = hash(key, win).
+  std::uint32_t find_hashed(std::uint64_t h, std::uint32_t key, std::int64_t win) const
+  {
+    for (std::size_t i = static_cast<std::size_t>(h) & mask_;; i = (i + 1) & mask_) {
       entry const& e = entries_[i];
       if (e.slot == none) { return none; }
       if (e.key == key && e.win == win) { return e.slot; }
@@ -29,6 +43,9 @@ class flat_index {
   {
     __builtin_prefetch(&entries_[bucket(key, win)]);
   }
+
+  /// prefetch() given h = hash(key, win).
+  void prefetch_hashed(std::uint64_t h) const { __builtin_prefetch(&entries_[static_cast<std::size_t>(h) & mask_]); }
 
   /// Inserts (key, win) -> slot; the pair must not be present.
   void insert(std::uint32_t key, std::int64_t win, std::uint32_t slot)
@@ -79,11 +96,7 @@ class flat_index {
 
   std::size_t bucket(std::uint32_t key, std::int64_t win) const
   {
-    std::uint64_t h = (static_cast<std::uint64_t>(win) * 0x9E3779B97F4A7C15ull) ^ key;
-    h ^= h >> 29;
-    h *= 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 32;
-    return static_cast<std::size_t>(h) & mask_;
+    return static_cast<std::size_t>(hash(key, win)) & mask_;
   }
 
   // Strong guarantee: allocates the new table before touching the old one.

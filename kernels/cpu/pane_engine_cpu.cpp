@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/ops/windows.hpp>
 
@@ -78,6 +79,68 @@ class cpu_pane_engine final : public window_engine {
     c.has_watermark = clock_.has;
     c.watermark     = clock_.has ? clock_.value() : 0;
     return c;
+  }
+
+  // Checkpoint: clock, emission bounds, counters, then the (key, pane) partials sorted by
+  // (pane, key), `channels` full accumulators each.
+  void save_state(state_writer& out) override
+  {
+    out.boolean(clock_.has);
+    out.i64(clock_.max_ts);
+    out.i64(emitted_before_);
+    out.i64(kept_from_);
+    out.u64(seq_);
+    out.u64(aggregated_);
+    out.u64(late_count_);
+    out.u64(nan_values_);
+    out.u64(emitted_);
+    std::size_t n = 0;
+    for (auto const& [j, keys] : keys_by_pane_) n += keys.size();
+    out.u64(n);
+    std::vector<std::uint32_t> keys;
+    for (auto const& [j, holders] : keys_by_pane_) {
+      keys = holders;
+      std::sort(keys.begin(), keys.end());
+      for (std::uint32_t key : keys) {
+        out.i64(j);
+        out.u32(key);
+        channel_acc const* a = pool_.at(keys_.at(key).at(j));
+        for (int c = 0; c < channels_; ++c) write_channel_acc(out, a[c]);
+      }
+    }
+  }
+
+  void load_state(state_reader& in) override
+  {
+    clock_.has      = in.boolean();
+    clock_.max_ts   = in.i64();
+    if (clock_.has) { checked_time(clock_.max_ts); }
+    auto bound = [&](std::int64_t k) {
+      return k == none ? k : checked_window(k, win_.slide, win_.offset);
+    };
+    emitted_before_ = bound(in.i64());
+    kept_from_      = bound(in.i64());
+    seq_            = in.u64();
+    aggregated_     = in.u64();
+    late_count_     = in.u64();
+    nan_values_     = in.u64();
+    emitted_        = in.u64();
+    std::size_t const n = in.count(12);
+    std::int64_t prev_j = 0;
+    std::uint32_t prev_key = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      std::int64_t const j    = checked_window(in.i64(), win_.pane, win_.offset);
+      std::uint32_t const key = in.u32();
+      state_reader::check(i == 0 || prev_j < j || (prev_j == j && prev_key < key),
+                          "panes not sorted by (pane, key)");
+      prev_j   = j;
+      prev_key = key;
+      std::uint32_t const slot = pool_.take();
+      keys_[key].emplace(j, slot);
+      keys_by_pane_[j].push_back(key);
+      channel_acc* a = pool_.at(slot);
+      for (int c = 0; c < channels_; ++c) read_channel_acc(in, a[c]);
+    }
   }
 
  private:

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/results.hpp>
 
 #include "engine_common.hpp"
@@ -87,6 +88,79 @@ class cpu_rolling_engine final : public window_engine {
     c.has_watermark = clock_.has;
     c.watermark     = clock_.has ? clock_.value() : 0;
     return c;
+  }
+
+  // Checkpoint: clock, counters, the waiting records in (t, key, arrival) order and the
+  // per-key history (the last rows - 1 emitted records), with their values.
+  void save_state(state_writer& out) override
+  {
+    out.boolean(clock_.has);
+    out.i64(clock_.max_ts);
+    out.u64(seq_);
+    out.u64(aggregated_);
+    out.u64(late_count_);
+    out.u64(nan_values_);
+    out.u64(emitted_);
+    auto const ch  = static_cast<std::size_t>(channels_);
+    auto write_rec = [&](held_record const& r) {
+      out.i64(r.t);
+      out.u32(r.key);
+      out.u64(r.seq);
+      for (std::size_t c = 0; c < ch; ++c) out.f64(vals_[std::size_t{r.slot} * ch + c]);
+    };
+    auto waiting = pending_;
+    out.u64(waiting.size());
+    while (!waiting.empty()) {
+      write_rec(waiting.top());
+      waiting.pop();
+    }
+    std::vector<std::uint32_t> keys;
+    for (auto const& [key, h] : history_) keys.push_back(key);
+    std::sort(keys.begin(), keys.end());
+    out.u64(keys.size());
+    for (std::uint32_t key : keys) {
+      auto const& h = history_.at(key);
+      out.u32(key);
+      out.u64(h.size());
+      for (held_record const& r : h) write_rec(r);
+    }
+  }
+
+  void load_state(state_reader& in) override
+  {
+    clock_.has    = in.boolean();
+    clock_.max_ts = in.i64();
+    if (clock_.has) { checked_time(clock_.max_ts); }
+    seq_        = in.u64();
+    aggregated_ = in.u64();
+    late_count_ = in.u64();
+    nan_values_ = in.u64();
+    emitted_    = in.u64();
+    auto const ch = static_cast<std::size_t>(channels_);
+    auto read_rec = [&] {
+      held_record r{};
+      r.t    = checked_time(in.i64());
+      r.key  = in.u32();
+      r.seq  = in.u64();
+      r.slot = take();
+      for (std::size_t c = 0; c < ch; ++c) vals_[std::size_t{r.slot} * ch + c] = in.f64();
+      return r;
+    };
+    std::size_t const np = in.count(20 + 8 * ch);
+    for (std::size_t i = 0; i < np; ++i) pending_.push(read_rec());
+    std::size_t const nk = in.count(12);
+    for (std::size_t k = 0; k < nk; ++k) {
+      std::uint32_t const key = in.u32();
+      std::size_t const n     = in.count(20 + 8 * ch);
+      state_reader::check(rows_ > 1 && static_cast<std::int64_t>(n) <= rows_ - 1 &&
+                            history_.count(key) == 0,
+                          "rolling history longer than the window or repeated");
+      auto& h = history_[key];
+      for (std::size_t i = 0; i < n; ++i) {
+        h.push_back(read_rec());
+        state_reader::check(h.back().key == key, "rolling history holds another key");
+      }
+    }
   }
 
  private:

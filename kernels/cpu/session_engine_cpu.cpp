@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/ops/windows.hpp>
 
@@ -87,6 +88,90 @@ class cpu_session_engine final : public window_engine {
     c.has_watermark = clock_.has;
     c.watermark     = clock_.has ? clock_.value() : 0;
     return c;
+  }
+
+  // Checkpoint: clock, counters, the sessions sorted by (key, first) with their flags and
+  // accumulators, and the freed-session marks.
+  void save_state(state_writer& out) override
+  {
+    out.boolean(clock_.has);
+    out.i64(clock_.max_ts);
+    out.u64(seq_);
+    out.u64(aggregated_);
+    out.u64(late_count_);
+    out.u64(nan_values_);
+    out.u64(emitted_);
+    std::vector<std::uint32_t> keys;
+    std::size_t n = 0;
+    for (auto const& [key, sessions] : keys_) {
+      keys.push_back(key);
+      n += sessions.size();
+    }
+    std::sort(keys.begin(), keys.end());
+    out.u64(n);
+    for (std::uint32_t key : keys) {
+      for (auto const& [first, st] : keys_.at(key)) {
+        out.u32(key);
+        out.i64(first);
+        out.i64(st.last);
+        out.boolean(st.emitted);
+        out.boolean(st.closed);
+        channel_acc const* a = pool_.at(st.slot);
+        for (int c = 0; c < channels_; ++c) write_channel_acc(out, a[c]);
+      }
+    }
+    std::vector<std::pair<std::uint32_t, std::int64_t>> freed(freed_until_.begin(), freed_until_.end());
+    std::sort(freed.begin(), freed.end());
+    out.u64(freed.size());
+    for (auto const& [key, until] : freed) {
+      out.u32(key);
+      out.i64(until);
+    }
+    out.u64(freed_order_.size());
+    for (auto const& [end, key] : freed_order_) {
+      out.i64(end);
+      out.u32(key);
+    }
+  }
+
+  void load_state(state_reader& in) override
+  {
+    clock_.has    = in.boolean();
+    clock_.max_ts = in.i64();
+    if (clock_.has) { checked_time(clock_.max_ts); }
+    seq_        = in.u64();
+    aggregated_ = in.u64();
+    late_count_ = in.u64();
+    nan_values_ = in.u64();
+    emitted_    = in.u64();
+    std::size_t const n = in.count(22);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint32_t const key  = in.u32();
+      std::int64_t const first = checked_time(in.i64());
+      session_state st{};
+      st.last    = checked_time(in.i64());
+      st.emitted = in.boolean();
+      st.closed  = in.boolean();
+      state_reader::check(first <= st.last, "session ends before it starts");
+      session_map& sessions = keys_[key];
+      state_reader::check(sessions.empty() || sessions.rbegin()->second.last + sess_.gap <= first,
+                          "sessions of a key overlap or are out of order");
+      st.slot        = pool_.take();
+      channel_acc* a = pool_.at(st.slot);
+      for (int c = 0; c < channels_; ++c) read_channel_acc(in, a[c]);
+      sessions.emplace(first, st);
+      (st.closed ? kept_ : open_).emplace(sess_.end(st.last), key, first);
+    }
+    std::size_t const nf = in.count(12);
+    for (std::size_t i = 0; i < nf; ++i) {
+      std::uint32_t const key = in.u32();
+      freed_until_[key]       = checked_time(in.i64(), sess_.gap);
+    }
+    std::size_t const no = in.count(12);
+    for (std::size_t i = 0; i < no; ++i) {
+      std::int64_t const end = checked_time(in.i64(), sess_.gap);
+      freed_order_.emplace(end, in.u32());
+    }
   }
 
  private:

@@ -10,6 +10,7 @@
 
 #include <cusense/error.hpp>
 
+#include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/ops/moments.hpp>
@@ -61,6 +62,7 @@ struct shard_state {
   std::vector<std::uint32_t> todo;   // record indices of the current batch
   std::vector<std::uint32_t> slots;  // state slot of each todo record
   std::vector<std::int64_t> wins;    // scratch: window id of each todo record
+  std::vector<std::uint64_t> hashes; // scratch: flat_index::hash of each todo record
   struct created_state {
     std::int64_t win;
     std::uint32_t key;
@@ -95,8 +97,14 @@ struct shard_state {
   // nothing changed.
   std::uint32_t slot_for(std::uint32_t key, std::int64_t win, int channels)
   {
-    std::uint32_t slot = index.find(key, win);
-    if (slot != flat_index::none) { return slot; }
+    std::uint32_t const slot = index.find(key, win);
+    return slot != flat_index::none ? slot : create(key, win, channels);
+  }
+
+  // The slot of a new state (key, win), which must be missing; slot_for's slow path.
+  __attribute__((noinline)) std::uint32_t create(std::uint32_t key, std::int64_t win, int channels)
+  {
+    std::uint32_t slot;
     if (!free_slots.empty()) {
       slot = free_slots.back();
       free_slots.pop_back();
@@ -156,14 +164,20 @@ struct shard_state {
       std::size_t const n = todo.size();
       slots.resize(n);
       wins.resize(n);
+      hashes.resize(n);
       window_id_cache wid{window};
-      for (std::size_t j = 0; j < n; ++j) wins[j] = wid(ts[todo[j]]);
+      for (std::size_t j = 0; j < n; ++j) {
+        std::uint32_t const r = todo[j];
+        wins[j]               = wid(ts[r]);
+        hashes[j]             = flat_index::hash(keys[r], wins[j]);
+      }
       // The bucket loads are the cost (random accesses): issue them ahead of their use.
       for (std::size_t j = 0; j < n; ++j) {
-        if (j + prefetch_ahead < n) {
-          index.prefetch(keys[todo[j + prefetch_ahead]], wins[j + prefetch_ahead]);
-        }
-        slots[j] = slot_for(keys[todo[j]], wins[j], channels);
+        if (j + prefetch_ahead < n) { index.prefetch_hashed(hashes[j + prefetch_ahead]); }
+        std::uint32_t const key = keys[todo[j]];
+        std::uint32_t slot      = index.find_hashed(hashes[j], key, wins[j]);
+        if (slot == flat_index::none) { slot = create(key, wins[j], channels); }
+        slots[j] = slot;
       }
     } catch (...) {
       roll_back(channels);
@@ -175,6 +189,18 @@ struct shard_state {
   template <typename T>
   void accumulate(T const* values, int channels)
   {
+    if (channels == 1) {
+      accumulate<T, 1>(values);
+    } else {
+      accumulate<T, 0>(values, channels);
+    }
+  }
+
+  // Fixed = the channel count known at compile time, or 0.
+  template <typename T, int Fixed>
+  void accumulate(T const* values, int channels = Fixed)
+  {
+    if constexpr (Fixed != 0) { channels = Fixed; }
     std::size_t const n = todo.size();
     for (std::size_t j = 0; j < n; ++j) {
       if (j + prefetch_ahead < n) {
@@ -242,6 +268,9 @@ class cpu_window_engine final : public window_engine {
     return c;
   }
 
+  void save_state(state_writer& out) override;
+  void load_state(state_reader& in) override;
+
  private:
   std::int64_t watermark() const { return max_ts_ - options_.max_out_of_orderness; }
 
@@ -255,77 +284,169 @@ class cpu_window_engine final : public window_engine {
                            "; split it (results do not depend on how the stream is cut)");
     }
     // Strong guarantee: passes 0 and 1 may fail (bad_alloc, capacity) and leave the engine as
-    // it was; pass 2 cannot fail.
+    // it was; pass 2 cannot fail. All passes run in one parallel region: the batch is cut into
+    // one chunk per part (thread) for pass 0, the shards are divided among the threads for
+    // passes 1 and 2. Results do not depend on the number of threads or parts.
     for (auto& s : shards_) s.begin_batch();
     late_idx_.clear();
-    // Pass 0: lateness and shard of each record. Lateness is decided record by record in
-    // arrival order, against the watermark carried from all earlier records, so it does not
-    // depend on how the stream is cut into batches.
-    std::int64_t max_ts = max_ts_;
-    bool has_max        = has_max_;
-    auto const wm       = [&] { return max_ts - options_.max_out_of_orderness; };
-    // A record is late when its window id is below closed_before(watermark), that is when its
-    // time is below the start of that window: compare times, no division per record.
-    std::int64_t late_below = std::numeric_limits<std::int64_t>::min();
-    if (has_max) { late_below = window_.start(window_.closed_before(wm())); }
-    for (std::size_t i = 0; i < batch.n; ++i) {
-      std::int64_t const t = batch.timestamps[i];
-      if (t < late_below) {
-        late_idx_.push_back(static_cast<std::uint32_t>(i));
-        continue;
-      }
-      shards_[shard_of(batch.keys[i], shards)].todo.push_back(static_cast<std::uint32_t>(i));
-      if (!has_max || t > max_ts) {
-        max_ts     = t;
-        has_max    = true;
-        late_below = window_.start(window_.closed_before(wm()));
-      }
+    std::size_t const n   = batch.n;
+    bool const parallel   = n >= parallel_threshold && shards > 1;
+    std::uint32_t const parts = parallel ? shards : 1;
+    if (parts_.size() < parts) { parts_.resize(parts); }
+    for (std::uint32_t c = 0; c < parts; ++c) {
+      parts_[c].by_shard.resize(shards);
+      parts_[c].count.assign(shards, 0);
+      parts_[c].cursor.resize(shards);
+      parts_[c].late.clear();
+      parts_[c].error = nullptr;
     }
-    late_out_.reserve(late_idx_.size());
-    // Pass 1: find or create the state of each record.
-    bool const parallel = batch.n >= parallel_threshold && shards > 1;
     std::vector<std::exception_ptr> errors(shards);
-    auto resolve = [&](std::size_t s) {
-      try {
-        shards_[s].resolve(batch.keys, batch.timestamps, window_, channels);
-      } catch (...) {
-        errors[s] = std::current_exception();
+    bool ok = true;
+    std::size_t open = 0, created = 0;  // states open after pass 1, and created by it
+    auto const chunk_begin = [&](std::uint32_t c) { return n / parts * c + std::min<std::size_t>(c, n % parts); };
+    auto body = [&](std::uint32_t tid, std::uint32_t team) {
+      // Pass 0a: the largest timestamp of each chunk, and how many of its records each shard
+      // holds (late ones included: a bound).
+      for (std::uint32_t c = tid; c < parts; c += team) {
+        std::int64_t m      = std::numeric_limits<std::int64_t>::min();
+        std::size_t* const count = parts_[c].count.data();
+        for (std::size_t i = chunk_begin(c), e = chunk_begin(c + 1); i < e; ++i) {
+          m = std::max(m, batch.timestamps[i]);
+          ++count[shard_of(batch.keys[i], shards)];
+        }
+        parts_[c].max = m;
+      }
+#pragma omp barrier
+      // Pass 0b: lateness and shard of each record. Lateness is decided record by record in
+      // arrival order, against the largest time of all earlier records (those of earlier batches
+      // and chunks included), so it does not depend on how the stream is cut into batches or
+      // chunks. A late record is below that largest time, so it never raises it.
+      for (std::uint32_t c = tid; c < parts; c += team) {
+        part& pc = parts_[c];
+        try {
+          // m: the largest time so far, or INT64_MIN (below every valid time) when there is none.
+          std::int64_t m = has_max_ ? max_ts_ : std::numeric_limits<std::int64_t>::min();
+          for (std::uint32_t d = 0; d < c; ++d) m = std::max(m, parts_[d].max);
+          // A record is late when its window id is below closed_before(watermark), that is when
+          // its time is below the start of that window: compare times, no division per record.
+          // The bound changes only when the watermark reaches the end of that window.
+          std::int64_t late_below = std::numeric_limits<std::int64_t>::min();
+          std::int64_t recompute  = std::numeric_limits<std::int64_t>::min();  // m that moves it
+          auto const update = [&] {
+            std::int64_t const k = window_.closed_before(m - options_.max_out_of_orderness);
+            late_below           = window_.start(k);
+            recompute            = window_.end(k) + options_.max_out_of_orderness;
+          };
+          bool const has = m != std::numeric_limits<std::int64_t>::min();
+          if (has) { update(); }
+          auto& lists = pc.by_shard;
+          for (std::uint32_t s = 0; s < shards; ++s) {
+            lists[s].resize(pc.count[s]);
+            pc.cursor[s] = lists[s].data();
+          }
+          std::uint32_t** const cursor = pc.cursor.data();
+          for (std::size_t i = chunk_begin(c), e = chunk_begin(c + 1); i < e; ++i) {
+            std::int64_t const t = batch.timestamps[i];
+            if (t < late_below) {
+              pc.late.push_back(static_cast<std::uint32_t>(i));
+              continue;
+            }
+            *cursor[shard_of(batch.keys[i], shards)]++ = static_cast<std::uint32_t>(i);
+            m = std::max(m, t);
+            if (m >= recompute) { update(); }
+          }
+          for (std::uint32_t s = 0; s < shards; ++s) {
+            lists[s].resize(static_cast<std::size_t>(cursor[s] - lists[s].data()));
+          }
+        } catch (...) {
+          pc.error = std::current_exception();
+        }
+      }
+#pragma omp barrier
+      // Pass 1: find or create the state of each record, shard by shard.
+      bool const partitioned = std::none_of(parts_.begin(), parts_.begin() + parts,
+                                            [](part const& p) { return p.error != nullptr; });
+      if (partitioned) {
+        for (std::uint32_t s = tid; s < shards; s += team) {
+          try {
+            shard_state& sh = shards_[s];
+            if (parts == 1) {
+              sh.todo.swap(parts_[0].by_shard[s]);
+            } else {
+              std::size_t total = 0;
+              for (std::uint32_t c = 0; c < parts; ++c) total += parts_[c].by_shard[s].size();
+              sh.todo.reserve(total);
+              for (std::uint32_t c = 0; c < parts; ++c) {
+                auto const& l = parts_[c].by_shard[s];
+                sh.todo.insert(sh.todo.end(), l.begin(), l.end());
+              }
+            }
+            sh.resolve(batch.keys, batch.timestamps, window_, channels);
+          } catch (...) {
+            errors[s] = std::current_exception();
+          }
+        }
+      }
+#pragma omp barrier
+#pragma omp single
+      {
+        for (auto const& s : shards_) {
+          open += s.index.size();
+          created += s.created.size();
+        }
+        std::size_t const cap = options_.max_open_windows;
+        ok = partitioned && std::none_of(errors.begin(), errors.end(), [](auto const& e) { return e != nullptr; }) &&
+             !(cap != 0 && open > cap);
+        if (ok) {
+          try {
+            std::size_t late = 0;
+            for (std::uint32_t c = 0; c < parts; ++c) late += parts_[c].late.size();
+            late_idx_.reserve(late);
+            late_out_.reserve(late);
+            for (std::uint32_t c = 0; c < parts; ++c) {
+              late_idx_.insert(late_idx_.end(), parts_[c].late.begin(), parts_[c].late.end());
+            }
+          } catch (...) {
+            errors[0] = std::current_exception();
+            ok        = false;
+          }
+        }
+      }
+      // Pass 2: apply.
+      if (ok) {
+        for (std::uint32_t s = tid; s < shards; s += team) shards_[s].accumulate(values, channels);
       }
     };
-    if (parallel) {
-#pragma omp parallel for schedule(static, 1) num_threads(shards)
-      for (std::int64_t s = 0; s < static_cast<std::int64_t>(shards); ++s) {
-        resolve(static_cast<std::size_t>(s));
+#pragma omp parallel num_threads(parts) if (parallel)
+    {
+#ifdef _OPENMP
+      body(static_cast<std::uint32_t>(omp_get_thread_num()), static_cast<std::uint32_t>(omp_get_num_threads()));
+#else
+      body(0, 1);
+#endif
+    }
+    if (!ok) {
+      for (std::uint32_t c = 0; c < parts; ++c) {
+        if (parts_[c].error) { std::rethrow_exception(parts_[c].error); }  // nothing was created
       }
-    } else {
-      for (std::size_t s = 0; s < shards; ++s) resolve(s);
-    }
-    std::size_t open = 0, created = 0;
-    for (auto const& s : shards_) {
-      open += s.index.size();
-      created += s.created.size();
-    }
-    auto const failed = std::find_if(errors.begin(), errors.end(), [](auto const& e) { return e != nullptr; });
-    std::size_t const cap = options_.max_open_windows;
-    if (failed != errors.end() || (cap != 0 && open > cap)) {
       for (auto& s : shards_) s.roll_back(channels);
+      auto const failed = std::find_if(errors.begin(), errors.end(), [](auto const& e) { return e != nullptr; });
       if (failed != errors.end()) { std::rethrow_exception(*failed); }
+      std::size_t const cap = options_.max_open_windows;
       throw capacity_error("max_open_windows = " + std::to_string(cap) + " would be exceeded: " +
                            std::to_string(open - created) + " (key, window) states are open and " +
                            "the batch of " + std::to_string(batch.n) + " records opens " +
                            std::to_string(created) + " more; the batch was rejected and the " +
                            "pipeline is unchanged");
     }
-    // Pass 2: apply.
-    auto accumulate = [&](std::size_t s) { shards_[s].accumulate(values, channels); };
-    if (parallel) {
-#pragma omp parallel for schedule(static, 1) num_threads(shards)
-      for (std::int64_t s = 0; s < static_cast<std::int64_t>(shards); ++s) {
-        accumulate(static_cast<std::size_t>(s));
+    std::int64_t max_ts = max_ts_;
+    bool has_max        = has_max_;
+    for (std::uint32_t c = 0; c < parts; ++c) {
+      if (chunk_begin(c) < chunk_begin(c + 1)) {
+        max_ts  = has_max ? std::max(max_ts, parts_[c].max) : parts_[c].max;
+        has_max = true;
       }
-    } else {
-      for (std::size_t s = 0; s < shards; ++s) accumulate(s);
-    }
+    }  // (a late record is below the running maximum, so chunk maxima are maxima of on-time ones)
     for (std::uint32_t i : late_idx_) {
       late_out_.append(batch.keys[i], batch.timestamps[i], values + std::size_t{i} * channels);
     }
@@ -399,7 +520,76 @@ class cpu_window_engine final : public window_engine {
   std::uint64_t late_count_ = 0;
   std::uint64_t emitted_    = 0;
   std::vector<std::uint32_t> late_idx_;  // scratch: late records of the current batch
+  // Scratch of pass 0, one per chunk of a batch: the chunk's largest time, its on-time records
+  // split by shard and its late records, in arrival order.
+  struct part {
+    std::int64_t max = 0;
+    std::vector<std::vector<std::uint32_t>> by_shard;
+    std::vector<std::size_t> count;         // pass 0a: records per shard (a bound for by_shard)
+    std::vector<std::uint32_t*> cursor;     // pass 0b: where by_shard[s] is written next
+    std::vector<std::uint32_t> late;
+    std::exception_ptr error;
+  };
+  std::vector<part> parts_;
 };
+
+// ----- checkpoints: the neutral tumbling_state (open states sorted by (window, key))
+
+void cpu_window_engine::save_state(state_writer& out)
+{
+  emit_closed();
+  tumbling_state st;
+  st.has_max    = has_max_;
+  st.max_ts     = max_ts_;
+  st.late       = late_count_;
+  st.emitted    = emitted_;
+  int const channels = options_.channels;
+  struct entry {
+    std::int64_t win;
+    std::uint32_t key;
+    ops::moments const* acc;
+  };
+  std::vector<entry> all;
+  for (auto const& sh : shards_) {
+    st.aggregated += sh.aggregated;
+    st.nan_values += sh.nan_values;
+    for (auto const& [win, slots] : sh.open_by_window) {
+      for (std::uint32_t slot : slots) {
+        all.push_back({win, sh.slot_key[slot], &sh.acc[std::size_t{slot} * channels]});
+      }
+    }
+  }
+  std::sort(all.begin(), all.end(), [](entry const& a, entry const& b) {
+    return a.win != b.win ? a.win < b.win : a.key < b.key;
+  });
+  for (entry const& e : all) {
+    st.wid.push_back(e.win);
+    st.key.push_back(e.key);
+    st.acc.insert(st.acc.end(), e.acc, e.acc + channels);
+  }
+  write_tumbling_state(out, st, channels);
+}
+
+void cpu_window_engine::load_state(state_reader& in)
+{
+  tumbling_state const st = read_tumbling_state(in, options_);
+  int const channels      = options_.channels;
+  auto const shards       = static_cast<std::uint32_t>(shards_.size());
+  for (auto& sh : shards_) sh.begin_batch();
+  for (std::size_t i = 0; i < st.wid.size(); ++i) {
+    shard_state& sh          = shards_[shard_of(st.key[i], shards)];
+    std::uint32_t const slot = sh.slot_for(st.key[i], st.wid[i], channels);
+    std::copy_n(&st.acc[i * static_cast<std::size_t>(channels)], channels,
+                &sh.acc[std::size_t{slot} * channels]);
+  }
+  for (auto& sh : shards_) sh.created.clear();
+  shards_[0].aggregated = st.aggregated;
+  shards_[0].nan_values = st.nan_values;
+  has_max_    = st.has_max;
+  max_ts_     = st.max_ts;
+  late_count_ = st.late;
+  emitted_    = st.emitted;
+}
 
 }  // namespace
 

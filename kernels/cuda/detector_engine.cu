@@ -327,6 +327,42 @@ class cuda_detector_engine final : public detector_engine {
     CUSENSE_CHECK_LAST_ERROR();
   }
 
+  // Checkpoints: copies slots [0, num_slots) of each detector's state back to the host.
+  void export_state(std::uint32_t num_slots, std::vector<std::vector<double>>& d,
+                    std::vector<std::vector<std::int64_t>>& i) override
+  {
+    grow(num_slots);
+    cudaStream_t const s = stream_.get();
+    d.resize(params_.size());
+    i.resize(params_.size());
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      d[k].resize(std::size_t{num_slots} * static_cast<std::size_t>(params_[k].d_stride()));
+      i[k].resize(std::size_t{num_slots} * static_cast<std::size_t>(params_[k].i_stride()));
+      if (num_slots == 0) continue;
+      CUSENSE_CUDA_TRY(cudaMemcpyAsync(d[k].data(), d_[k].data<double>(), d[k].size() * sizeof(double),
+                                       cudaMemcpyDeviceToHost, s));
+      CUSENSE_CUDA_TRY(cudaMemcpyAsync(i[k].data(), i_[k].data<std::int64_t>(),
+                                       i[k].size() * sizeof(std::int64_t), cudaMemcpyDeviceToHost, s));
+    }
+    CUSENSE_CUDA_TRY(cudaStreamSynchronize(s));
+  }
+
+  // Checkpoints: uploads slots [0, num_slots) (zero-filled beyond, like grow()).
+  void import_state(std::uint32_t num_slots, std::vector<std::vector<double>> const& d,
+                    std::vector<std::vector<std::int64_t>> const& i) override
+  {
+    grow(num_slots);
+    cudaStream_t const s = stream_.get();
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+      if (num_slots == 0) continue;
+      CUSENSE_CUDA_TRY(cudaMemcpyAsync(d_[k].data<double>(), d[k].data(), d[k].size() * sizeof(double),
+                                       cudaMemcpyHostToDevice, s));
+      CUSENSE_CUDA_TRY(cudaMemcpyAsync(i_[k].data<std::int64_t>(), i[k].data(),
+                                       i[k].size() * sizeof(std::int64_t), cudaMemcpyHostToDevice, s));
+    }
+    CUSENSE_CUDA_TRY(cudaStreamSynchronize(s));
+  }
+
   // Grows the per-slot state to num_slots, keeping what is there and zeroing the rest.
   void grow(std::uint32_t num_slots)
   {

@@ -1,7 +1,7 @@
 """cusense: keyed event-time windows and anomaly scores over sensor streams, on GPU or CPU."""
 from . import _core
-from ._core import (BackendUnavailableError, CapacityError, ConcurrentUseError, CudaError,
-                    OutOfMemoryError)
+from ._core import (BackendUnavailableError, CapacityError, CheckpointError, ConcurrentUseError,
+                    CudaError, OutOfMemoryError)
 from ._pipeline import (Pipeline, Rolling, Session, Sliding, Tumbling, cuda_available, devices,
                         window_aggregate)
 from . import detectors
@@ -14,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Pipeline", "Tumbling", "Sliding", "Session", "Rolling", "Result", "window_aggregate", "detectors", "score", "devices", "cuda_available",
     "to_nanoseconds", "BackendUnavailableError", "CapacityError", "ConcurrentUseError", "CudaError",
-    "OutOfMemoryError",
+    "OutOfMemoryError", "CheckpointError",
 ]

@@ -1,6 +1,7 @@
 """The streaming pipeline and one-shot windowed aggregation."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -109,6 +110,21 @@ def _set_window(opts, window) -> None:
     else:
         opts.window_kind = "rolling"
         opts.rolling_rows, opts.min_periods = window.n, window.min_periods
+
+
+def _window_of(opts):
+    """The window object of core options (None for a detectors-only pipeline)."""
+    if not opts.windowed:
+        return None
+    kind = opts.window_kind
+    if kind == "tumbling":
+        return Tumbling(opts.window_size, opts.window_offset)
+    if kind == "sliding":
+        return Sliding(opts.window_size, opts.window_slide, opts.window_offset)
+    if kind == "session":
+        return Session(opts.session_gap)
+    mp = opts.min_periods
+    return Rolling(opts.rolling_rows, None if mp < 0 else mp)
 
 
 def _as_keys(keys) -> np.ndarray:
@@ -274,6 +290,37 @@ class Pipeline:
         key, arrival) within each push): key, timestamp, seq (arrival index), value(s), late,
         then ``score_<name>`` and ``is_anomaly_<name>`` per detector. See cusense.detectors."""
         return Result(self._core.poll_scores())
+
+    def checkpoint(self, path) -> None:
+        """Write the complete pipeline state (options, open windows, watermark, counters,
+        detector state, and outputs not yet polled) to ``path`` atomically: a temporary file in
+        the same directory is written, fsync'ed and renamed over ``path``, so a crash leaves the
+        previous checkpoint intact. The pipeline is unchanged. See :meth:`restore`."""
+        self._core.checkpoint(os.fspath(path))
+
+    @classmethod
+    def restore(cls, path, backend: str = "auto", nan_policy: str = "skip") -> "Pipeline":
+        """A pipeline in exactly the state saved by :meth:`checkpoint` at ``path``, with its
+        options, on ``backend`` (either backend can restore a checkpoint from the other).
+        Pushing the records that followed the checkpoint gives exactly the output of an
+        uninterrupted run. Raises FileNotFoundError for a missing file and ValueError
+        (:class:`cusense.CheckpointError`) naming the problem for an empty, truncated,
+        corrupt (checksum) or wrong-version file."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint at {path!r}")
+        if nan_policy not in _NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
+        core = _core.Pipeline.restore(path, backend)
+        opts = core.options
+        self = cls.__new__(cls)
+        self._core = core
+        self._channels = opts.channels
+        self._nan_policy = nan_policy
+        self.window = _window_of(opts)
+        self.aggs = list(opts.aggs)
+        self.detectors = list(opts.detectors)
+        return self
 
     def poll_silence(self) -> Result:
         """Silence events since the last call: key, last_seen, silent_since, back_at (NaT =

@@ -116,9 +116,11 @@ class KnnDiscord(Detector):
     """1-NN left discord of the last ``L`` values among the subsequences of the previous ``H``
     values (normalised by the history's std), calibrated as ``raw / (raw + M)`` with ``M`` the
     largest raw of the previous ``H2`` records, and gated: a record keeps its score only when it
-    beats every calibrated score of the previous ``K`` records. The default detector."""
+    beats every calibrated score of the previous ``K`` records. The default detector. The default
+    ``threshold`` (0.5365) is the one the corpus-wide NAB sweep picks for the standard profile
+    (``benchmarks/nab/evaluate.py``)."""
 
-    threshold: float = 0.6
+    threshold: float = 0.5365
     L: int = 4
     H: int = 3000
     min_candidates: int = 50
@@ -155,7 +157,8 @@ class Silence(Detector):
 
 
 def default() -> Detector:
-    """The configuration recommended for unknown data (one setting for every stream)."""
+    """The configuration recommended for unknown data (one setting for every stream):
+    ``KnnDiscord()`` with its defaults, threshold 0.5365 (the NAB standard-profile sweep)."""
     return KnnDiscord()
 
 

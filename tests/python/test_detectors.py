@@ -214,6 +214,7 @@ def test_default_is_the_nab_best_detector():
     d = D.default()
     assert isinstance(d, D.KnnDiscord)
     assert (d.L, d.H, d.min_candidates, d.H2, d.K) == (4, 3000, 50, 500, 50)
+    assert d.threshold == 0.5365  # the NAB standard-profile sweep (benchmarks/nab/evaluate.py)
 
 
 @pytest.mark.parametrize("name", list(DETECTORS))

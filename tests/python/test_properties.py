@@ -111,9 +111,24 @@ def test_every_record_is_accounted_for(backend, s):
     np.testing.assert_array_equal(late["timestamp"], ts[is_late])
 
 
+@pytest.fixture
+def cap_backend(backend):
+    """`backend`, but the CUDA engine does not implement max_open_windows: there a capped
+    pipeline is refused (backend='auto' uses the CPU) and the cap property skips."""
+    if backend == "cuda":
+        with pytest.raises(cusense.BackendUnavailableError, match="max_open_windows"):
+            cusense.Pipeline(cusense.Tumbling(10), aggs=AGGS, backend="cuda", max_open_windows=5)
+        assert cusense.Pipeline(cusense.Tumbling(10), aggs=AGGS, backend="auto",
+                                max_open_windows=5).backend == "cpu"
+        pytest.skip("max_open_windows is not supported on the CUDA backend "
+                    "(BackendUnavailableError; backend='auto' uses the CPU)")
+    return backend
+
+
 @SETTINGS
 @given(s=streams(max_records=240), cap=st.integers(1, 30))
-def test_capped_run_equals_uncapped_run_of_the_accepted_batches(backend, s, cap):
+def test_capped_run_equals_uncapped_run_of_the_accepted_batches(cap_backend, s, cap):
+    backend = cap_backend
     cuts = s["cuts"]
     capped, accepted, rejected, parts = _pipe(s, backend, max_open_windows=cap), [], 0, []
     for a, b in zip(cuts[:-1], cuts[1:]):
@@ -132,3 +147,38 @@ def test_capped_run_equals_uncapped_run_of_the_accepted_batches(backend, s, cap)
     st_ = capped.stats
     assert st_["records_rejected"] == rejected
     assert st_["records_pushed"] == st_["records_aggregated"] + st_["records_late"] + rejected
+
+
+@SETTINGS
+@given(s=streams(), at=st.integers(0, 12), lateness=st.sampled_from([0, 0, 200]))
+def test_checkpoint_restore_equivalence(backend, s, at, lateness, tmp_path):
+    """Checkpointing after any batch and resuming from the file gives the uninterrupted run."""
+    aggs = AGGS + (["first", "last", "p50"] if lateness else [])
+    cuts = s["cuts"]
+    batches = list(zip(cuts[:-1], cuts[1:]))
+    at = min(at, len(batches))
+
+    def pipe():
+        if not lateness:
+            return _pipe(s, backend)
+        # allowed lateness, first/last and quantiles run on the CPU engines
+        return cusense.Pipeline(cusense.Tumbling(s["size"], s["offset"]), aggs=aggs,
+                                max_out_of_orderness=s["ooo"], backend="cpu",
+                                allowed_lateness=lateness,
+                                channels=s["channels"] if s["channels"] > 1 else None)
+
+    want, want_late = _run(pipe(), s, batches)
+    first = pipe()
+    head = []
+    for a, b in batches[:at]:
+        first.push(s["keys"][a:b], s["ts"][a:b], s["values"][a:b])
+        head.append(first.poll())
+    path = tmp_path / "p.ckpt"
+    first.checkpoint(path)
+    resumed = cusense.Pipeline.restore(path, backend=first.backend)
+    late_head = resumed.poll_late()
+    tail, late_tail = _run(resumed, s, batches[at:])
+    got = cusense.Result.concat(head + [tail])
+    _assert_same(got, want, "cpu")
+    _assert_same(cusense.Result.concat([late_head, late_tail]), want_late, "cpu")
+    assert resumed.stats["records_pushed"] == len(s["keys"])

@@ -128,19 +128,20 @@ def sliding_oracle(keys, ts, values, size, slide, offset, ooo, lateness=0):
 
 @pytest.mark.parametrize("size,slide,offset", [(100, 30, 0), (90, 30, 7), (60, 60, -13), (50, 7, 3)])
 def test_sliding_matches_pandas(backend, rng, size, slide, offset):
-    if backend == "cuda":
-        pytest.skip("sliding windows are CPU-only for now (BackendUnavailableError on cuda)")
+    aggs = ALL_AGGS if backend == "cpu" else MOMENTS + ORDERED  # quantiles are CPU-only
     ooo = 40
     keys, ts, values = make_stream(rng, 6000, 37, 3, ooo)
     window = cusense.Sliding(size, slide, offset=offset) if slide != size else cusense.Tumbling(size, offset)
-    pipe = cusense.Pipeline(window, aggs=ALL_AGGS, max_out_of_orderness=ooo, backend=backend)
+    # small staging slots cut pushes into several device chunks on the CUDA backend
+    pipe = cusense.Pipeline(window, aggs=aggs, max_out_of_orderness=ooo, backend=backend,
+                            staging_records=int(rng.integers(50, 2000)))
     res, late = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 700))
     contrib, late_idx = sliding_oracle(keys, ts, values, size, slide, offset, ooo)
     expect = oracle_aggs(contrib, ["window_start", "key"])
     np.testing.assert_array_equal(res["window_start"], expect["window_start"])
     np.testing.assert_array_equal(res["key"], expect["key"])
     np.testing.assert_array_equal(res["window_end"], res["window_start"] + size)
-    assert_aggs_match(res, expect)
+    assert_aggs_match(res, expect, aggs=aggs)
     np.testing.assert_array_equal(late["timestamp"], ts[late_idx])
     np.testing.assert_array_equal(late["key"], keys[late_idx])
     assert len(late_idx) > 0
@@ -517,14 +518,21 @@ def test_stats_state_and_cap():
 
 
 def test_cuda_backend_refuses_new_windows_and_auto_uses_cpu():
-    for window, aggs, kw in [(cusense.Sliding(10, 5), ["count"], {}), (cusense.Session(5), ["count"], {}),
-                             (cusense.Rolling(3), ["count"], {}), (cusense.Tumbling(10), ["p50"], {}),
-                             (cusense.Tumbling(10), ["first"], {}),
-                             (cusense.Tumbling(10), ["count"], {"allowed_lateness": 5})]:
+    for window, aggs, kw in [(cusense.Session(5), ["count"], {}), (cusense.Rolling(3), ["count"], {}),
+                             (cusense.Tumbling(10), ["p50"], {}), (cusense.Sliding(10, 5), ["first", "p99"], {}),
+                             (cusense.Tumbling(10), ["count"], {"allowed_lateness": 5}),
+                             (cusense.Sliding(10, 5), ["count"], {"max_open_windows": 100})]:
         assert cusense.Pipeline(window, aggs=aggs, backend="auto", **kw).backend == "cpu"
         with pytest.raises(cusense.BackendUnavailableError,
                            match="not yet supported on the CUDA backend|without CUDA|no usable CUDA"):
             cusense.Pipeline(window, aggs=aggs, backend="cuda", **kw)
+
+
+def test_auto_runs_sliding_and_order_aggregations_on_cuda_when_usable():
+    usable = cusense._core.cuda_built() and bool(cusense.devices())
+    for window in (cusense.Sliding(10, 5), cusense.Tumbling(10)):
+        pipe = cusense.Pipeline(window, aggs=["count", "first", "last", "argmin_ts", "argmax_ts"], backend="auto")
+        assert pipe.backend == ("cuda" if usable else "cpu")
 
 
 def test_bad_window_options():

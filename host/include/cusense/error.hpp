@@ -10,6 +10,14 @@ struct invalid_argument : std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+/// A checkpoint could not be written or read back: the file is missing, truncated, corrupt
+/// (checksum mismatch), of another format version, not a cusense checkpoint, or the stream
+/// failed. The message names the problem. Derives from invalid_argument: Python sees a
+/// ValueError.
+struct checkpoint_error : invalid_argument {
+  using invalid_argument::invalid_argument;
+};
+
 /// The requested backend was not compiled in or has no usable device.
 struct backend_unavailable : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -2,7 +2,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <iosfwd>
 #include <memory>
+#include <string>
 
 #include <cusense/error.hpp>
 #include <cusense/table.hpp>
@@ -42,7 +44,9 @@ struct busy_flag {
 /// record, columns key, timestamp (instead of window_start, window_end), in (timestamp, key,
 /// arrival) order. argmin_ts/argmax_ts are int64 columns (INT64_MIN when no value). With
 /// options.allowed_lateness > 0 a bool `is_update` column follows; updates are emitted right
-/// after the record that caused them. These run on the CPU backend only for now.
+/// after the record that caused them. The CUDA backend runs tumbling and sliding windows with
+/// every aggregation but quantiles; sessions, rolling windows, quantiles, allowed_lateness and
+/// max_open_windows run on the CPU backend only for now.
 ///
 /// Backends: the CUDA backend copies each push into a ring of pinned staging slots and
 /// enqueues the host-to-device copy and the kernels on its own streams; push() returns once
@@ -123,9 +127,30 @@ class pipeline {
   /// The options as given (backend::automatic is kept; where() tells the backend chosen).
   pipeline_options const& options() const;
 
+  /// Recovery. Writes the complete operator state (options, open windows and panes, sessions,
+  /// rolling histories, watermark, counters, detector state and buffered records, silence
+  /// state, and the windows, late records, scores and silence events emitted but not yet
+  /// polled) to `path`, atomically: a temporary file in the same directory is written,
+  /// fsync'ed and renamed over `path`, so a crash leaves the previous checkpoint intact. The
+  /// pipeline is unchanged (waits for pushed batches like poll()). The format is
+  /// backend-neutral: a checkpoint from one backend restores on the other. Throws
+  /// checkpoint_error when the file cannot be written.
+  void checkpoint(std::string const& path);
+  /// As checkpoint(path), to a stream (not atomic: the caller owns the stream).
+  void checkpoint(std::ostream& out);
+  /// A pipeline in exactly the state of the checkpoint at `path`, with its options, on backend
+  /// `where` (backend::automatic: CUDA when usable and the options run there). Pushing the
+  /// records that followed the checkpoint gives exactly the outputs of an uninterrupted run.
+  /// Throws checkpoint_error (an invalid_argument) naming the problem for a missing, empty,
+  /// truncated, corrupt (checksum) or wrong-version file, or one that is not a checkpoint.
+  static pipeline restore(std::string const& path, backend where = backend::automatic);
+  static pipeline restore(std::istream& in, backend where = backend::automatic);
+
  private:
   template <typename T>
   void push_impl(std::uint32_t const*, std::int64_t const*, T const*, std::size_t);
+  std::string checkpoint_bytes();
+  static pipeline restore_bytes(std::string const& file, backend where);
 
   pipeline_options options_;
   backend backend_;
@@ -133,6 +158,9 @@ class pipeline {
   std::unique_ptr<detail::detector_runner> detectors_;
   std::uint64_t pushed_   = 0;
   std::uint64_t rejected_ = 0;
+  // Outputs taken out of the engines by checkpoint() (or read by restore) that the next
+  // poll / poll_late / poll_scores / poll_silence returns first.
+  table held_windows_, held_late_, held_scores_, held_silence_;
   detail::busy_flag busy_;
 };
 

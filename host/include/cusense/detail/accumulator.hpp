@@ -69,6 +69,11 @@ class quantile_sketch {
 
   std::size_t bytes() const { return buckets_.capacity() * sizeof(ops::dd_bucket); }
 
+  /// The key-sorted buckets (checkpoints).
+  std::vector<ops::dd_bucket> const& buckets() const { return buckets_; }
+  /// Replaces the buckets by a key-sorted list with positive counts (checkpoints).
+  void assign(std::vector<ops::dd_bucket> b) { buckets_ = std::move(b); }
+
  private:
   std::vector<ops::dd_bucket> buckets_;
 };

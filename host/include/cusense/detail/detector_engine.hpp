@@ -18,6 +18,9 @@
 
 namespace cusense::detail {
 
+class state_writer;
+class state_reader;
+
 /// Per-key detector state and scoring of one backend.
 class detector_engine {
  public:
@@ -27,6 +30,13 @@ class detector_engine {
   /// channels doubles, record-major. Writes scores[d * n + i] for each detector d. Synchronous.
   virtual void score(std::uint32_t const* slots, double const* values, std::size_t n,
                      std::uint32_t num_slots, double* scores) = 0;
+  /// Checkpoints: the state of slots [0, num_slots) of detector d, in the shared slot-major
+  /// layout (d_stride() doubles and i_stride() int64 per slot; slots never scored are zero).
+  virtual void export_state(std::uint32_t num_slots, std::vector<std::vector<double>>& d,
+                            std::vector<std::vector<std::int64_t>>& i) = 0;
+  /// Replaces the state by slots [0, num_slots) in the layout of export_state.
+  virtual void import_state(std::uint32_t num_slots, std::vector<std::vector<double>> const& d,
+                            std::vector<std::vector<std::int64_t>> const& i) = 0;
 };
 
 std::unique_ptr<detector_engine> make_cpu_detector_engine(std::vector<ops::detector_params> params,
@@ -61,6 +71,9 @@ class detector_runner {
   detector_counters counters() const;
   bool has_scorers() const { return !scorers_.empty(); }
   bool has_silence() const { return has_silence_; }
+  /// Checkpoints: the complete state but the collected output (drain it first).
+  void save_state(state_writer& out);
+  void load_state(state_reader& in);
 
  private:
   struct pending {

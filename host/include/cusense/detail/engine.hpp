@@ -10,6 +10,9 @@
 
 namespace cusense::detail {
 
+class state_writer;
+class state_reader;
+
 /// A validated micro-batch in host memory: n records, values record-major (n * channels).
 struct record_batch {
   std::uint32_t const* keys       = nullptr;
@@ -46,7 +49,19 @@ class window_engine {
   /// collected so far (either pointer may be null to leave that output in place).
   virtual void drain(table* windows, table* late) = 0;
   virtual engine_counters counters() = 0;
+
+  /// Checkpoints (see detail/checkpoint.hpp). save_state writes the complete state (open
+  /// windows, watermark, counters) in a backend-neutral form, after waiting for pending work;
+  /// the caller has drained the emitted windows and late records first. load_state reads it
+  /// into a fresh engine made from the same options, on either backend; throws
+  /// checkpoint_error on corrupt input.
+  virtual void save_state(state_writer& out) = 0;
+  virtual void load_state(state_reader& in) = 0;
 };
+
+/// The section tag of the state an engine for `options` writes: engines that share a tag
+/// (the CPU tumbling engine and the CUDA engine) read each other's state.
+char const* engine_state_tag(pipeline_options const& options);
 
 std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options);
 /// CPU engines for the general case: tumbling and sliding windows from panes, sessions, and
@@ -54,8 +69,9 @@ std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_pane_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
-/// Whether the CUDA engine can run `options` (tumbling windows, moment aggregations, no
-/// allowed lateness); the pipeline refuses or, for backend::automatic, uses the CPU otherwise.
+/// Whether the CUDA engine can run `options` (tumbling and sliding windows; every aggregation
+/// but quantiles; no allowed lateness, no max_open_windows cap); `why` gets the reason when not.
+/// The pipeline refuses or, for backend::automatic, uses the CPU otherwise.
 bool cuda_engine_supports(pipeline_options const& options, std::string* why = nullptr);
 /// Whether the fast tumbling CPU engine (make_cpu_engine) can run `options`.
 bool tumbling_engine_supports(pipeline_options const& options);

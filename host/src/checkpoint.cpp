@@ -1,0 +1,640 @@
+// Checkpoint and restore: the file framing (magic, format version, payload length, CRC-32),
+// the atomic file write, the pipeline options and the pipeline-level state (counters, outputs
+// not yet polled), and the detector runner's state. Engines write their own sections through
+// detail::state_writer (detail/checkpoint.hpp).
+//
+// File layout (all integers little-endian):
+//   0  8 bytes  magic "CUSNCKPT"
+//   8  u32      format version (checkpoint_format_version)
+//   12 u32      reserved, 0
+//   16 u64      payload length P
+//   24 P bytes  payload: sections "options", "pipeline", "engine", "detectors", "outputs", "end"
+//   24+P u32    CRC-32 (IEEE, as zlib's crc32) of bytes [0, 24 + P)
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <istream>
+#include <iterator>
+#include <limits>
+#include <ostream>
+#include <sstream>
+#include <string>
+
+#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/detector_engine.hpp>
+#include <cusense/detail/engine.hpp>
+#include <cusense/detail/results.hpp>
+#include <cusense/pipeline.hpp>
+
+namespace cusense {
+namespace detail {
+
+namespace {
+
+constexpr char magic[8]             = {'C', 'U', 'S', 'N', 'C', 'K', 'P', 'T'};
+constexpr std::size_t header_bytes  = 24;
+constexpr std::size_t trailer_bytes = 4;
+
+std::array<std::uint32_t, 256> make_crc_table()
+{
+  std::array<std::uint32_t, 256> t{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    t[i] = c;
+  }
+  return t;
+}
+
+std::uint32_t read_le32(char const* p)
+{
+  std::uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= std::uint32_t{static_cast<unsigned char>(p[i])} << (8 * i);
+  return v;
+}
+
+std::uint64_t read_le64(char const* p)
+{
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= std::uint64_t{static_cast<unsigned char>(p[i])} << (8 * i);
+  return v;
+}
+
+// ----- options
+
+void write_options(state_writer& w, pipeline_options const& o)
+{
+  w.u8(static_cast<std::uint8_t>(o.window.type));
+  w.i64(o.window.size);
+  w.i64(o.window.offset);
+  w.i64(o.window.slide);
+  w.i64(o.window.gap);
+  w.i64(o.window.rows);
+  w.i64(o.window.min_periods);
+  w.u64(o.aggs.size());
+  for (agg a : o.aggs) w.u8(static_cast<std::uint8_t>(a));
+  w.i64(o.max_out_of_orderness);
+  w.u8(static_cast<std::uint8_t>(o.where));
+  w.i32(o.channels);
+  w.u64(o.channel_names.size());
+  for (auto const& n : o.channel_names) w.str(n);
+  w.u64(o.staging_records);
+  w.i32(o.staging_slots);
+  w.i32(o.cpu_threads);
+  w.u64(o.max_open_windows);
+  w.u64(o.quantiles.size());
+  for (double q : o.quantiles) w.f64(q);
+  w.f64(o.quantile_accuracy);
+  w.i64(o.allowed_lateness);
+  w.u64(o.detectors.size());
+  for (detector_spec const& d : o.detectors) {
+    w.u8(static_cast<std::uint8_t>(d.kind));
+    w.str(d.name);
+    w.f64(d.threshold);
+    w.i32(d.channel);
+    w.f64(d.alpha);
+    w.i64(d.window);
+    w.i64(d.min_count);
+    w.i64(d.L);
+    w.i64(d.H);
+    w.i64(d.min_candidates);
+    w.i64(d.H2);
+    w.i64(d.K);
+    w.i64(d.timeout);
+  }
+  w.boolean(o.windowed);
+}
+
+template <typename E>
+E read_enum(state_reader& r, int count, char const* what)
+{
+  std::uint8_t const v = r.u8();
+  state_reader::check(v < count, std::string("unknown ") + what + " " + std::to_string(v));
+  return static_cast<E>(v);
+}
+
+pipeline_options read_options(state_reader& r)
+{
+  pipeline_options o;
+  o.window.type        = read_enum<window_spec::kind>(r, 4, "window kind");
+  o.window.size        = r.i64();
+  o.window.offset      = r.i64();
+  o.window.slide       = r.i64();
+  o.window.gap         = r.i64();
+  o.window.rows        = r.i64();
+  o.window.min_periods = r.i64();
+  o.aggs.resize(r.count(1));
+  for (agg& a : o.aggs) a = read_enum<agg>(r, static_cast<int>(agg::quantile) + 1, "aggregation");
+  o.max_out_of_orderness = r.i64();
+  o.where                = read_enum<backend>(r, 3, "backend");
+  o.channels             = r.i32();
+  state_reader::check(o.channels >= 1 && o.channels <= 4096, "channels out of range");
+  o.channel_names.resize(r.count(8));
+  for (auto& n : o.channel_names) n = r.str();
+  o.staging_records = static_cast<std::size_t>(r.u64());
+  o.staging_slots   = r.i32();
+  o.cpu_threads     = r.i32();
+  state_reader::check(o.staging_slots >= 1 && o.staging_slots <= 1024 && o.cpu_threads >= 0 &&
+                        o.cpu_threads <= 4096,
+                      "staging_slots or cpu_threads out of range");
+  o.max_open_windows = static_cast<std::size_t>(r.u64());
+  o.quantiles.resize(r.count(8));
+  for (double& q : o.quantiles) q = r.f64();
+  o.quantile_accuracy = r.f64();
+  state_reader::check(o.quantile_accuracy >= 1e-4 && o.quantile_accuracy <= 0.5,
+                      "quantile_accuracy out of range");
+  o.allowed_lateness  = r.i64();
+  o.detectors.resize(r.count(90));
+  for (detector_spec& d : o.detectors) {
+    d.kind           = read_enum<detector_kind>(r, 5, "detector kind");
+    d.name           = r.str();
+    d.threshold      = r.f64();
+    d.channel        = r.i32();
+    d.alpha          = r.f64();
+    d.window         = r.i64();
+    d.min_count      = r.i64();
+    d.L              = r.i64();
+    d.H              = r.i64();
+    d.min_candidates = r.i64();
+    d.H2             = r.i64();
+    d.K              = r.i64();
+    d.timeout        = r.i64();
+  }
+  o.windowed = r.boolean();
+  return o;
+}
+
+void check_schema(table const& got, table const& want, char const* what)
+{
+  bool ok = got.columns.size() == want.columns.size();
+  for (std::size_t i = 0; ok && i < got.columns.size(); ++i) {
+    ok = got.columns[i].name == want.columns[i].name &&
+         got.columns[i].data.index() == want.columns[i].data.index() &&
+         got.columns[i].size() == got.columns[0].size();
+  }
+  state_reader::check(ok || got.columns.empty(), std::string("the pending ") + what +
+                                                   " table does not match the pipeline's columns");
+}
+
+void append_rows(table& into, table&& from)
+{
+  if (from.columns.empty()) { return; }
+  into.append(std::move(from));
+}
+
+}  // namespace
+
+std::uint32_t crc32(char const* data, std::size_t n)
+{
+  static std::array<std::uint32_t, 256> const table = make_crc_table();
+  std::uint32_t c = 0xFFFFFFFFu;
+  for (std::size_t i = 0; i < n; ++i) {
+    c = table[(c ^ static_cast<unsigned char>(data[i])) & 0xFFu] ^ (c >> 8);
+  }
+  return c ^ 0xFFFFFFFFu;
+}
+
+std::string frame_checkpoint(std::string const& payload)
+{
+  state_writer w;
+  w.data().append(magic, sizeof magic);
+  w.u32(checkpoint_format_version);
+  w.u32(0);
+  w.u64(payload.size());
+  w.data().append(payload);
+  w.u32(crc32(w.data().data(), w.data().size()));
+  return std::move(w.data());
+}
+
+std::string unframe_checkpoint(std::string const& file)
+{
+  if (file.empty()) { throw checkpoint_error("checkpoint is empty (0 bytes)"); }
+  if (file.size() < header_bytes + trailer_bytes) {
+    throw checkpoint_error("checkpoint is truncated: " + std::to_string(file.size()) +
+                           " bytes, shorter than the " + std::to_string(header_bytes + trailer_bytes) +
+                           "-byte header and checksum");
+  }
+  if (std::memcmp(file.data(), magic, sizeof magic) != 0) {
+    throw checkpoint_error("not a cusense checkpoint (wrong magic bytes)");
+  }
+  std::uint32_t const version = read_le32(file.data() + 8);
+  if (version != checkpoint_format_version) {
+    throw checkpoint_error("checkpoint format version " + std::to_string(version) +
+                           " is not supported (this build reads version " +
+                           std::to_string(checkpoint_format_version) + ")");
+  }
+  std::uint64_t const len = read_le64(file.data() + 16);
+  std::size_t const have  = file.size() - header_bytes - trailer_bytes;
+  if (len != have) {
+    throw checkpoint_error(std::string("checkpoint is ") + (len > have ? "truncated" : "corrupt") +
+                           ": the header announces a payload of " + std::to_string(len) +
+                           " bytes, the file holds " + std::to_string(have));
+  }
+  std::uint32_t const want = read_le32(file.data() + header_bytes + have);
+  if (crc32(file.data(), header_bytes + have) != want) {
+    throw checkpoint_error("checkpoint is corrupt: checksum (CRC-32) mismatch");
+  }
+  return file.substr(header_bytes, have);
+}
+
+void write_table(state_writer& w, table const& t)
+{
+  w.u64(t.columns.size());
+  for (column const& c : t.columns) {
+    w.str(c.name);
+    w.u8(static_cast<std::uint8_t>(c.data.index()));
+    std::visit(
+      [&](auto const& v) {
+        using T = typename std::decay_t<decltype(v)>::value_type;
+        w.u64(v.size());
+        for (T x : v) {
+          if constexpr (std::is_same_v<T, std::uint32_t>) w.u32(x);
+          else if constexpr (std::is_same_v<T, std::int64_t>) w.i64(x);
+          else if constexpr (std::is_same_v<T, double>) w.f64(x);
+          else w.u8(x);
+        }
+      },
+      c.data);
+  }
+}
+
+table read_table(state_reader& r)
+{
+  table t;
+  t.columns.resize(r.count(10));
+  for (column& c : t.columns) {
+    c.name = r.str();
+    switch (read_enum<int>(r, 4, "column type")) {
+      case 0: {
+        std::vector<std::uint32_t> v(r.count(4));
+        for (auto& x : v) x = r.u32();
+        c.data = std::move(v);
+        break;
+      }
+      case 1: {
+        std::vector<std::int64_t> v(r.count(8));
+        for (auto& x : v) x = r.i64();
+        c.data = std::move(v);
+        break;
+      }
+      case 2: {
+        std::vector<double> v(r.count(8));
+        for (auto& x : v) x = r.f64();
+        c.data = std::move(v);
+        break;
+      }
+      default: {
+        std::vector<std::uint8_t> v(r.count(1));
+        for (auto& x : v) x = r.boolean() ? 1 : 0;
+        c.data = std::move(v);
+        break;
+      }
+    }
+  }
+  return t;
+}
+
+char const* engine_state_tag(pipeline_options const& o)
+{
+  using kind = window_spec::kind;
+  if (o.window.type == kind::session) { return "session"; }
+  if (o.window.type == kind::rolling) { return "rolling"; }
+  // The CUDA engine runs exactly what the fast tumbling CPU engine runs: they share a form.
+  if (tumbling_engine_supports(o)) { return "tumbling-moments"; }
+  return "panes";
+}
+
+// ----- detector runner
+
+void detector_runner::save_state(state_writer& w)
+{
+  auto const ch = static_cast<std::size_t>(channels_);
+  w.u64(slot_key_.size());
+  for (std::size_t s = 0; s < slot_key_.size(); ++s) {
+    w.u32(slot_key_[s]);
+    silence_state const& st = silence_[s];
+    w.i64(st.last_seen);
+    w.boolean(st.seen);
+    w.boolean(st.reported);
+    w.boolean(st.queued);
+  }
+  w.u64(pending_.size());
+  for (pending const& p : pending_) {
+    w.i64(p.ts);
+    w.u32(p.key);
+    w.u32(p.slot);
+    w.i64(p.seq);
+    for (std::size_t c = 0; c < ch; ++c) w.f64(pending_values_[p.value_at + c]);
+  }
+  w.i64(max_ts_);
+  w.boolean(has_max_);
+  w.i64(floor_);
+  w.boolean(has_floor_);
+  w.i64(next_seq_);
+  w.u64(counters_.scored);
+  w.u64(counters_.late);
+  w.u64(counters_.silence_events);
+  auto deadlines = deadlines_;
+  w.u64(deadlines.size());
+  while (!deadlines.empty()) {
+    w.i64(deadlines.top().first);
+    w.u32(deadlines.top().second);
+    deadlines.pop();
+  }
+  w.boolean(engine_ != nullptr);
+  if (engine_) {
+    std::vector<std::vector<double>> d;
+    std::vector<std::vector<std::int64_t>> i;
+    engine_->export_state(static_cast<std::uint32_t>(slot_key_.size()), d, i);
+    w.u64(d.size());
+    for (std::size_t k = 0; k < d.size(); ++k) {
+      w.u64(d[k].size());
+      for (double x : d[k]) w.f64(x);
+      w.u64(i[k].size());
+      for (std::int64_t x : i[k]) w.i64(x);
+    }
+  }
+}
+
+void detector_runner::load_state(state_reader& r)
+{
+  auto const ch = static_cast<std::size_t>(channels_);
+  std::size_t const slots = r.count(15);
+  state_reader::check(slots <= std::numeric_limits<std::uint32_t>::max(), "too many detector keys");
+  for (std::size_t s = 0; s < slots; ++s) {
+    std::uint32_t const key = r.u32();
+    state_reader::check(slot_of_.emplace(key, static_cast<std::uint32_t>(s)).second,
+                        "a detector key appears twice");
+    slot_key_.push_back(key);
+    silence_state st;
+    st.last_seen = checked_time(r.i64());
+    st.seen      = r.boolean();
+    st.reported  = r.boolean();
+    st.queued    = r.boolean();
+    silence_.push_back(st);
+  }
+  std::size_t const np = r.count(24 + 8 * ch);
+  for (std::size_t k = 0; k < np; ++k) {
+    pending p{};
+    p.ts   = checked_time(r.i64());
+    p.key  = r.u32();
+    p.slot = r.u32();
+    p.seq  = r.i64();
+    state_reader::check(p.slot < slots && slot_key_[p.slot] == p.key,
+                        "a buffered record refers to an unknown detector key");
+    p.late     = false;
+    p.value_at = pending_values_.size();
+    for (std::size_t c = 0; c < ch; ++c) pending_values_.push_back(r.f64());
+    pending_.push_back(p);
+  }
+  max_ts_    = r.i64();
+  has_max_   = r.boolean();
+  floor_     = r.i64();
+  has_floor_ = r.boolean();
+  if (has_max_) { checked_time(max_ts_); }
+  if (has_floor_) { checked_time(floor_); }
+  next_seq_                = r.i64();
+  counters_.scored         = r.u64();
+  counters_.late           = r.u64();
+  counters_.silence_events = r.u64();
+  std::size_t const nd = r.count(12);
+  for (std::size_t k = 0; k < nd; ++k) {
+    std::int64_t const when  = checked_time(r.i64(), max_duration);
+    std::uint32_t const slot = r.u32();
+    state_reader::check(slot < slots, "a silence deadline refers to an unknown detector key");
+    deadlines_.push({when, slot});
+  }
+  bool const has_engine = r.boolean();
+  state_reader::check(has_engine == (engine_ != nullptr), "detector state does not match the detectors");
+  if (!engine_) { return; }
+  std::size_t const n = r.count(16);
+  state_reader::check(n == scorers_.size(), "detector state does not match the detectors");
+  std::vector<std::vector<double>> d(n);
+  std::vector<std::vector<std::int64_t>> i(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    ops::detector_params const p = to_params(scorers_[k]);
+    auto const ds = static_cast<std::size_t>(p.d_stride());
+    auto const is = static_cast<std::size_t>(p.i_stride());
+    d[k].resize(r.count(8));
+    state_reader::check(d[k].size() == slots * ds, "detector state has the wrong size");
+    for (double& x : d[k]) x = r.f64();
+    i[k].resize(r.count(8));
+    state_reader::check(i[k].size() == slots * is, "detector state has the wrong size");
+    for (std::int64_t& x : i[k]) x = r.i64();
+    for (std::size_t s = 0; s < slots; ++s) {
+      std::int64_t const* st = i[k].data() + s * is;
+      bool ok = st[0] >= 0;
+      if (p.kind == ops::detector_kind_id::knn_discord) {
+        std::int64_t const c2 = p.H2 + 1, c3 = p.K + 1;
+        ok = ok && st[1] >= 0 && st[1] < c2 && st[2] >= 0 && st[2] <= c2 && st[3] >= 0 &&
+             st[3] < c3 && st[4] >= 0 && st[4] <= c3;
+      }
+      state_reader::check(ok, "detector state holds an invalid count or index");
+    }
+  }
+  engine_->import_state(static_cast<std::uint32_t>(slots), d, i);
+}
+
+}  // namespace detail
+
+// ----- pipeline
+
+namespace {
+
+// Refuses a checkpoint while another thread is inside a call on the pipeline (see pipeline).
+class checkpoint_use {
+ public:
+  explicit checkpoint_use(detail::busy_flag& f) : f_(f)
+  {
+    if (f_.busy.exchange(true, std::memory_order_acquire)) {
+      throw concurrent_use(
+        "cusense.Pipeline is being used from another thread; serialise calls or use one "
+        "pipeline per thread");
+    }
+  }
+  ~checkpoint_use() { f_.busy.store(false, std::memory_order_release); }
+  checkpoint_use(checkpoint_use const&)            = delete;
+  checkpoint_use& operator=(checkpoint_use const&) = delete;
+
+ private:
+  detail::busy_flag& f_;
+};
+
+[[noreturn]] void fail_io(std::string const& what, std::string const& path, int err)
+{
+  throw checkpoint_error("checkpoint: cannot " + what + " '" + path + "': " + std::strerror(err));
+}
+
+// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename
+// over `path`, fsync of the directory. A crash at any point leaves either the old file or the
+// new one at `path`, never a mix.
+void write_atomically(std::string const& path, std::string const& bytes)
+{
+  namespace fs = std::filesystem;
+  fs::path const target(path);
+  fs::path dir = target.parent_path();
+  if (dir.empty()) { dir = "."; }
+  std::string const tmp =
+    (dir / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) { fail_io("create a temporary file for", path, errno); }
+  auto fail = [&](char const* what) {
+    int const err = errno;
+    if (fd >= 0) { ::close(fd); }
+    ::unlink(tmp.c_str());
+    fail_io(what, path, err);
+  };
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t const k = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (k < 0) {
+      if (errno == EINTR) { continue; }
+      fail("write");
+    }
+    done += static_cast<std::size_t>(k);
+  }
+  if (::fsync(fd) != 0) { fail("fsync"); }
+  if (::close(fd) != 0) {
+    fd = -1;
+    fail("close");
+  }
+  fd = -1;
+  if (::rename(tmp.c_str(), path.c_str()) != 0) { fail("rename the temporary file onto"); }
+  int const dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);  // makes the rename durable; some file systems refuse: not an error
+    ::close(dfd);
+  }
+}
+
+}  // namespace
+
+std::string pipeline::checkpoint_bytes()
+{
+  checkpoint_use use(busy_);
+  // Outputs emitted but not yet polled move into the pipeline's held tables (the next poll
+  // returns them first) so that the engines' state below holds no output.
+  if (engine_) {
+    table w, l;
+    engine_->drain(&w, &l);
+    detail::append_rows(held_windows_, std::move(w));
+    detail::append_rows(held_late_, std::move(l));
+  }
+  if (detectors_) {
+    if (detectors_->has_scorers()) { detail::append_rows(held_scores_, detectors_->drain_scores()); }
+    detail::append_rows(held_silence_, detectors_->drain_silence());
+  }
+  detail::state_writer w;
+  w.tag("options");
+  detail::write_options(w, options_);
+  w.tag("pipeline");
+  w.u8(static_cast<std::uint8_t>(backend_));
+  w.u64(pushed_);
+  w.u64(rejected_);
+  w.tag("engine");
+  w.boolean(engine_ != nullptr);
+  if (engine_) {
+    w.tag(detail::engine_state_tag(options_));
+    engine_->save_state(w);
+  }
+  w.tag("detectors");
+  w.boolean(detectors_ != nullptr);
+  if (detectors_) { detectors_->save_state(w); }
+  w.tag("outputs");
+  for (table const* t : {&held_windows_, &held_late_, &held_scores_, &held_silence_}) {
+    detail::write_table(w, *t);
+  }
+  w.tag("end");
+  return detail::frame_checkpoint(w.data());
+}
+
+void pipeline::checkpoint(std::string const& path)
+{
+  write_atomically(path, checkpoint_bytes());
+}
+
+void pipeline::checkpoint(std::ostream& out)
+{
+  std::string const bytes = checkpoint_bytes();
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.flush();
+  if (!out) { throw checkpoint_error("checkpoint: the output stream failed while writing"); }
+}
+
+pipeline pipeline::restore_bytes(std::string const& file, backend where)
+{
+  std::string const payload = detail::unframe_checkpoint(file);
+  detail::state_reader r(payload.data(), payload.size());
+  r.expect("options");
+  pipeline_options o = detail::read_options(r);
+  o.where            = where;
+  pipeline p(std::move(o));
+  r.expect("pipeline");
+  (void)r.u8();  // backend the checkpoint was taken on (informational)
+  p.pushed_   = r.u64();
+  p.rejected_ = r.u64();
+  r.expect("engine");
+  bool const has_engine = r.boolean();
+  detail::state_reader::check(has_engine == (p.engine_ != nullptr), "engine section does not match the options");
+  if (p.engine_) {
+    r.expect(detail::engine_state_tag(p.options_));
+    p.engine_->load_state(r);
+  }
+  r.expect("detectors");
+  bool const has_detectors = r.boolean();
+  detail::state_reader::check(has_detectors == (p.detectors_ != nullptr),
+                              "detector section does not match the options");
+  if (p.detectors_) { p.detectors_->load_state(r); }
+  r.expect("outputs");
+  // The column layout of each output, from the fresh (empty) outputs of this pipeline.
+  table want_windows, want_late, want_scores, want_silence;
+  if (p.engine_) {
+    want_windows = detail::empty_window_table(p.options_);
+    table w;
+    p.engine_->drain(&w, &want_late);
+  }
+  if (p.detectors_) {
+    if (p.detectors_->has_scorers()) { want_scores = p.detectors_->drain_scores(); }
+    want_silence = p.detectors_->drain_silence();
+  }
+  p.held_windows_ = detail::read_table(r);
+  detail::check_schema(p.held_windows_, want_windows, "windows");
+  p.held_late_ = detail::read_table(r);
+  detail::check_schema(p.held_late_, want_late, "late records");
+  p.held_scores_ = detail::read_table(r);
+  detail::check_schema(p.held_scores_, want_scores, "scores");
+  p.held_silence_ = detail::read_table(r);
+  detail::check_schema(p.held_silence_, want_silence, "silence");
+  r.expect("end");
+  detail::state_reader::check(r.at_end(), std::to_string(r.left()) + " unexpected bytes after the end");
+  return p;
+}
+
+pipeline pipeline::restore(std::istream& in, backend where)
+{
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) { throw checkpoint_error("checkpoint: the input stream failed while reading"); }
+  return restore_bytes(bytes, where);
+}
+
+pipeline pipeline::restore(std::string const& path, backend where)
+{
+  std::ifstream in(path, std::ios::binary);
+  if (!in) { fail_io("open", path, errno); }
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) { fail_io("read", path, errno); }
+  try {
+    return restore_bytes(bytes, where);
+  } catch (checkpoint_error const& e) {
+    throw checkpoint_error(std::string(e.what()) + " (file '" + path + "')");
+  }
+}
+
+}  // namespace cusense
