@@ -112,7 +112,7 @@ def gate_ties(values: np.ndarray, tol: float):
 
 
 def detector_names() -> List[str]:
-    return list(rd.DETECTORS) + [CUSENSE_PREFIX + n for n in rd.DETECTORS]
+    return list(rd.DETECTORS) + [CUSENSE_PREFIX + n for n in rd.DETECTORS if n in CUSENSE_CONFIGS]
 
 
 def expand_names(names: List[str]) -> List[str]:
@@ -120,7 +120,7 @@ def expand_names(names: List[str]) -> List[str]:
     out: List[str] = []
     for n in names:
         group = {"references": list(rd.DETECTORS),
-                 "cusense": [CUSENSE_PREFIX + d for d in rd.DETECTORS],
+                 "cusense": [CUSENSE_PREFIX + d for d in rd.DETECTORS if d in CUSENSE_CONFIGS],
                  "all": detector_names()}.get(n, [n])
         out += [g for g in group if g not in out]
     return out

@@ -11,8 +11,8 @@ used for every series. They are written as reference semantics for the C++
 (CPU) and CUDA ports; the docstrings give the exact recurrences. The numpy code
 is vectorised where the arithmetic is identical to the streaming recurrence
 (blockwise evaluation of per-record formulas), and an explicit loop otherwise.
-Timestamps are accepted for interface compatibility and currently unused (all
-windows are counted in records).
+Timestamps are accepted for interface compatibility and unused except by
+``knn_discord_tod`` (time of day); all windows are counted in records.
 
 Score mapping shared by the z-score baselines (``z_to_score``)::
 
@@ -280,9 +280,88 @@ def knn_discord(timestamps, values, L: int = 4, H: int = 3000, H2: int = 500,
     return trailing_max_gate(s, K=K)
 
 
+# --------------------------------------------------------------------------
+# Variant: k-NN discord with a time-of-day penalty (uses the timestamps)
+# --------------------------------------------------------------------------
+
+def hour_of_day(timestamps) -> np.ndarray:
+    """Hour of the day in ``[0, 24)`` of int64 ns timestamps: ``((ts // 1e9) mod 86400) / 3600``.
+
+    The NAB timestamps carry no time zone; they are read as UTC, so this is the
+    wall-clock hour the file was written in.
+    """
+    sec = np.asarray(timestamps, dtype=np.int64) // 1_000_000_000
+    return (sec % 86400).astype(np.float64) / 3600.0
+
+
+def knn_discord_tod_raw(timestamps, values, L: int = 4, H: int = 3000, w_tod: float = 0.01,
+                        min_candidates: int = 50, block: int = 256) -> np.ndarray:
+    """Raw left-discord distance with a time-of-day penalty (stage 1 of :func:`knn_discord_tod`).
+
+    Same query, candidates, buffer ``B`` and ``sd`` as :func:`knn_discord_raw`
+    (``L`` = 4, ``H`` = 3000, ``min_candidates`` = 50), plus the hour of day
+    ``h_i`` of every buffered record (:func:`hour_of_day`). For record ``t``::
+
+        e_j   = sum_{k=0..L-1} (q[k] - x[j-L+1+k])^2 / (L * sd^2)   # candidate ending at j
+        dh_j  = min(|h_t - h_j|, 24 - |h_t - h_j|)                  # hours, in [0, 12]
+        raw_t = sqrt(min_j (e_j + w_tod * dh_j^2))                  # w_tod = 0.01 per hour^2
+
+    so a candidate 12 h away from the query's time of day must be closer by
+    ``1.44`` in squared normalised distance to count as its neighbour. With
+    ``sd <= TINY``: ``raw_t = 0`` if ``min_j sqrt(sum_k (q[k]-x[j-L+1+k])^2) <= TINY``
+    else ``1e6`` (as :func:`knn_discord_raw`; no penalty). ``w_tod = 0`` gives
+    :func:`knn_discord_raw` up to rounding. State per key: the last ``H``
+    values and their hours of day (or seconds of day).
+    """
+    x = _as_f64(values)
+    hod = hour_of_day(timestamps)
+    n = len(x)
+    raw = np.zeros(n)
+    if n < L:
+        return raw
+    E = sliding_window_view(x, L)
+    for b0 in range(L - 1, n, block):
+        b1 = min(n, b0 + block)
+        lo = max(L - 1, b0 - H + L - 1)
+        hi = b1 - 1 - L
+        if hi < lo:
+            continue
+        C = E[lo - L + 1:hi - L + 2]
+        Q = E[b0 - L + 1:b1 - L + 1]
+        S = ((Q[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)   # squared distances
+        for r, t in enumerate(range(b0, b1)):
+            j_lo, j_hi = max(L - 1, t - H + L - 1), t - L
+            if j_hi - j_lo + 1 < min_candidates:
+                continue
+            Sj = S[r, j_lo - lo:j_hi - lo + 1]
+            B = x[max(0, t - H):t]
+            sd = math.sqrt(np.mean((B - B.mean()) ** 2))
+            if sd <= TINY:
+                raw[t] = 0.0 if math.sqrt(Sj.min()) <= TINY else 1e6
+                continue
+            dh = np.abs(hod[t] - hod[j_lo:j_hi + 1])
+            dh = np.minimum(dh, 24.0 - dh)
+            raw[t] = math.sqrt((Sj / (L * sd * sd) + w_tod * dh * dh).min())
+    return raw
+
+
+def knn_discord_tod(timestamps, values, L: int = 4, H: int = 3000, w_tod: float = 0.01,
+                    H2: int = 500, K: int = 50) -> np.ndarray:
+    """:func:`knn_discord` with a time-of-day penalty on the neighbour search.
+
+    ``score = trailing_max_gate(ratio_to_recent_max(knn_discord_tod_raw(ts, x; L=4,
+    H=3000, w_tod=0.01), H2=500), K=50)``. Per-key state: the last ``H`` values
+    and their hours of day, a deque of <= ``H2`` raw scores and a deque of
+    <= ``K`` calibrated scores. Not ported to C++/CUDA yet.
+    """
+    s = ratio_to_recent_max(knn_discord_tod_raw(timestamps, values, L=L, H=H, w_tod=w_tod), H2=H2)
+    return trailing_max_gate(s, K=K)
+
+
 DETECTORS: Dict[str, Detector] = {
     "ewma_z": ewma_zscore,
     "rolling_z": rolling_zscore,
     "rolling_mad": rolling_mad,
     "knn_discord": knn_discord,
+    "knn_discord_tod": knn_discord_tod,
 }
