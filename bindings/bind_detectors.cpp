@@ -7,36 +7,15 @@
 
 #include <cusense/cusense.hpp>
 
+#include "array_adapters.hpp"
+
 namespace py = pybind11;
 using namespace cusense;
+using cusense::bindings::carray;
+using cusense::bindings::to_numpy;
+using cusense::bindings::to_python;
 
 namespace {
-
-template <typename T>
-py::array vector_to_numpy(std::vector<T>&& v)
-{
-  auto* owner = new std::vector<T>(std::move(v));
-  py::capsule free_when_done(owner, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>(static_cast<py::ssize_t>(owner->size()), owner->data(), free_when_done);
-}
-
-py::dict table_to_python(table&& t)
-{
-  py::dict out;
-  for (auto& c : t.columns) {
-    out[py::str(c.name)] = std::visit(
-      [](auto&& v) -> py::object {
-        using vec = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<vec, std::vector<std::uint8_t>>) {
-          return vector_to_numpy(std::move(v)).attr("view")("bool");
-        } else {
-          return vector_to_numpy(std::move(v));
-        }
-      },
-      c.data);
-  }
-  return out;
-}
 
 detector_kind parse_kind(std::string const& name)
 {
@@ -86,7 +65,7 @@ void bind_detectors(py::module_& m)
              py::gil_scoped_release release;
              t = p.poll_scores();
            }
-           return table_to_python(std::move(t));
+           return to_python(std::move(t));
          })
     .def("poll_silence",
          [](pipeline& p) {
@@ -95,7 +74,7 @@ void bind_detectors(py::module_& m)
              py::gil_scoped_release release;
              t = p.poll_silence();
            }
-           return table_to_python(std::move(t));
+           return to_python(std::move(t));
          })
     .def("detector_stats", [](pipeline& p) {
       pipeline_stats s;
@@ -112,9 +91,9 @@ void bind_detectors(py::module_& m)
 
   m.def(
     "score",
-    [](py::array_t<std::uint32_t, py::array::c_style> const& keys,
-       py::array_t<std::int64_t, py::array::c_style> const& ts,
-       py::array_t<double, py::array::c_style> const& values, detector_spec const& spec,
+    [](carray<std::uint32_t> const& keys,
+       carray<std::int64_t> const& ts,
+       carray<double> const& values, detector_spec const& spec,
        std::string const& where, bool has_keys) {
       auto const n = static_cast<std::size_t>(ts.size());
       if (ts.ndim() != 1 || values.ndim() != 1 || static_cast<std::size_t>(values.size()) != n ||
@@ -130,7 +109,7 @@ void bind_detectors(py::module_& m)
         py::gil_scoped_release release;
         scores = score(k, t, v, n, spec, b);
       }
-      return vector_to_numpy(std::move(scores));
+      return to_numpy(std::move(scores));
     },
     py::arg("keys"), py::arg("timestamps"), py::arg("values"), py::arg("detector"),
     py::arg("backend"), py::arg("has_keys"));

@@ -7,39 +7,15 @@
 
 #include <cusense/cusense.hpp>
 
+#include "array_adapters.hpp"
+
 namespace py = pybind11;
 using namespace cusense;
+using cusense::bindings::carray;
+using cusense::bindings::to_numpy;
+using cusense::bindings::to_python;
 
 namespace {
-
-template <typename T>
-py::array to_numpy(std::vector<T>&& v)
-{
-  auto* owner = new std::vector<T>(std::move(v));
-  py::capsule free_when_done(owner, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-  return py::array_t<T>(static_cast<py::ssize_t>(owner->size()), owner->data(), free_when_done);
-}
-
-py::dict to_python(table&& t)
-{
-  py::dict out;
-  for (auto& c : t.columns) {
-    out[py::str(c.name)] = std::visit(
-      [](auto&& v) -> py::object {
-        using vec = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<vec, std::vector<std::uint8_t>>) {
-          return to_numpy(std::move(v)).attr("view")("bool");
-        } else {
-          return to_numpy(std::move(v));
-        }
-      },
-      c.data);
-  }
-  return out;
-}
-
-template <typename T>
-using carray = py::array_t<T, py::array::c_style>;
 
 template <typename T>
 void push(pipeline& p, carray<std::uint32_t> const& keys, carray<std::int64_t> const& ts,

@@ -100,6 +100,15 @@ void take_held(table& t, table& held)
   held.columns.clear();
 }
 
+// The rows held back (held) followed by the freshly drained rows (more).
+table held_then(table& held, table&& more)
+{
+  table t;
+  take_held(t, held);
+  take_held(t, more);
+  return t;
+}
+
 }  // namespace
 
 namespace detail {
@@ -263,11 +272,7 @@ table pipeline::poll_scores()
   scoped_use use(busy_);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_scorers(),
                   "poll_scores: the pipeline has no scoring detector (options.detectors)");
-  table t;
-  take_held(t, held_scores_);
-  table more = detectors_->drain_scores();
-  take_held(t, more);
-  return t;
+  return held_then(held_scores_, detectors_->drain_scores());
 }
 
 table pipeline::poll_silence()
@@ -275,11 +280,7 @@ table pipeline::poll_silence()
   scoped_use use(busy_);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_silence(),
                   "poll_silence: the pipeline has no silence detector (options.detectors)");
-  table t;
-  take_held(t, held_silence_);
-  table more = detectors_->drain_silence();
-  take_held(t, more);
-  return t;
+  return held_then(held_silence_, detectors_->drain_silence());
 }
 
 table pipeline::flush()

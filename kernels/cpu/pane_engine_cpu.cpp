@@ -27,31 +27,22 @@ namespace {
 
 constexpr std::int64_t none = std::numeric_limits<std::int64_t>::min();
 
-class cpu_pane_engine final : public window_engine {
+class cpu_pane_engine final : public cpu_engine_base {
  public:
   explicit cpu_pane_engine(pipeline_options const& options)
-    : options_(options),
-      layout_(acc_layout::of(options)),
+    : cpu_engine_base(options),
       win_(ops::sliding::make(options.window.size,
                               options.window.type == window_spec::kind::sliding ? options.window.slide
                                                                                  : options.window.size,
                               options.window.offset)),
-      channels_(options.channels),
-      pool_(options.channels),
-      windows_out_(options),
-      late_out_(options)
+      pool_(options.channels)
   {
-    clock_.ooo = options.max_out_of_orderness;
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
 
   void push(record_batch const& batch) override
   {
-    if (batch.values_f32) {
-      push_typed(batch, static_cast<float const*>(batch.values));
-    } else {
-      push_typed(batch, static_cast<double const*>(batch.values));
-    }
+    with_values(batch, [&](auto const* values) { push_typed(batch, values); });
   }
 
   void flush() override
@@ -60,40 +51,19 @@ class cpu_pane_engine final : public window_engine {
     free_panes_before(std::numeric_limits<std::int64_t>::max());
   }
 
-  void drain(table* windows, table* late) override
-  {
-    if (windows) { windows->append(windows_out_.finish()); }
-    if (late) { late->append(late_out_.finish()); }
-  }
-
   engine_counters counters() override
   {
-    engine_counters c;
-    c.aggregated    = aggregated_;
-    c.late          = late_count_;
-    c.nan_values    = nan_values_;
-    c.emitted       = emitted_;
-    c.open_windows  = pool_.live();
-    c.open_keys     = keys_.size();
-    c.state_bytes   = pool_.bytes() + pool_.live() * 64 + keys_.size() * 64;
-    c.has_watermark = clock_.has;
-    c.watermark     = clock_.has ? clock_.value() : 0;
-    return c;
+    return make_counters(pool_.live(), keys_.size(), pool_.bytes() + pool_.live() * 64 + keys_.size() * 64);
   }
 
   // Checkpoint: clock, emission bounds, counters, then the (key, pane) partials sorted by
   // (pane, key), `channels` full accumulators each.
   void save_state(state_writer& out) override
   {
-    out.boolean(clock_.has);
-    out.i64(clock_.max_ts);
+    save_clock(out);
     out.i64(emitted_before_);
     out.i64(kept_from_);
-    out.u64(seq_);
-    out.u64(aggregated_);
-    out.u64(late_count_);
-    out.u64(nan_values_);
-    out.u64(emitted_);
+    save_counts(out);
     std::size_t n = 0;
     for (auto const& [j, keys] : keys_by_pane_) n += keys.size();
     out.u64(n);
@@ -112,19 +82,13 @@ class cpu_pane_engine final : public window_engine {
 
   void load_state(state_reader& in) override
   {
-    clock_.has      = in.boolean();
-    clock_.max_ts   = in.i64();
-    if (clock_.has) { checked_time(clock_.max_ts); }
+    load_clock(in);
     auto bound = [&](std::int64_t k) {
       return k == none ? k : checked_window(k, win_.slide, win_.offset);
     };
     emitted_before_ = bound(in.i64());
     kept_from_      = bound(in.i64());
-    seq_            = in.u64();
-    aggregated_     = in.u64();
-    late_count_     = in.u64();
-    nan_values_     = in.u64();
-    emitted_        = in.u64();
+    load_counts(in);
     std::size_t const n = in.count(12);
     std::int64_t prev_j = 0;
     std::uint32_t prev_key = 0;
@@ -162,8 +126,7 @@ class cpu_pane_engine final : public window_engine {
       std::uint64_t const seq = seq_++;
       std::int64_t const j    = win_.pane_id(t);
       if (clock_.has && win_.last_window(j) < kept_from_) {
-        late_out_.append(key, t, v);
-        ++late_count_;
+        reject_late(key, t, v);
         continue;
       }
       pane_map& panes = keys_[key];
@@ -278,25 +241,14 @@ class cpu_pane_engine final : public window_engine {
     check_cap(options_.max_open_windows, pool_.live(), fresh.size(), batch.n, "(key, pane) states");
   }
 
-  pipeline_options options_;
-  acc_layout layout_;
   ops::sliding win_;
-  int channels_;
   acc_pool pool_;
   std::unordered_map<std::uint32_t, pane_map> keys_;
   std::map<std::int64_t, std::vector<std::uint32_t>> keys_by_pane_;  // pane -> keys holding it
   std::vector<std::pair<std::int64_t, std::uint32_t>> ready_;        // scratch: (window, key)
   std::vector<channel_acc> tmp_;
-  window_table_builder windows_out_;
-  late_table_builder late_out_;
-  watermark_clock clock_;
   std::int64_t emitted_before_ = none;  // windows k < this have been emitted (by the watermark)
   std::int64_t kept_from_      = none;  // windows k < this are freed
-  std::uint64_t seq_           = 0;
-  std::uint64_t aggregated_    = 0;
-  std::uint64_t late_count_    = 0;
-  std::uint64_t nan_values_    = 0;
-  std::uint64_t emitted_       = 0;
 };
 
 }  // namespace

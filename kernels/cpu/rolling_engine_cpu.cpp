@@ -35,28 +35,19 @@ struct held_record {
   }
 };
 
-class cpu_rolling_engine final : public window_engine {
+class cpu_rolling_engine final : public cpu_engine_base {
  public:
   explicit cpu_rolling_engine(pipeline_options const& options)
-    : options_(options),
-      layout_(acc_layout::of(options)),
-      channels_(options.channels),
+    : cpu_engine_base(options),
       rows_(options.window.rows),
-      min_periods_(options.window.min_periods < 0 ? options.window.rows : options.window.min_periods),
-      windows_out_(options),
-      late_out_(options)
+      min_periods_(options.window.min_periods < 0 ? options.window.rows : options.window.min_periods)
   {
-    clock_.ooo = options.max_out_of_orderness;
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
 
   void push(record_batch const& batch) override
   {
-    if (batch.values_f32) {
-      push_typed(batch, static_cast<float const*>(batch.values));
-    } else {
-      push_typed(batch, static_cast<double const*>(batch.values));
-    }
+    with_values(batch, [&](auto const* values) { push_typed(batch, values); });
   }
 
   void flush() override
@@ -68,39 +59,19 @@ class cpu_rolling_engine final : public window_engine {
     history_.clear();
   }
 
-  void drain(table* windows, table* late) override
-  {
-    if (windows) { windows->append(windows_out_.finish()); }
-    if (late) { late->append(late_out_.finish()); }
-  }
-
   engine_counters counters() override
   {
-    engine_counters c;
-    c.aggregated    = aggregated_;
-    c.late          = late_count_;
-    c.nan_values    = nan_values_;
-    c.emitted       = emitted_;
-    c.open_windows  = held();
-    c.open_keys     = history_.size();
-    c.state_bytes   = vals_.capacity() * sizeof(double) + held() * sizeof(held_record) +
-                      history_.size() * 96 + free_.capacity() * sizeof(std::uint32_t);
-    c.has_watermark = clock_.has;
-    c.watermark     = clock_.has ? clock_.value() : 0;
-    return c;
+    return make_counters(held(), history_.size(),
+                         vals_.capacity() * sizeof(double) + held() * sizeof(held_record) +
+                           history_.size() * 96 + free_.capacity() * sizeof(std::uint32_t));
   }
 
   // Checkpoint: clock, counters, the waiting records in (t, key, arrival) order and the
   // per-key history (the last rows - 1 emitted records), with their values.
   void save_state(state_writer& out) override
   {
-    out.boolean(clock_.has);
-    out.i64(clock_.max_ts);
-    out.u64(seq_);
-    out.u64(aggregated_);
-    out.u64(late_count_);
-    out.u64(nan_values_);
-    out.u64(emitted_);
+    save_clock(out);
+    save_counts(out);
     auto const ch  = static_cast<std::size_t>(channels_);
     auto write_rec = [&](held_record const& r) {
       out.i64(r.t);
@@ -128,14 +99,8 @@ class cpu_rolling_engine final : public window_engine {
 
   void load_state(state_reader& in) override
   {
-    clock_.has    = in.boolean();
-    clock_.max_ts = in.i64();
-    if (clock_.has) { checked_time(clock_.max_ts); }
-    seq_        = in.u64();
-    aggregated_ = in.u64();
-    late_count_ = in.u64();
-    nan_values_ = in.u64();
-    emitted_    = in.u64();
+    load_clock(in);
+    load_counts(in);
     auto const ch = static_cast<std::size_t>(channels_);
     auto read_rec = [&] {
       held_record r{};
@@ -176,8 +141,7 @@ class cpu_rolling_engine final : public window_engine {
       T const* v              = values + i * static_cast<std::size_t>(channels_);
       std::uint64_t const seq = seq_++;
       if (clock_.has && t < clock_.value()) {
-        late_out_.append(batch.keys[i], t, v);
-        ++late_count_;
+        reject_late(batch.keys[i], t, v);
         continue;
       }
       std::uint32_t const slot = take();
@@ -253,9 +217,6 @@ class cpu_rolling_engine final : public window_engine {
     check_cap(options_.max_open_windows, held(), added, batch.n, "records");
   }
 
-  pipeline_options options_;
-  acc_layout layout_;
-  int channels_;
   std::int64_t rows_;
   std::int64_t min_periods_;
   std::vector<double> vals_;  // values of held records, slot * channels + channel
@@ -263,14 +224,6 @@ class cpu_rolling_engine final : public window_engine {
   std::priority_queue<held_record, std::vector<held_record>, std::greater<held_record>> pending_;
   std::unordered_map<std::uint32_t, std::deque<held_record>> history_;  // last rows - 1 emitted
   std::vector<channel_acc> tmp_;
-  window_table_builder windows_out_;
-  late_table_builder late_out_;
-  watermark_clock clock_;
-  std::uint64_t seq_        = 0;
-  std::uint64_t aggregated_ = 0;
-  std::uint64_t late_count_ = 0;
-  std::uint64_t nan_values_ = 0;
-  std::uint64_t emitted_    = 0;
 };
 
 }  // namespace

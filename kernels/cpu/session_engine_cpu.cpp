@@ -38,27 +38,16 @@ struct session_state {
   bool closed;   // end <= watermark: emitted, waiting to be freed
 };
 
-class cpu_session_engine final : public window_engine {
+class cpu_session_engine final : public cpu_engine_base {
  public:
   explicit cpu_session_engine(pipeline_options const& options)
-    : options_(options),
-      layout_(acc_layout::of(options)),
-      sess_{options.window.gap},
-      channels_(options.channels),
-      pool_(options.channels),
-      windows_out_(options),
-      late_out_(options)
+    : cpu_engine_base(options), sess_{options.window.gap}, pool_(options.channels)
   {
-    clock_.ooo = options.max_out_of_orderness;
   }
 
   void push(record_batch const& batch) override
   {
-    if (batch.values_f32) {
-      push_typed(batch, static_cast<float const*>(batch.values));
-    } else {
-      push_typed(batch, static_cast<double const*>(batch.values));
-    }
+    with_values(batch, [&](auto const* values) { push_typed(batch, values); });
   }
 
   void flush() override
@@ -69,38 +58,18 @@ class cpu_session_engine final : public window_engine {
     freed_order_.clear();
   }
 
-  void drain(table* windows, table* late) override
-  {
-    if (windows) { windows->append(windows_out_.finish()); }
-    if (late) { late->append(late_out_.finish()); }
-  }
-
   engine_counters counters() override
   {
-    engine_counters c;
-    c.aggregated    = aggregated_;
-    c.late          = late_count_;
-    c.nan_values    = nan_values_;
-    c.emitted       = emitted_;
-    c.open_windows  = pool_.live();
-    c.open_keys     = keys_.size();
-    c.state_bytes   = pool_.bytes() + pool_.live() * 128 + keys_.size() * 64 + freed_until_.size() * 96;
-    c.has_watermark = clock_.has;
-    c.watermark     = clock_.has ? clock_.value() : 0;
-    return c;
+    return make_counters(pool_.live(), keys_.size(),
+                         pool_.bytes() + pool_.live() * 128 + keys_.size() * 64 + freed_until_.size() * 96);
   }
 
   // Checkpoint: clock, counters, the sessions sorted by (key, first) with their flags and
   // accumulators, and the freed-session marks.
   void save_state(state_writer& out) override
   {
-    out.boolean(clock_.has);
-    out.i64(clock_.max_ts);
-    out.u64(seq_);
-    out.u64(aggregated_);
-    out.u64(late_count_);
-    out.u64(nan_values_);
-    out.u64(emitted_);
+    save_clock(out);
+    save_counts(out);
     std::vector<std::uint32_t> keys;
     std::size_t n = 0;
     for (auto const& [key, sessions] : keys_) {
@@ -136,14 +105,8 @@ class cpu_session_engine final : public window_engine {
 
   void load_state(state_reader& in) override
   {
-    clock_.has    = in.boolean();
-    clock_.max_ts = in.i64();
-    if (clock_.has) { checked_time(clock_.max_ts); }
-    seq_        = in.u64();
-    aggregated_ = in.u64();
-    late_count_ = in.u64();
-    nan_values_ = in.u64();
-    emitted_    = in.u64();
+    load_clock(in);
+    load_counts(in);
     std::size_t const n = in.count(22);
     for (std::size_t i = 0; i < n; ++i) {
       std::uint32_t const key  = in.u32();
@@ -189,8 +152,7 @@ class cpu_session_engine final : public window_engine {
       T const* v              = values + i * static_cast<std::size_t>(channels_);
       std::uint64_t const seq = seq_++;
       if (is_late(key, t)) {
-        late_out_.append(key, t, v);
-        ++late_count_;
+        reject_late(key, t, v);
         continue;
       }
       session_map& sessions = keys_[key];
@@ -341,10 +303,7 @@ class cpu_session_engine final : public window_engine {
     check_cap(options_.max_open_windows, pool_.live(), runs, batch.n, "sessions");
   }
 
-  pipeline_options options_;
-  acc_layout layout_;
   ops::session sess_;
-  int channels_;
   acc_pool pool_;
   std::unordered_map<std::uint32_t, session_map> keys_;
   std::set<end_entry> open_;  // end > watermark: emitted once the watermark reaches the end
@@ -352,14 +311,6 @@ class cpu_session_engine final : public window_engine {
   std::unordered_map<std::uint32_t, std::int64_t> freed_until_;  // key -> largest freed end
   std::set<std::pair<std::int64_t, std::uint32_t>> freed_order_;  // (freed end, key)
   std::vector<std::pair<std::int64_t, std::uint32_t>> ready_;     // scratch: (first, key)
-  window_table_builder windows_out_;
-  late_table_builder late_out_;
-  watermark_clock clock_;
-  std::uint64_t seq_        = 0;
-  std::uint64_t aggregated_ = 0;
-  std::uint64_t late_count_ = 0;
-  std::uint64_t nan_values_ = 0;
-  std::uint64_t emitted_    = 0;
 };
 
 }  // namespace

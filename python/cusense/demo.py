@@ -4,7 +4,8 @@
 
 Generates readings of a fleet of sensors (daily cycle, noise, a few faults), delivers them
 out of order within a bound plus some stragglers, pushes them in micro-batches with a progress
-bar and prints the backend, the throughput and a few emitted windows.
+bar through tumbling windows and an EWMA anomaly detector, and prints the backend, the
+throughput, a few emitted windows and the sensors flagged most often.
 """
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
 
     pipe = cusense.Pipeline(cusense.Tumbling(args.window),
                             aggs=["count", "mean", "min", "max", "std"],
+                            detectors=[cusense.detectors.EWMA(alpha=0.05, threshold=0.9)],
                             max_out_of_orderness="2s", backend=args.backend)
     devices = cusense.devices()
     print(f"cusense {cusense.__version__}: backend={pipe.backend}"
@@ -78,23 +80,28 @@ def main(argv=None) -> int:
     progress = Progress(args.records, "streaming")
     emitted, busy = 0, 0.0
     last = None
+    flagged = np.zeros(args.sensors, np.int64)
     for keys, ts, values in fleet_batches(args.sensors, args.records, args.batch):
         t0 = time.perf_counter()
         pipe.push(keys, ts, values)
         res = pipe.poll()
+        scores = pipe.poll_scores()
         busy += time.perf_counter() - t0
+        np.add.at(flagged, scores["key"][scores["is_anomaly_ewma"]], 1)
         emitted += len(res)
         if len(res):
             last = res
         progress.update(len(keys))
     t0 = time.perf_counter()
     final = pipe.flush()
+    scores = pipe.poll_scores()
     busy += time.perf_counter() - t0
+    np.add.at(flagged, scores["key"][scores["is_anomaly_ewma"]], 1)
     progress.close()
     emitted += len(final)
 
     st = pipe.stats
-    print(f"throughput: {args.records / busy / 1e6:.2f} M records/s in the pipeline "
+    print(f"throughput: {args.records / busy / 1e6:.2f} M records/s through windows + EWMA scoring "
           f"({busy:.2f} s for {args.records:,} records, data generation excluded)")
     print(f"records: pushed {st['records_pushed']:,}, aggregated {st['records_aggregated']:,}, "
           f"late {st['records_late']:,}, NaN values {st['nan_values']:,}; windows emitted {emitted:,}")
@@ -107,6 +114,9 @@ def main(argv=None) -> int:
         print("a few windows (hottest sensors of the last emitted window):")
         newest = df[df["window_start"] == df["window_start"].max()]
         print(newest.sort_values("max", ascending=False).head(5).to_string(index=False))
+    top = np.argsort(flagged)[::-1][:5]
+    print(f"EWMA detector: {int(flagged.sum()):,} records flagged (score >= 0.9); most flagged sensors: "
+          + ", ".join(f"{k} ({flagged[k]})" for k in top))
     return 0
 
 

@@ -10,6 +10,7 @@
 #include <cusense/cusense.hpp>
 
 #include "backend_fixture.hpp"
+#include "test_utils.hpp"
 
 namespace cusense::test {
 namespace {
@@ -132,12 +133,6 @@ std::vector<double> oracle(detector_spec const& d, std::vector<double> const& x)
 
 // --- streams ------------------------------------------------------------------------------------
 
-struct stream {
-  std::vector<std::uint32_t> keys;
-  std::vector<std::int64_t> ts;
-  std::vector<double> values;
-};
-
 // Per-key random walks with level shifts and spikes; event times shuffled within `disorder`.
 stream make_stream(std::size_t n, std::uint32_t num_keys, std::int64_t disorder, unsigned seed)
 {
@@ -189,17 +184,6 @@ scored run(pipeline& p, stream const& s, std::vector<std::size_t> const& cuts, s
   p.flush();
   collect(p.poll_scores());
   return r;
-}
-
-std::vector<std::size_t> random_cuts(std::size_t n, unsigned seed, std::size_t max_step)
-{
-  std::mt19937 rng(seed);
-  std::vector<std::size_t> cuts;
-  for (std::size_t at = 0; at < n;) {
-    at = std::min(n, at + 1 + rng() % max_step);
-    cuts.push_back(at);
-  }
-  return cuts;
 }
 
 // Expected scores by arrival index: each key's records in (ts, arrival) order through the oracle.
@@ -261,7 +245,7 @@ TYPED_TEST(detector_test, matches_oracles_with_disorder_and_random_batches)
   stream s = make_stream(6000, 13, 150, 7);
   for (detector_spec const& d : all_detectors()) {
     pipeline p(this->options({d}, 200));  // disorder < bound: nothing late
-    scored r = run(p, s, random_cuts(s.ts.size(), 3, 700), "score_" + d.column_name());
+    scored r = run(p, s, random_cuts(s.ts.size(), 700, 3), "score_" + d.column_name());
     EXPECT_TRUE(close(r.score, expected(d, s), 1e-9)) << d.column_name();
     EXPECT_EQ(std::accumulate(r.late.begin(), r.late.end(), 0), 0);
     EXPECT_EQ(p.stats().records_scored, s.ts.size());
@@ -326,7 +310,7 @@ TYPED_TEST(detector_test, interleaved_keys_equal_each_key_alone)
   stream s = make_stream(3000, 9, 0, 21);
   for (detector_spec const& d : all_detectors()) {
     pipeline p(this->options({d}, 0));
-    scored mixed = run(p, s, random_cuts(s.ts.size(), 9, 300), "score_" + d.column_name());
+    scored mixed = run(p, s, random_cuts(s.ts.size(), 300, 9), "score_" + d.column_name());
     for (std::uint32_t k = 0; k < 9; ++k) {
       stream one;
       std::vector<std::size_t> idx;

@@ -9,15 +9,10 @@
 #include <cusense/cusense.hpp>
 
 #include "backend_fixture.hpp"
+#include "test_utils.hpp"
 
 namespace cusense::test {
 namespace {
-
-struct stream {
-  std::vector<std::uint32_t> keys;
-  std::vector<std::int64_t> ts;
-  std::vector<double> values;
-};
 
 // Random stream: mostly increasing time with jitter up to `disorder`, a few very late records.
 stream make_stream(std::size_t n, std::uint32_t num_keys, std::int64_t step, std::int64_t disorder,
@@ -106,19 +101,6 @@ class tumbling_test : public backend_test<Backend> {
     o.staging_records      = 1000;  // several staging slots per big push
     return o;
   }
-
-  static void run_in_batches(pipeline& p, stream const& s, std::vector<std::size_t> const& cuts,
-                             table& windows, table& late)
-  {
-    std::size_t begin = 0;
-    for (std::size_t end : cuts) {
-      p.push(s.keys.data() + begin, s.ts.data() + begin, s.values.data() + begin, end - begin);
-      windows.append(p.poll());
-      begin = end;
-    }
-    windows.append(p.flush());
-    late.append(p.poll_late());
-  }
 };
 
 TYPED_TEST_SUITE(tumbling_test, backends, backend_names);
@@ -128,15 +110,10 @@ TYPED_TEST(tumbling_test, matches_oracle_in_random_batches)
   for (unsigned seed : {1u, 2u, 3u}) {
     std::int64_t const size = 1000, offset = 250 * seed, ooo = 300;
     stream s = make_stream(20000 + 37 * seed, 97, 7, 400, seed);
-    std::mt19937 rng(seed);
-    std::vector<std::size_t> cuts;
-    for (std::size_t at = 0; at < s.ts.size();) {
-      at = std::min(s.ts.size(), at + 1 + rng() % 3000);
-      cuts.push_back(at);
-    }
+    std::vector<std::size_t> const cuts = random_cuts(s.ts.size(), 3000, seed);
     pipeline p(this->options(size, offset, ooo));
-    table windows, late;
-    this->run_in_batches(p, s, cuts, windows, late);
+    table late;
+    table windows = run_windows(p, s, cuts, &late);
     oracle_result expect = oracle(s, size, offset, ooo);
 
     ASSERT_EQ(windows.num_rows(), expect.windows.size());
@@ -192,14 +169,14 @@ TYPED_TEST(tumbling_test, chunking_does_not_change_results)
   table one, one_late;
   {
     pipeline p(this->options(100, 0, 40));
-    this->run_in_batches(p, s, {s.ts.size()}, one, one_late);
+    one = run_windows(p, s, {s.ts.size()}, &one_late);
   }
   for (std::size_t step : {1u, 31u, 32u, 33u, 999u}) {
     std::vector<std::size_t> cuts;
     for (std::size_t at = step; at < s.ts.size() + step; at += step) cuts.push_back(std::min(at, s.ts.size()));
     pipeline p(this->options(100, 0, 40));
-    table many, many_late;
-    this->run_in_batches(p, s, cuts, many, many_late);
+    table many_late;
+    table many = run_windows(p, s, cuts, &many_late);
     ASSERT_EQ(many.num_rows(), one.num_rows()) << "batch size " << step;
     for (auto const& c : one.columns) {
       double const rel = TypeParam::value == backend::cpu ? 0.0 : 1e-12;

@@ -16,15 +16,10 @@
 #include <cusense/ops/sketch.hpp>
 
 #include "backend_fixture.hpp"
+#include "test_utils.hpp"
 
 namespace cusense::test {
 namespace {
-
-struct stream {
-  std::vector<std::uint32_t> keys;
-  std::vector<std::int64_t> ts;
-  std::vector<double> values;
-};
 
 stream make_stream(std::size_t n, std::uint32_t num_keys, std::int64_t step, std::int64_t disorder,
                    unsigned seed)
@@ -47,31 +42,6 @@ stream make_stream(std::size_t n, std::uint32_t num_keys, std::int64_t step, std
 std::int64_t fdiv(std::int64_t a, std::int64_t b)
 {
   return static_cast<std::int64_t>(std::floor(static_cast<double>(a) / static_cast<double>(b)));
-}
-
-std::vector<std::size_t> random_cuts(std::size_t n, std::size_t max_batch, unsigned seed)
-{
-  std::mt19937 rng(seed);
-  std::vector<std::size_t> cuts;
-  for (std::size_t at = 0; at < n;) {
-    at = std::min(n, at + 1 + rng() % max_batch);
-    cuts.push_back(at);
-  }
-  return cuts;
-}
-
-table run(pipeline& p, stream const& s, std::vector<std::size_t> const& cuts, table* late = nullptr)
-{
-  table out;
-  std::size_t begin = 0;
-  for (std::size_t end : cuts) {
-    p.push(s.keys.data() + begin, s.ts.data() + begin, s.values.data() + begin, end - begin);
-    out.append(p.poll());
-    begin = end;
-  }
-  out.append(p.flush());
-  if (late) { late->append(p.poll_late()); }
-  return out;
 }
 
 // Exact statistics of one window from the records (index list, arrival order) it holds.
@@ -192,7 +162,7 @@ TYPED_TEST(windows_test, sliding_matches_oracle)
     stream s = make_stream(3000, 13, 4, 60, static_cast<unsigned>(size + slide));
     pipeline p(o);
     table late;
-    table t = run(p, s, random_cuts(s.ts.size(), 500, 7), &late);
+    table t = run_windows(p, s, random_cuts(s.ts.size(), 500, 7), &late);
     // Oracle: record i counts in window k iff end_k > watermark just before it.
     std::map<std::pair<std::int64_t, std::uint32_t>, std::vector<std::size_t>> windows;
     std::vector<std::int64_t> late_ts;
@@ -257,7 +227,7 @@ TYPED_TEST(windows_test, rolling_matches_oracle)
   if (this->refused_on_cuda(o)) { return; }
   stream s = make_stream(2000, 7, 3, 40, 5);
   pipeline p(o);
-  table t = run(p, s, random_cuts(s.ts.size(), 300, 3));
+  table t = run_windows(p, s, random_cuts(s.ts.size(), 300, 3));
   // Oracle: non-late records (t >= watermark before), sorted per key by (t, arrival).
   std::vector<std::size_t> kept;
   std::int64_t mx = std::numeric_limits<std::int64_t>::min();
@@ -311,13 +281,13 @@ TYPED_TEST(windows_test, chunking_does_not_change_results)
       table one, one_late;
       {
         pipeline p(o);
-        one = run(p, s, {s.ts.size()}, &one_late);
+        one = run_windows(p, s, {s.ts.size()}, &one_late);
       }
       ASSERT_GT(one.num_rows(), 0u);
       for (std::size_t step : {1u, 32u, 999u}) {
         pipeline p(o);
         table many_late;
-        table many = run(p, s, random_cuts(s.ts.size(), step, static_cast<unsigned>(step)), &many_late);
+        table many = run_windows(p, s, random_cuts(s.ts.size(), step, static_cast<unsigned>(step)), &many_late);
         ASSERT_EQ(many.num_rows(), one.num_rows()) << to_string(w.type) << " batch " << step;
         for (auto const& c : one.columns) {
           bool const same = c.data == many[c.name].data ||

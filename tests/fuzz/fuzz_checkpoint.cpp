@@ -18,17 +18,11 @@
 #include <cusense/cusense.hpp>
 #include <cusense/detail/checkpoint.hpp>
 
+#include "fuzz_check.hpp"
+
 namespace {
 
 using namespace cusense;
-
-#define FUZZ_CHECK(cond)                                                                  \
-  do {                                                                                    \
-    if (!(cond)) {                                                                        \
-      std::fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                       \
-    }                                                                                     \
-  } while (0)
 
 void exercise(pipeline& p)
 {

@@ -22,17 +22,11 @@
 #include <cusense/cusense.hpp>
 #include <cusense/ops/windows.hpp>
 
+#include "fuzz_check.hpp"
+
 namespace {
 
 using namespace cusense;
-
-#define FUZZ_CHECK(cond)                                                           \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      std::fprintf(stderr, "invariant failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                \
-    }                                                                              \
-  } while (0)
 
 std::int64_t pick_duration(FuzzedDataProvider& in, std::int64_t lo)
 {

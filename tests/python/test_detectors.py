@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cusense
+from streams import random_cuts
 from cusense import detectors as D
 
 RTOL = 1e-9
@@ -124,13 +125,6 @@ def make_stream(rng, n, num_keys, disorder):
     return keys, ts, values
 
 
-def random_cuts(rng, n, max_step):
-    cuts = [0]
-    while cuts[-1] < n:
-        cuts.append(min(n, cuts[-1] + int(rng.integers(1, max_step + 1))))
-    return cuts
-
-
 def run(pipe, keys, ts, values, cuts):
     parts = []
     for a, b in zip(cuts[:-1], cuts[1:]):
@@ -169,7 +163,7 @@ def test_matches_numpy_reference(backend, rng, name):
     det, ref = DETECTORS[name]
     keys, ts, values = make_stream(rng, 4000, 11, disorder=150)
     pipe = cusense.Pipeline(detectors=[det], max_out_of_orderness=200, backend=backend)
-    res = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 600))
+    res = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 601))
     assert len(res) == len(ts) and not res["late"].any()
     col = det.column_name
     np.testing.assert_allclose(by_seq(res, f"score_{col}", len(ts)), expected(ref, keys, ts, values),
@@ -226,7 +220,7 @@ def test_batching_changes_nothing(backend, rng, name):
                 keys, ts, values, [0, len(ts)])
     assert whole["late"].any()
     for _ in range(3):
-        cuts = random_cuts(rng, len(ts), int(rng.integers(1, 400)))
+        cuts = random_cuts(rng, len(ts), int(rng.integers(1, 400)) + 1)
         part = run(cusense.Pipeline(detectors=[det], max_out_of_orderness=30, backend=backend),
                    keys, ts, values, cuts)
         np.testing.assert_array_equal(by_seq(part, "late", len(ts)), by_seq(whole, "late", len(ts)))
@@ -258,7 +252,7 @@ def test_interleaved_keys_equal_each_key_alone(backend, rng):
     dets = [d for d, _ in DETECTORS.values()]
     keys, ts, values = make_stream(rng, 3000, 6, disorder=0)
     mixed = run(cusense.Pipeline(detectors=dets, backend=backend), keys, ts, values,
-                random_cuts(rng, len(ts), 500))
+                random_cuts(rng, len(ts), 501))
     for k in range(6):
         idx = np.flatnonzero(keys == k)
         alone = run(cusense.Pipeline(detectors=dets, backend=backend), keys[idx], ts[idx], values[idx],
@@ -354,7 +348,7 @@ def test_silence_reported_once_per_gap_in_any_batching(backend, rng):
             out.append(pipe.poll_silence())
         return cusense.Result.concat(out)
     whole = events([0, len(ts)])
-    part = events(random_cuts(rng, len(ts), 200))
+    part = events(random_cuts(rng, len(ts), 201))
     assert len(whole) > 0
     for c in whole.columns:
         np.testing.assert_array_equal(part[c], whole[c])

@@ -3,8 +3,10 @@ every record is accounted for, and a capped run equals an uncapped run of the ac
 batches. Examples are random on every run; a failure prints the falsifying example."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis", reason="property tests need hypothesis (requirements-dev.txt)")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import cusense
 

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 import cusense
+from streams import random_cuts, run_windows
 
 AGGS = ["count", "sum", "mean", "min", "max", "var", "std"]
 
@@ -36,22 +37,6 @@ def oracle(keys, ts, values, size, offset, ooo):
     return out, np.flatnonzero(late)
 
 
-def run(pipe, keys, ts, values, cuts):
-    parts = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        pipe.push(keys[a:b], ts[a:b], values[a:b])
-        parts.append(pipe.poll())
-    parts.append(pipe.flush())
-    return cusense.Result.concat(parts), pipe.poll_late()
-
-
-def random_cuts(rng, n, max_batch):
-    cuts = [0]
-    while cuts[-1] < n:
-        cuts.append(min(n, cuts[-1] + int(rng.integers(1, max_batch))))
-    return cuts
-
-
 def assert_matches(res, expect):
     assert len(res) == len(expect)
     np.testing.assert_array_equal(res["window_start"], expect["window_start"])
@@ -70,7 +55,7 @@ def test_matches_pandas_many_keys(backend, rng, offset):
     keys, ts, values = make_stream(rng, 400_000, 150_000, size, ooo)
     pipe = cusense.Pipeline(cusense.Tumbling(size, offset=offset), aggs=AGGS,
                             max_out_of_orderness=ooo, backend=backend)
-    res, late = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 60_000))
+    res, late = run_windows(pipe, keys, ts, values, random_cuts(rng, len(ts), 60_000))
     expect, late_idx = oracle(keys, ts, values, size, offset, ooo)
     assert len(np.unique(expect["key"])) >= 100_000
     assert_matches(res, expect)
@@ -93,7 +78,7 @@ def test_chunking_invariance(backend, rng):
 
     def once(cuts):
         pipe = cusense.Pipeline(cusense.Tumbling(size), aggs=AGGS, max_out_of_orderness=ooo, backend=backend)
-        return run(pipe, keys, ts, values, cuts)
+        return run_windows(pipe, keys, ts, values, cuts)
 
     whole, whole_late = once([0, len(ts)])
     for max_batch in (2, 37, 1000, 20_000):

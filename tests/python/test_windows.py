@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 import cusense
+from streams import random_cuts, run_windows
 
 MOMENTS = ["count", "sum", "mean", "min", "max", "var", "std"]
 ORDERED = ["first", "last", "argmin_ts", "argmax_ts"]
@@ -32,22 +33,6 @@ def prev_watermark(ts, ooo):
     """Watermark just before each record (arrival order); None-like -inf for the first."""
     prev = np.concatenate([[np.iinfo(np.int64).min + ooo + 1], np.maximum.accumulate(ts)[:-1]])
     return prev - ooo
-
-
-def random_cuts(rng, n, max_batch):
-    cuts = [0]
-    while cuts[-1] < n:
-        cuts.append(min(n, cuts[-1] + int(rng.integers(1, max_batch))))
-    return cuts
-
-
-def run(pipe, keys, ts, values, cuts):
-    parts = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        pipe.push(keys[a:b], ts[a:b], values[a:b])
-        parts.append(pipe.poll())
-    parts.append(pipe.flush())
-    return cusense.Result.concat(parts), pipe.poll_late()
 
 
 def exact_lower(v, q):
@@ -135,7 +120,7 @@ def test_sliding_matches_pandas(backend, rng, size, slide, offset):
     # small staging slots cut pushes into several device chunks on the CUDA backend
     pipe = cusense.Pipeline(window, aggs=aggs, max_out_of_orderness=ooo, backend=backend,
                             staging_records=int(rng.integers(50, 2000)))
-    res, late = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 700))
+    res, late = run_windows(pipe, keys, ts, values, random_cuts(rng, len(ts), 700))
     contrib, late_idx = sliding_oracle(keys, ts, values, size, slide, offset, ooo)
     expect = oracle_aggs(contrib, ["window_start", "key"])
     np.testing.assert_array_equal(res["window_start"], expect["window_start"])
@@ -228,7 +213,7 @@ def test_session_matches_pandas_without_lateness(backend, rng):
     keys, ts, values = make_stream(rng, 5000, 23, 4, ooo=200, late_fraction=0)
     ooo = int(ts.max() - ts.min()) + 1  # nothing late: every record merges where it belongs
     pipe = cusense.Pipeline(cusense.Session(gap), aggs=ALL_AGGS, max_out_of_orderness=ooo, backend=backend)
-    res, late = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 300))
+    res, late = run_windows(pipe, keys, ts, values, random_cuts(rng, len(ts), 300))
     assert len(late) == 0
     expect = session_pandas_oracle(keys, ts, values, gap)
     got = res.to_pandas(datetimes=False).sort_values(["window_start", "key"]).reset_index(drop=True)
@@ -244,7 +229,7 @@ def test_session_with_late_records_matches_simulation(backend, rng):
     gap, ooo = 12, 30
     keys, ts, values = make_stream(rng, 4000, 11, 3, ooo, late_fraction=0.03, far=20)
     pipe = cusense.Pipeline(cusense.Session(gap), aggs=ALL_AGGS, max_out_of_orderness=ooo, backend=backend)
-    res, late = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 250))
+    res, late = run_windows(pipe, keys, ts, values, random_cuts(rng, len(ts), 250))
     late_mask, sid = session_simulation(keys, ts, gap, ooo)
     assert late_mask.sum() > 0
     np.testing.assert_array_equal(late["timestamp"], ts[late_mask])
@@ -332,7 +317,7 @@ def test_rolling_matches_pandas(backend, rng, n, min_periods):
     keys, ts, values = make_stream(rng, 3000, 13, 3, ooo, late_fraction=0.02)
     pipe = cusense.Pipeline(cusense.Rolling(n, min_periods=min_periods), aggs=ALL_AGGS,
                             max_out_of_orderness=ooo, backend=backend)
-    res, late = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 200))
+    res, late = run_windows(pipe, keys, ts, values, random_cuts(rng, len(ts), 200))
     expect, late_idx = rolling_oracle(keys, ts, values, n, n if min_periods is None else min_periods, ooo)
     assert res.columns[:2] == ["key", "timestamp"]
     np.testing.assert_array_equal(res["timestamp"], expect["timestamp"])
@@ -362,7 +347,7 @@ def test_chunking_invariance(rng, window, lateness):
     def once(cuts):
         pipe = cusense.Pipeline(window, aggs=ALL_AGGS, max_out_of_orderness=ooo, backend="cpu",
                                 allowed_lateness=lateness)
-        return run(pipe, keys, ts, values, cuts) + (pipe.stats,)
+        return run_windows(pipe, keys, ts, values, cuts) + (pipe.stats,)
 
     whole, whole_late, whole_stats = once([0, len(ts)])
     assert len(whole) > 0 and len(whole_late) > 0
@@ -384,7 +369,7 @@ def test_allowed_lateness_updates(rng, size, slide):
     window = cusense.Tumbling(size) if size == slide else cusense.Sliding(size, slide)
     pipe = cusense.Pipeline(window, aggs=["count", "sum", "max", "last", "p50"], max_out_of_orderness=ooo,
                             allowed_lateness=lateness, backend="cpu")
-    res, late = run(pipe, keys, ts, values, random_cuts(rng, len(ts), 300))
+    res, late = run_windows(pipe, keys, ts, values, random_cuts(rng, len(ts), 300))
     df = res.to_pandas(datetimes=False)
     assert df["is_update"].dtype == bool and df["is_update"].any()
     contrib, late_idx = sliding_oracle(keys, ts, values, size, slide, 0, ooo, lateness)

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Verifies and measures the CUDA backend on a machine with a GPU, in steps that each fit a
+# short time slot:  scripts/gpu_check.sh build|test|sanitize|bench|all  [results dir]
+#   build     configure + build the library, C++ tests and benchmarks for the local GPU
+#   test      C++ tests (CUDA cases included) and the Python suite on the CUDA backend
+#   sanitize  compute-sanitizer memcheck and racecheck over the CUDA test cases
+#   bench     benchmark suite (quick unless BENCH_MODE=full) + C++ copy-bandwidth benchmarks
+# Logs and results go to the results dir (default build/gpu-check). Python packages missing
+# on the machine may be provided as wheels in .whl/ (installed into a private site dir).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+step=${1:-all}
+out=${2:-${OUT:-build/gpu-check}}
+mkdir -p "$out"
+export PATH="$PATH:/usr/local/cuda/bin" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+BUILD=build/gpu
+JOBS=$(nproc)
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/cusense-site .whl/*.whl \
+    && export PYTHONPATH=/tmp/cusense-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+do_build() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUSENSE_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=native -DCUSENSE_BUILD_BENCHMARKS=ON \
+    -DPython_EXECUTABLE="$(command -v $PY)" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; return 1; }
+  cmake --build "$BUILD" -j "$JOBS" 2>&1 | tee "$out/build.log" | grep -E "error|warning|FAILED" | head -40
+  $PY -m pip install -q --no-build-isolation --no-deps --target /tmp/cusense-pkg . \
+    -Cbuild-dir=build/gpu-py -Ccmake.define.CUSENSE_CUDA=ON \
+    -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=native >"$out/pip.log" 2>&1 || { tail -30 "$out/pip.log"; return 1; }
+}
+
+py_env() { export PYTHONPATH=/tmp/cusense-pkg${PYTHONPATH:+:$PYTHONPATH}; }
+
+do_test() {
+  ctest --test-dir "$BUILD" --output-on-failure -j 4 2>&1 | tee "$out/ctest.log" | tail -25
+  py_env
+  $PY -c "import cusense; print('devices:', cusense.devices())"
+  $PY -m pytest -q -ra tests/python -k "cuda" 2>&1 | tee "$out/pytest-cuda.log" | tail -40
+}
+
+do_sanitize() {
+  local exe="$BUILD/tests/cpp/cusense_tests"
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$exe" --gtest_filter='*cuda*' \
+      >"$out/sanitizer-$tool.log" 2>&1
+    echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0' "$out/sanitizer-$tool.log") clean summaries)"
+    grep -E "ERROR SUMMARY|Invalid|Race" "$out/sanitizer-$tool.log" | head -10
+  done
+}
+
+do_bench() {
+  py_env
+  "$BUILD/benchmarks/cpp/cusense_bench" --benchmark_filter='h2d|d2d' \
+    --benchmark_out="$out/bench_copy.json" --benchmark_out_format=json 2>&1 | tail -15
+  $PY benchmarks/run.py --"${BENCH_MODE:-quick}" --out "$out/bench" 2>&1 | tee "$out/bench.log" | tail -40
+}
+
+case "$step" in
+  build) do_build ;;
+  test) do_test ;;
+  sanitize) do_sanitize ;;
+  bench) do_bench ;;
+  all) do_build && do_test && do_sanitize && do_bench ;;
+  *) echo "usage: $0 build|test|sanitize|bench|all [results dir]" >&2; exit 2 ;;
+esac
