@@ -2,6 +2,8 @@
 # Builds the libFuzzer targets in tests/fuzz (clang, ASan + UBSan, CPU library) in build/fuzz
 # and runs each for a bounded time over its corpus in tests/fuzz/corpus/<target>/.
 # Usage: scripts/fuzz.sh [seconds per target, default 30] [target ...]
+# The mutation sequence is fixed (FUZZ_SEED, default 1); with FUZZ_RUNS=N each target stops after
+# N inputs, so a run repeats exactly (CI). Set another seed or no run limit to explore further.
 # A crash leaves crash-*/leak-*/timeout-* files in build/fuzz/artifacts and fails the run; after
 # fixing it, add the input to the target's corpus as a regression seed.
 set -euo pipefail
@@ -28,7 +30,7 @@ for t in "${targets[@]}"; do
   work="$BUILD/corpus/$t"  # new inputs go here, not into the repository
   mkdir -p "$work"
   echo "== fuzzing $t for ${SECONDS_PER_TARGET}s (seeds: $seeds) ==" >&2
-  "$BUILD/$t" "$work" "$seeds" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 \
+  "$BUILD/$t" "$work" "$seeds" -max_total_time="$SECONDS_PER_TARGET" -seed="${FUZZ_SEED:-1}" ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -timeout=10 \
     -rss_limit_mb=2048 -max_len=4096 -print_final_stats=1 \
     -artifact_prefix="$BUILD/artifacts/$t-" 2>"$BUILD/$t.log" || {
     tail -n 60 "$BUILD/$t.log" >&2

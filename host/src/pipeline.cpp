@@ -26,7 +26,12 @@ void validate_window(pipeline_options const& o)
   if (w.type == kind::sliding) {
     CUSENSE_EXPECTS(w.slide > 0 && w.slide <= w.size,
                     "sliding window slide must lie in (0, size], got slide " +
-                      std::to_string(w.slide) + " ns for size " + std::to_string(w.size) + " ns");
+                      std::to_string(w.slide) + " ns for size " + std::to_string(w.size) + " ns");    // Each record lies in ceil(size / slide) windows: bound the fan-out so one record cannot
+    // demand an unbounded number of window emissions.
+    CUSENSE_EXPECTS((w.size - 1) / w.slide + 1 <= max_windows_per_record,
+                    "sliding window size/slide ratio too large: each record would lie in " +
+                      std::to_string((w.size - 1) / w.slide + 1) + " windows (at most " +
+                      std::to_string(max_windows_per_record) + ")");
   }
   if (w.type == kind::session) {
     CUSENSE_EXPECTS(w.gap > 0 && w.gap <= max_duration,

@@ -298,7 +298,7 @@ class cpu_session_engine final : public cpu_engine_base {
     std::sort(recs.begin(), recs.end());
     std::size_t runs = 0;
     for (std::size_t i = 0; i < recs.size(); ++i) {
-      runs += i == 0 || recs[i].first != recs[i - 1].first || recs[i].second - recs[i - 1].second >= sess_.gap;
+      runs += i == 0 || recs[i].first != recs[i - 1].first || recs[i].second >= recs[i - 1].second + sess_.gap;
     }
     check_cap(options_.max_open_windows, pool_.live(), runs, batch.n, "sessions");
   }

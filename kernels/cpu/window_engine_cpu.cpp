@@ -333,7 +333,10 @@ class cpu_window_engine final : public window_engine {
           std::int64_t late_below = std::numeric_limits<std::int64_t>::min();
           std::int64_t recompute  = std::numeric_limits<std::int64_t>::min();  // m that moves it
           auto const update = [&] {
-            std::int64_t const k = window_.closed_before(m - options_.max_out_of_orderness);
+            // A watermark below the valid time range closes no window holding a valid time;
+            // clamping it keeps start(k) from overflowing.
+            std::int64_t const k =
+              window_.closed_before(std::max(m - options_.max_out_of_orderness, -max_timestamp));
             late_below           = window_.start(k);
             recompute            = window_.end(k) + options_.max_out_of_orderness;
           };

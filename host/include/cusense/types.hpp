@@ -19,6 +19,8 @@ backend parse_backend(std::string const& name);
 constexpr std::int64_t max_timestamp = std::int64_t{1} << 62;
 /// Upper bound for window sizes, offsets and the out-of-orderness bound (about 73 years).
 constexpr std::int64_t max_duration = std::int64_t{1} << 61;
+/// Upper bound for the number of sliding windows a record lies in (ceil(size / slide)).
+constexpr std::int64_t max_windows_per_record = std::int64_t{1} << 16;
 
 /// Keyed windows.
 ///  - tumbling: [k*size + offset, (k+1)*size + offset)
