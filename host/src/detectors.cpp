@@ -146,6 +146,20 @@ detector_runner::detector_runner(pipeline_options const& o, backend where)
 
 std::uint32_t detector_runner::slot_for(std::uint32_t key)
 {
+  constexpr std::uint32_t dense_keys = 1u << 20;
+  if (key < slot_dense_.size() && slot_dense_[key] != 0) { return slot_dense_[key] - 1; }
+  std::uint32_t const slot = slot_lookup(key);
+  if (key < dense_keys) {
+    if (key >= slot_dense_.size()) {
+      slot_dense_.resize(std::min<std::size_t>(dense_keys, std::max<std::size_t>(2 * slot_dense_.size(), key + std::size_t{1})), 0);
+    }
+    slot_dense_[key] = slot + 1;
+  }
+  return slot;
+}
+
+std::uint32_t detector_runner::slot_lookup(std::uint32_t key)
+{
   auto [it, inserted] = slot_of_.try_emplace(key, static_cast<std::uint32_t>(slot_key_.size()));
   if (inserted) {
     slot_key_.push_back(key);
@@ -215,115 +229,231 @@ void detector_runner::emit_silence(std::uint32_t key, std::int64_t last_seen, bo
                            back ? back_at : std::numeric_limits<std::int64_t>::min()});
 }
 
+namespace {
+
+/// Stable LSD radix sort of items by hi with 11-bit digits; ties keep their input order. Digits
+/// where every item agrees are skipped. n must be < 2^32.
+void radix_sort(std::vector<detector_runner_sort_item>& a, std::vector<detector_runner_sort_item>& tmp)
+{
+  std::size_t const n = a.size();
+  if (n < 2) return;
+  constexpr int bits              = 11;
+  constexpr std::uint32_t buckets = 1u << bits;
+  constexpr int digits            = (64 + bits - 1) / bits;
+  std::vector<std::uint32_t> hist(static_cast<std::size_t>(digits) * buckets, 0);
+  for (detector_runner_sort_item const& it : a) {
+    std::uint32_t* h = hist.data();
+    for (int b = 0; b < digits; ++b, h += buckets) ++h[(it.hi >> (bits * b)) & (buckets - 1)];
+  }
+  tmp.resize(n);
+  for (int d = 0; d < digits; ++d) {
+    std::uint32_t* h  = hist.data() + static_cast<std::size_t>(d) * buckets;
+    bool trivial      = false;
+    std::uint32_t sum = 0;
+    for (std::uint32_t v = 0; v < buckets; ++v) {
+      std::uint32_t const c = h[v];
+      if (c == n) { trivial = true; }
+      h[v] = sum;
+      sum += c;
+    }
+    if (trivial) continue;  // every item has the same digit: the pass would not move anything
+    detector_runner_sort_item const* src = a.data();
+    detector_runner_sort_item* dst       = tmp.data();
+    int const shift                      = bits * d;
+    for (std::size_t k = 0; k < n; ++k) dst[h[(src[k].hi >> shift) & (buckets - 1)]++] = src[k];
+    a.swap(tmp);
+  }
+}
+
+}  // namespace
+
 void detector_runner::release(bool all)
 {
   std::int64_t const wm =
     has_max_ ? max_ts_ - ooo_ : std::numeric_limits<std::int64_t>::min();
-  // Split the buffer: released records (ts < watermark, or all) and the rest, kept in order.
-  std::vector<pending> out;
-  std::vector<pending> keep;
-  std::vector<double> keep_values;
-  if (all) {
-    out.swap(pending_);
-  } else {
-    for (pending const& p : pending_) {
-      if (p.ts < wm) {
-        out.push_back(p);
+  auto const ch            = static_cast<std::size_t>(channels_);
+  std::size_t const np     = pending_.size();
+  std::size_t const n_late = late_now_.size();
+  constexpr std::uint32_t late_slot = std::numeric_limits<std::uint32_t>::max();
+
+  // The released records (ts < watermark, or all) and this push's late ones, merged in arrival
+  // order into rel_* (slot late_slot marks a late record).
+  auto released = [&](pending const& p) { return all || p.ts < wm; };
+  rel_ts_.clear();
+  rel_key_.clear();
+  rel_seq_.clear();
+  rel_slot_.clear();
+  rel_values_.clear();
+  bool in_order = true;
+  {
+    std::size_t i = 0, j = 0;
+    while (true) {
+      while (i < np && !released(pending_[i])) ++i;
+      bool const take_pending = i < np && (j >= n_late || pending_[i].seq < late_now_[j].seq);
+      pending const* p;
+      double const* v;
+      if (take_pending) {
+        p = &pending_[i++];
+        v = &pending_values_[p->value_at];
+      } else if (j < n_late) {
+        p = &late_now_[j++];
+        v = &late_values_[p->value_at];
       } else {
-        keep.push_back(p);
+        break;
       }
-    }
-    if (!keep.empty()) {
-      auto const ch = static_cast<std::size_t>(channels_);
-      keep_values.reserve(keep.size() * ch);
-      for (pending& p : keep) {
-        std::size_t const at = keep_values.size();
-        keep_values.insert(keep_values.end(), pending_values_.begin() + p.value_at,
-                           pending_values_.begin() + p.value_at + ch);
-        p.value_at = at;
-      }
+      if (!rel_seq_.empty() && p->seq <= rel_seq_.back()) { in_order = false; }
+      rel_ts_.push_back(p->ts);
+      rel_key_.push_back(p->key);
+      rel_seq_.push_back(p->seq);
+      rel_slot_.push_back(p->late ? late_slot : p->slot);
+      rel_values_.insert(rel_values_.end(), v, v + ch);
     }
   }
-  std::size_t const n_scored = out.size();
-  std::size_t const n_late   = late_now_.size();
-  out.insert(out.end(), late_now_.begin(), late_now_.end());
-  late_now_.clear();
-  // Release order: (timestamp, key, arrival).
-  std::sort(out.begin(), out.end(), [](pending const& a, pending const& b) {
-    if (a.ts != b.ts) return a.ts < b.ts;
-    if (a.key != b.key) return a.key < b.key;
-    return a.seq < b.seq;
-  });
+  std::size_t const n        = rel_ts_.size();
+  std::size_t const n_scored = n - n_late;
 
-  auto const ch = static_cast<std::size_t>(channels_);
-  std::size_t const n = out.size();
-  // Gather the records to score, in release order.
-  std::vector<std::uint32_t> slots;
-  std::vector<double> vals;
-  std::vector<std::size_t> row_of;  // scored index -> out index
-  slots.reserve(n_scored);
-  vals.reserve(n_scored * ch);
-  row_of.reserve(n_scored);
-  for (std::size_t r = 0; r < n; ++r) {
-    pending const& p = out[r];
-    if (p.late) continue;
-    slots.push_back(p.slot);
-    vals.insert(vals.end(), pending_values_.begin() + p.value_at, pending_values_.begin() + p.value_at + ch);
-    row_of.push_back(r);
+  // Release order: (timestamp, key, arrival). order_[r].ref is the rel_* index of row r.
+  bool const fits  = n < std::numeric_limits<std::uint32_t>::max();  // refs fit order_[r].ref
+  bool const radix = n > 0 && in_order && fits;
+  order_.resize(fits ? n : 0);
+  std::int64_t tmin = 0;
+  if (radix) {
+    // The records are in arrival order: a stable sort by timestamp (radix), then by key within
+    // runs of equal timestamps (rare), gives (timestamp, key, arrival).
+    tmin = *std::min_element(rel_ts_.begin(), rel_ts_.end());
+    for (std::size_t m = 0; m < n; ++m) {
+      order_[m] = {static_cast<std::uint64_t>(rel_ts_[m]) - static_cast<std::uint64_t>(tmin), rel_key_[m],
+                   static_cast<std::uint32_t>(m)};
+    }
+    radix_sort(order_, sort_tmp_);
+    for (std::size_t r = 0; r < n;) {
+      std::size_t e = r + 1;
+      while (e < n && order_[e].hi == order_[r].hi) ++e;
+      if (e - r > 1) {
+        std::stable_sort(order_.begin() + static_cast<std::ptrdiff_t>(r),
+                         order_.begin() + static_cast<std::ptrdiff_t>(e),
+                         [](detector_runner_sort_item const& x, detector_runner_sort_item const& y) {
+                           return x.lo < y.lo;
+                         });
+      }
+      r = e;
+    }
+  } else {
+    std::vector<std::size_t> idx(n);
+    std::iota(idx.begin(), idx.end(), std::size_t{0});
+    std::sort(idx.begin(), idx.end(), [&](std::size_t x, std::size_t y) {
+      if (rel_ts_[x] != rel_ts_[y]) return rel_ts_[x] < rel_ts_[y];
+      if (rel_key_[x] != rel_key_[y]) return rel_key_[x] < rel_key_[y];
+      return rel_seq_[x] < rel_seq_[y];
+    });
+    if (!fits) {
+      ref64_.swap(idx);
+    } else {
+      for (std::size_t r = 0; r < n; ++r) order_[r].ref = static_cast<std::uint32_t>(idx[r]);
+    }
   }
-  std::vector<double> scores(scorers_.size() * n_scored);
-  if (engine_ && n_scored > 0) {
-    engine_->score(slots.data(), vals.data(), n_scored, static_cast<std::uint32_t>(slot_key_.size()),
-                   scores.data());
-  }
+  auto ref_at = [&](std::size_t r) -> std::size_t { return ref64_.empty() ? order_[r].ref : ref64_[r]; };
 
-  // Output rows.
+  // Output rows, and the records to score gathered in release order.
   std::size_t const base = out_key_.size();
-  out_key_.reserve(base + n);
+  out_key_.resize(base + n);
+  out_ts_.resize(base + n);
+  out_seq_.resize(base + n);
+  out_late_.resize(base + n);
+  for (auto& col : out_values_) col.resize(base + n);
+  score_slots_.resize(n_scored);
+  score_values_.resize(n_scored * ch);
+  row_of_.resize(n_late > 0 ? n_scored : 0);
+  std::size_t k = 0;
   for (std::size_t r = 0; r < n; ++r) {
-    pending const& p = out[r];
-    out_key_.push_back(p.key);
-    out_ts_.push_back(p.ts);
-    out_seq_.push_back(p.seq);
-    out_late_.push_back(p.late ? 1 : 0);
-    double const* v = p.late ? &late_values_[p.value_at] : &pending_values_[p.value_at];
-    for (std::size_t c = 0; c < ch; ++c) out_values_[c].push_back(v[c]);
+    std::size_t const m       = ref_at(r);
+    std::uint32_t const slot  = rel_slot_[m];
+    bool const late           = slot == late_slot;
+    if (radix) {  // the sort item holds the timestamp and key
+      out_ts_[base + r]  = static_cast<std::int64_t>(static_cast<std::uint64_t>(tmin) + order_[r].hi);
+      out_key_[base + r] = order_[r].lo;
+    } else {
+      out_key_[base + r] = rel_key_[m];
+      out_ts_[base + r]  = rel_ts_[m];
+    }
+    out_seq_[base + r]        = rel_seq_[m];
+    out_late_[base + r]       = late ? 1 : 0;
+    double const* v           = &rel_values_[m * ch];
+    for (std::size_t c = 0; c < ch; ++c) out_values_[c][base + r] = v[c];
+    if (!late) {
+      score_slots_[k] = slot;
+      for (std::size_t c = 0; c < ch; ++c) score_values_[k * ch + c] = v[c];
+      if (n_late > 0) row_of_[k] = r;
+      ++k;
+    }
+  }
+  score_out_.resize(scorers_.size() * n_scored);
+  if (engine_ && n_scored > 0) {
+    engine_->score(score_slots_.data(), score_values_.data(), n_scored,
+                   static_cast<std::uint32_t>(slot_key_.size()), score_out_.data());
   }
   for (std::size_t d = 0; d < scorers_.size(); ++d) {
-    auto& col = out_scores_[d];
+    auto& col            = out_scores_[d];
     std::size_t const at = col.size();
-    col.resize(at + n, std::numeric_limits<double>::quiet_NaN());
-    for (std::size_t k = 0; k < n_scored; ++k) col[at + row_of[k]] = scores[d * n_scored + k];
+    double const* sc     = score_out_.data() + d * n_scored;
+    if (n_late == 0) {
+      col.insert(col.end(), sc, sc + n_scored);
+    } else {
+      col.resize(at + n, std::numeric_limits<double>::quiet_NaN());
+      for (std::size_t q = 0; q < n_scored; ++q) col[at + row_of_[q]] = sc[q];
+    }
   }
-  late_values_.clear();
   counters_.scored += n_scored;
   counters_.late += n_late;
-
-  if (all) {
-    pending_values_.clear();
-  } else {
-    pending_.swap(keep);
-    pending_values_.swap(keep_values);
-  }
 
   // Silence: gaps between released records of a key, then keys the watermark has left silent.
   if (has_silence_) {
     for (std::size_t r = 0; r < n; ++r) {
-      pending const& p = out[r];
-      if (p.late) continue;
-      silence_state& s = silence_[p.slot];
-      if (s.seen && p.ts - s.last_seen > timeout_) {
-        if (!s.reported) emit_silence(p.key, s.last_seen, false, 0);
-        emit_silence(p.key, s.last_seen, true, p.ts);
+      std::uint32_t const slot = out_late_[base + r] ? late_slot : rel_slot_[ref_at(r)];
+      if (slot == late_slot) continue;
+      std::int64_t const ts    = out_ts_[base + r];
+      std::uint32_t const key  = out_key_[base + r];
+      silence_state& s = silence_[slot];
+      if (s.seen && ts - s.last_seen > timeout_) {
+        if (!s.reported) emit_silence(key, s.last_seen, false, 0);
+        emit_silence(key, s.last_seen, true, ts);
       }
-      s.last_seen = p.ts;
+      s.last_seen = ts;
       s.seen      = true;
       s.reported  = false;
       if (!s.queued) {
-        deadlines_.push({p.ts + timeout_, p.slot});
+        deadlines_.push({ts + timeout_, slot});
         s.queued = true;
       }
     }
+  }
+  ref64_.clear();
+
+  late_now_.clear();
+  late_values_.clear();
+  // Keep the records not released, in order, with their values packed.
+  if (all) {
+    pending_.clear();
+    pending_values_.clear();
+  } else {
+    std::size_t w = 0, wv = 0;
+    for (std::size_t i = 0; i < np; ++i) {
+      pending p = pending_[i];
+      if (p.ts < wm) continue;
+      if (p.value_at != wv) {
+        std::copy(pending_values_.begin() + static_cast<std::ptrdiff_t>(p.value_at),
+                  pending_values_.begin() + static_cast<std::ptrdiff_t>(p.value_at + ch),
+                  pending_values_.begin() + static_cast<std::ptrdiff_t>(wv));
+      }
+      p.value_at    = wv;
+      pending_[w++] = p;
+      wv += ch;
+    }
+    pending_.resize(w);
+    pending_values_.resize(wv);
+  }
+
+  if (has_silence_) {
     if (!all && has_max_) {
       while (!deadlines_.empty() && deadlines_.top().first < wm) {
         auto const [when, slot] = deadlines_.top();

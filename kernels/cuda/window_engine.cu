@@ -1520,7 +1520,8 @@ class cuda_window_engine final : public window_engine {
     std::size_t const ns = state_size_;
     std::size_t const n  = ns + p.np;
     if (n == 0) { return; }
-    if (n >= (std::size_t{1} << 32)) { throw cuda_error("cusense: too many open panes to emit"); }
+    // n + 1 is a CUB item count (int); source indices are 32-bit.
+    if (n >= static_cast<std::size_t>(INT_MAX)) { throw cuda_error("cusense: too many open panes to emit"); }
     emit_sources src;
     src.window  = slide_;
     src.s_wid   = st.wid.data<std::int64_t>() + offset_;

@@ -57,6 +57,14 @@ struct detector_counters {
   bool has_watermark     = false;
 };
 
+/// A record to release, as sorted by detector_runner::release: hi = its timestamp minus the
+/// smallest released one, lo = its key, ref = its index in the released records.
+struct detector_runner_sort_item {
+  std::uint64_t hi;
+  std::uint32_t lo;
+  std::uint32_t ref;
+};
+
 /// Watermark, buffering, release order, late records, silence and output tables.
 class detector_runner {
  public:
@@ -96,6 +104,7 @@ class detector_runner {
   void release(bool all);
   void emit_silence(std::uint32_t key, std::int64_t last_seen, bool back, std::int64_t back_at);
   std::uint32_t slot_for(std::uint32_t key);
+  std::uint32_t slot_lookup(std::uint32_t key);
 
   int channels_;
   std::int64_t ooo_;
@@ -107,6 +116,7 @@ class detector_runner {
   std::int64_t timeout_ = 0;
 
   std::unordered_map<std::uint32_t, std::uint32_t> slot_of_;
+  std::vector<std::uint32_t> slot_dense_;  // cache of slot_of_ for small keys: slot + 1, 0 = unknown
   std::vector<std::uint32_t> slot_key_;
   std::vector<pending> pending_;
   std::vector<double> pending_values_;
@@ -122,6 +132,16 @@ class detector_runner {
   std::vector<silence_state> silence_;  // by slot
   using deadline = std::pair<std::int64_t, std::uint32_t>;  // (last_seen + timeout, slot)
   std::priority_queue<deadline, std::vector<deadline>, std::greater<deadline>> deadlines_;
+
+  // scratch of release(), kept to reuse its memory
+  std::vector<detector_runner_sort_item> order_, sort_tmp_;
+  std::vector<std::size_t> ref64_;  // release order when order_ cannot hold it (>= 2^32 rows)
+  std::vector<std::int64_t> rel_ts_, rel_seq_;  // released records, in arrival order
+  std::vector<std::uint32_t> rel_key_, rel_slot_;
+  std::vector<double> rel_values_;
+  std::vector<std::uint32_t> score_slots_;
+  std::vector<double> score_values_, score_out_;
+  std::vector<std::size_t> row_of_;
 
   // output being collected
   std::vector<std::uint32_t> out_key_;
