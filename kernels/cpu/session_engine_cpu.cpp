@@ -274,8 +274,9 @@ class cpu_session_engine final : public cpu_engine_base {
       k->second.erase(s);
       if (k->second.empty()) { keys_.erase(k); }
       if (limit != std::numeric_limits<std::int64_t>::max()) {
-        std::int64_t& until = freed_until_[key];
-        until               = std::max(until, end);
+        // try_emplace: a default-inserted 0 would mark negative times as freed.
+        auto [until, fresh] = freed_until_.try_emplace(key, end);
+        if (!fresh) { until->second = std::max(until->second, end); }
         freed_order_.emplace(end, key);
       }
     }

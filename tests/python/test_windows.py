@@ -535,3 +535,17 @@ def test_bad_window_options():
         cusense.Pipeline(cusense.Tumbling(3), allowed_lateness=-5, backend="cpu")
     with pytest.raises(ValueError, match="quantile_accuracy"):
         cusense.Pipeline(cusense.Tumbling(3), aggs=["p50"], quantile_accuracy=0.9, backend="cpu")
+
+
+def test_session_negative_times_after_a_freed_session(backend):
+    """A freed session at negative times must not mark later records of its key late."""
+    if backend == "cuda":
+        pytest.skip("session windows are CPU-only for now")
+    pipe = cusense.Pipeline(cusense.Session(12), aggs=["count"], max_out_of_orderness=30, backend=backend)
+    keys = np.array([4, 7, 2, 4], np.uint32)
+    ts = np.array([-53, -3, 5, -1], np.int64)  # key 4's session [-53, -41) is freed before -1 arrives
+    for i in range(len(ts)):
+        pipe.push(keys[i:i + 1], ts[i:i + 1], np.ones(1))
+    res = pipe.flush()
+    assert len(pipe.poll_late()) == 0
+    assert sorted(zip(res["key"].tolist(), res["window_start"].tolist())) == [(2, 5), (4, -53), (4, -1), (7, -3)]
