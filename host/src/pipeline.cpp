@@ -58,18 +58,28 @@ void validate_window(pipeline_options const& o)
                   "quantile_accuracy must lie in [1e-4, 0.5], got " + std::to_string(o.quantile_accuracy));
 }
 
-void validate(pipeline_options const& o)
+// Checks that apply with or without a window.
+void validate_stream(pipeline_options const& o)
 {
-  validate_window(o);
   CUSENSE_EXPECTS(o.max_out_of_orderness >= 0 && o.max_out_of_orderness <= max_duration,
                   "max_out_of_orderness must lie in [0, 2^61] ns, got " +
                     std::to_string(o.max_out_of_orderness));
-  CUSENSE_EXPECTS(!o.aggs.empty(), "at least one aggregation is required");
   CUSENSE_EXPECTS(o.channels >= 1, "channels must be >= 1");
   CUSENSE_EXPECTS(o.channel_names.empty() ||
                     o.channel_names.size() == static_cast<std::size_t>(o.channels),
                   "channel_names has " + std::to_string(o.channel_names.size()) +
                     " names for " + std::to_string(o.channels) + " channels");
+}
+
+void validate(pipeline_options const& o)
+{
+  validate_stream(o);
+  if (!o.windowed) {
+    CUSENSE_EXPECTS(!o.detectors.empty(), "a pipeline without a window needs detectors");
+    return;
+  }
+  validate_window(o);
+  CUSENSE_EXPECTS(!o.aggs.empty(), "at least one aggregation is required");
   CUSENSE_EXPECTS(o.staging_records >= 1, "staging_records must be >= 1");
   CUSENSE_EXPECTS(o.staging_slots >= 1, "staging_slots must be >= 1");
   auto names = detail::value_column_names(o);
@@ -152,17 +162,7 @@ bool cuda_engine_supports(pipeline_options const& o, std::string* why)
 
 pipeline::pipeline(pipeline_options options) : options_(std::move(options))
 {
-  if (options_.windowed) {
-    validate(options_);
-  } else {  // detectors only: no window engine
-    CUSENSE_EXPECTS(!options_.detectors.empty(), "a pipeline without a window needs detectors");
-    CUSENSE_EXPECTS(options_.max_out_of_orderness >= 0 && options_.max_out_of_orderness <= max_duration,
-                    "max_out_of_orderness must lie in [0, 2^61] ns");
-    CUSENSE_EXPECTS(options_.channels >= 1, "channels must be >= 1");
-    CUSENSE_EXPECTS(options_.channel_names.empty() ||
-                      options_.channel_names.size() == static_cast<std::size_t>(options_.channels),
-                    "channel_names must give one name per channel");
-  }
+  validate(options_);
   backend_ = resolve_backend(options_.where);
   std::string why;
   if (options_.windowed && backend_ == backend::cuda && !detail::cuda_engine_supports(options_, &why)) {
