@@ -139,20 +139,29 @@ bool tumbling_engine_supports(pipeline_options const& o)
 
 bool cuda_engine_supports(pipeline_options const& o, std::string* why)
 {
-  std::string reason;
-  if (o.window.type != window_spec::kind::tumbling && o.window.type != window_spec::kind::sliding) {
-    reason = to_string(o.window.type) + " windows";
-  } else if (o.allowed_lateness != 0) {
-    reason = "allowed_lateness";
-  } else if (o.max_open_windows != 0) {
-    reason = "max_open_windows";
-  } else {
-    for (std::string const& name : o.agg_names()) {
-      if (parse_agg(name) == agg::quantile) {
-        reason = "aggregation '" + name + "'";
-        break;
-      }
+  bool has_quantile = false;
+  std::string quantile_name;
+  for (std::string const& name : o.agg_names()) {
+    if (parse_agg(name) == agg::quantile) {
+      has_quantile  = true;
+      quantile_name = name;
+      break;
     }
+  }
+  std::string reason;
+  switch (o.window.type) {
+    case window_spec::kind::session: reason = "session windows"; break;
+    case window_spec::kind::rolling: reason = "rolling windows"; break;
+    case window_spec::kind::tumbling:
+    case window_spec::kind::sliding:
+      if (o.allowed_lateness != 0) {
+        reason = "allowed_lateness";
+      } else if (o.max_open_windows != 0) {
+        reason = "max_open_windows";
+      } else if (has_quantile) {
+        reason = "aggregation '" + quantile_name + "'";
+      }
+      break;
   }
   if (why) { *why = reason; }
   return reason.empty();

@@ -547,6 +547,8 @@ def machine_info() -> dict:
 
 
 def git_commit() -> str | None:
+    if os.environ.get("CUSENSE_COMMIT"):  # a copy of the sources without its git history
+        return os.environ["CUSENSE_COMMIT"]
     here = Path(__file__).resolve().parent
     for cwd in (Path.cwd(), here):
         sha = _run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd)

@@ -378,7 +378,7 @@ TEST_F(checkpoint_file, PathRoundTripKeepsOptionsAndState)
   pipeline p(options());
   feed(p, 0, 300);
   p.checkpoint(path("a.ckpt"));
-  pipeline q = pipeline::restore(path("a.ckpt"));
+  pipeline q = pipeline::restore(path("a.ckpt"), backend::cpu);
   EXPECT_EQ(q.options().window.size, 100);
   EXPECT_EQ(q.options().detectors.size(), 1u);
   feed(p, 300, 500);
