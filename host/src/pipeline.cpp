@@ -7,6 +7,7 @@
 #include <cusense/backend.hpp>
 #include <cusense/detail/detector_engine.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/host_parallel.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/pipeline.hpp>
 
@@ -150,15 +151,15 @@ bool cuda_engine_supports(pipeline_options const& o, std::string* why)
   }
   std::string reason;
   switch (o.window.type) {
-    case window_spec::kind::session: reason = "session windows"; break;
-    case window_spec::kind::rolling: reason = "rolling windows"; break;
+    case window_spec::kind::session:
+      if (has_quantile) { reason = "aggregation '" + quantile_name + "'"; }
+      break;
+    case window_spec::kind::rolling:
+      if (has_quantile) { reason = "aggregation '" + quantile_name + "'"; }
+      break;
     case window_spec::kind::tumbling:
     case window_spec::kind::sliding:
-      if (o.allowed_lateness != 0) {
-        reason = "allowed_lateness";
-      } else if (o.max_open_windows != 0) {
-        reason = "max_open_windows";
-      } else if (has_quantile) {
+      if (has_quantile) {
         reason = "aggregation '" + quantile_name + "'";
       }
       break;
@@ -186,7 +187,12 @@ pipeline::pipeline(pipeline_options options) : options_(std::move(options))
   if (!options_.windowed) { return; }
   if (backend_ == backend::cuda) {
 #ifdef CUSENSE_WITH_CUDA
-    engine_ = detail::make_cuda_engine(options_);
+    if (options_.window.type == window_spec::kind::session) {
+      engine_ = detail::make_cuda_session_engine(options_);
+    } else {
+      engine_ = options_.window.type == window_spec::kind::rolling ? detail::make_cuda_rolling_engine(options_)
+                                                                    : detail::make_cuda_engine(options_);
+    }
 #endif
   } else if (options_.window.type == window_spec::kind::session) {
     engine_ = detail::make_cpu_session_engine(options_);
@@ -212,11 +218,8 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
   scoped_use use(busy_);
   pushed_ += n;
   // Range check: a branch-free pass over the values; positions only on the error path.
-  std::int64_t tmin = timestamps[0], tmax = timestamps[0];
-  for (std::size_t i = 1; i < n; ++i) {
-    tmin = std::min(tmin, timestamps[i]);
-    tmax = std::max(tmax, timestamps[i]);
-  }
+  std::int64_t tmin = 0, tmax = 0;
+  detail::parallel_minmax(timestamps, n, tmin, tmax);
   if (tmin < -max_timestamp || tmax > max_timestamp) {
     auto [lo, hi] = std::minmax_element(timestamps, timestamps + n);
     rejected_ += n;

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <utility>
@@ -45,6 +47,11 @@ namespace cusense::detail {
 
 /// After a kernel launch: throws if the launch failed.
 #define CUSENSE_CHECK_LAST_ERROR() CUSENSE_CUDA_TRY(cudaGetLastError())
+
+/// Grid-stride loop over [0, n) with 64-bit indices: correct for any grid size.
+#define CUSENSE_FOR_EACH_INDEX(i, n)                                                    \
+  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; \
+       i < (n); i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
 
 namespace cusense::detail {
 
@@ -158,6 +165,66 @@ class device_buffer {
   std::size_t bytes_ = 0;
 };
 
+/// Process-wide cache of page-locked blocks. Pinning is slow (cudaHostAlloc maps and locks
+/// every page: ~0.5 ms per MiB, more than the copies it speeds up for a short-lived pipeline),
+/// so blocks given back are kept, up to `max_cached_bytes`, for the next pipeline.
+class pinned_pool {
+ public:
+  static constexpr std::size_t max_cached_bytes = std::size_t{1} << 30;
+
+  static pinned_pool& instance()
+  {
+    static pinned_pool* pool = new pinned_pool;  // never destroyed: the driver may be gone at exit
+    return *pool;
+  }
+
+  /// A block of at least `bytes` (its size in `*got`), or nullptr when pinning fails.
+  void* take(std::size_t bytes, std::size_t* got)
+  {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      // The smallest cached block that fits without wasting more than half of it.
+      auto it = cached_.lower_bound(bytes);
+      if (it != cached_.end() && it->first / 2 <= bytes) {
+        *got = it->first;
+        void* p = it->second;
+        cached_bytes_ -= it->first;
+        cached_.erase(it);
+        return p;
+      }
+    }
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess || p == nullptr) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    *got = bytes;
+    return p;
+  }
+
+  void give(void* p, std::size_t bytes) noexcept
+  {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cached_bytes_ + bytes <= max_cached_bytes) {
+        try {
+          cached_.emplace(bytes, p);
+          cached_bytes_ += bytes;
+          return;
+        } catch (...) {
+          // no room to remember it: free it below
+        }
+      }
+    }
+    CUSENSE_CUDA_TRY_NO_THROW(cudaFreeHost(p));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<std::size_t, void*> cached_;
+  std::size_t cached_bytes_ = 0;
+};
+
 /// Owning, growable host allocation: page-locked (cudaHostAlloc) when possible, pageable
 /// otherwise (copies then still work, only without overlap). Contents are not preserved.
 class host_buffer {
@@ -172,14 +239,14 @@ class host_buffer {
     if (bytes <= bytes_) return;
     std::size_t const wanted = std::max(bytes, bytes_ + bytes_ / 2);
     release();
-    void* p = nullptr;
-    if (cudaHostAlloc(&p, wanted, cudaHostAllocDefault) == cudaSuccess && p != nullptr) {
+    std::size_t got = 0;
+    if (void* p = pinned_pool::instance().take(wanted, &got)) {
       ptr_    = p;
-      bytes_  = wanted;
+      bytes_  = got;
       pinned_ = true;
       return;
     }
-    (void)cudaGetLastError();  // pinned memory exhausted: fall back to pageable memory
+    // pinned memory exhausted: fall back to pageable memory
     try {
       pageable_.reset(new unsigned char[wanted]);
     } catch (std::bad_alloc const&) {
@@ -207,7 +274,7 @@ class host_buffer {
 
   void release() noexcept
   {
-    if (pinned_ && ptr_ != nullptr) { CUSENSE_CUDA_TRY_NO_THROW(cudaFreeHost(ptr_)); }
+    if (pinned_ && ptr_ != nullptr) { pinned_pool::instance().give(ptr_, bytes_); }
     pageable_.reset();
     ptr_    = nullptr;
     bytes_  = 0;
@@ -220,6 +287,96 @@ class host_buffer {
   bool pinned_       = false;
   std::unique_ptr<unsigned char[]> pageable_;
 };
+
+/// Threads per block of the grid-stride kernels.
+constexpr int cuda_block_threads = 256;
+
+/// Blocks for a grid-stride launch over n items (at least 1, at most 2^20: the loop covers the rest).
+inline unsigned cuda_blocks_for(std::size_t n)
+{
+  std::size_t const blocks = (n + cuda_block_threads - 1) / cuda_block_threads;
+  return static_cast<unsigned>(std::clamp<std::size_t>(blocks, 1, std::size_t{1} << 20));
+}
+
+/// Runs a CUB device algorithm twice (size query, then the call) with `temp` as its scratch
+/// (grown on `stream`, so queued work that may use it is waited for first).
+template <typename F>
+void run_cub_on(device_buffer& temp, cudaStream_t stream, char const* what, F&& f)
+{
+  std::size_t bytes = 0;
+  cudaError_t err   = f(nullptr, bytes);
+  if (err != cudaSuccess) { throw_cuda_error(err, what, __FILE__, __LINE__); }
+  void* p = temp.get<unsigned char>(bytes, stream);
+  err     = f(p, bytes);
+  if (err != cudaSuccess) { throw_cuda_error(err, what, __FILE__, __LINE__); }
+}
+
+/// The current device, checked to run the kernels of the calling translation unit (probed
+/// with `kernel`, one of them); throws backend_unavailable naming the reason otherwise.
+template <typename Kernel>
+int usable_cuda_device(Kernel kernel)
+{
+  int count       = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count <= 0) {
+    (void)cudaGetLastError();
+    throw ::cusense::backend_unavailable(std::string("cusense: no usable CUDA device (") +
+                                         (err != cudaSuccess ? cudaGetErrorString(err) : "no devices") + ")");
+  }
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    device = 0;
+  }
+  device_guard guard(device);
+  cudaFuncAttributes attr{};
+  err = cudaFuncGetAttributes(&attr, kernel);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    int major = 0, minor = 0;
+    (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    (void)cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    (void)cudaGetLastError();
+    throw ::cusense::backend_unavailable("cusense: the CUDA backend cannot run on device " +
+                                         std::to_string(device) + " (compute capability " +
+                                         std::to_string(major) + "." + std::to_string(minor) +
+                                         "): " + cudaGetErrorString(err));
+  }
+  return device;
+}
+
+/// The current CUDA device, checked to be usable: throws backend_unavailable when there is
+/// none, or when `probe` (any kernel of this library) has no image the device can run.
+inline int usable_cuda_device(void const* probe)
+{
+  int count       = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count <= 0) {
+    (void)cudaGetLastError();
+    throw ::cusense::backend_unavailable(std::string("cusense: no usable CUDA device (") +
+                                         (err != cudaSuccess ? cudaGetErrorString(err) : "no devices") + ")");
+  }
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    device = 0;
+  }
+  device_guard guard(device);
+  cudaFuncAttributes attr{};
+  err = cudaFuncGetAttributes(&attr, probe);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    int major = 0, minor = 0;
+    (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    (void)cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    (void)cudaGetLastError();
+    throw ::cusense::backend_unavailable("cusense: the CUDA backend cannot run on device " +
+                                         std::to_string(device) + " (compute capability " +
+                                         std::to_string(major) + "." + std::to_string(minor) +
+                                         "): " + cudaGetErrorString(err));
+  }
+  return device;
+}
 
 /// Owning CUDA stream (non-blocking with respect to the legacy default stream).
 class cuda_stream {

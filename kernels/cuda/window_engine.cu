@@ -48,6 +48,7 @@
 #include <cub/device/device_partition.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
+#include <cub/device/device_select.cuh>
 #include <thrust/iterator/counting_iterator.h>
 
 #include <algorithm>
@@ -69,6 +70,7 @@
 
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/host_parallel.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/error.hpp>
 #include <cusense/ops/extent.hpp>
@@ -115,6 +117,7 @@ struct chunk_scalars {
   long long num_groups;          ///< distinct (id, key) runs (windows emitted, or panes)
   unsigned int pair_max_key;     ///< sliding emission: largest key of a pair
   unsigned int pad2;
+  long long num_updates;         ///< allowed lateness: records that update emitted windows
 };
 
 struct classify_stats {
@@ -122,6 +125,7 @@ struct classify_stats {
   long long max_wid;
   unsigned long long nan_values;
   unsigned int max_key;
+  unsigned long long updates;
 };
 
 struct combine_classify_stats {
@@ -132,6 +136,7 @@ struct combine_classify_stats {
     r.max_wid    = a.max_wid > b.max_wid ? a.max_wid : b.max_wid;
     r.nan_values = a.nan_values + b.nan_values;
     r.max_key    = a.max_key > b.max_key ? a.max_key : b.max_key;
+    r.updates    = a.updates + b.updates;
     return r;
   }
 };
@@ -170,6 +175,7 @@ __global__ void init_scalars_kernel(chunk_scalars* sc)
     sc->num_groups      = 0;
     sc->pair_max_key    = 0;
     sc->pad2            = 0;
+    sc->num_updates     = 0;
   }
 }
 
@@ -177,17 +183,20 @@ __global__ void init_scalars_kernel(chunk_scalars* sc)
 /// statistics of the non-late records. Must be launched with block_size threads per block.
 /// W = ops::tumbling: `wid` is the window id. W = ops::sliding: `wid` is the pane id, the record
 /// is late when the last window holding its pane is closed, and `vis` gets the first window it
-/// counts in: max(first window of the pane, closed_before(watermark before it)).
+/// counts in: max(first window of the pane, closed_before(watermark before it)). With
+/// allowed lateness (sliding only) the record is late when the last window holding its pane was
+/// freed (closed at watermark - lateness), and `upd` flags the records that update windows
+/// emitted but still kept (the CPU pane engine's rule).
 template <typename T, typename W>
 __global__ void __launch_bounds__(block_size)
   classify_kernel(std::int64_t const* ts, std::int64_t const* prev_max, std::uint32_t const* keys,
                   T const* values, int channels, std::size_t n, W window,
-                  std::int64_t out_of_orderness, std::uint8_t* keep, std::int64_t* wid,
-                  std::int64_t* vis, chunk_scalars* sc)
+                  std::int64_t out_of_orderness, std::int64_t lateness, std::uint8_t* keep,
+                  std::int64_t* wid, std::int64_t* vis, std::uint8_t* upd, chunk_scalars* sc)
 {
   using block_reduce = cub::BlockReduce<classify_stats, block_size>;
   __shared__ typename block_reduce::TempStorage temp;
-  classify_stats local{LLONG_MAX, LLONG_MIN, 0ull, 0u};
+  classify_stats local{LLONG_MAX, LLONG_MIN, 0ull, 0u, 0ull};
   CUSENSE_GRID_STRIDE(i, n)
   {
     std::int64_t const t    = ts[i];
@@ -197,15 +206,28 @@ __global__ void __launch_bounds__(block_size)
     if constexpr (std::is_same_v<W, ops::sliding>) {
       w                  = window.pane_id(t);
       std::int64_t first = window.first_window(w);
+      bool update        = false;
       if (prev != no_time) {
         std::int64_t const wm     = prev - out_of_orderness;
         std::int64_t const closed = window.closed_before(wm < min_watermark ? min_watermark : wm);
-        late                      = window.last_window(w) < closed;
-        first                     = closed > first ? closed : first;
+        std::int64_t const kept =
+          lateness == 0 ? closed
+                        : window.closed_before(wm < min_watermark + lateness ? min_watermark : wm - lateness);
+        std::int64_t const last = window.last_window(w);
+        late                    = last < kept;
+        // Emitted windows of the pane still kept: [max(first, kept), min(last, closed - 1)].
+        std::int64_t const lo = kept > first ? kept : first;
+        std::int64_t const hi = last < closed - 1 ? last : closed - 1;
+        update                = !late && lo <= hi;
+        first                 = closed > first ? closed : first;
       }
       vis[i] = first;
+      if (upd != nullptr) { upd[i] = update ? 1 : 0; }
+      local.updates += update ? 1u : 0u;
     } else {
       (void)vis;
+      (void)lateness;
+      (void)upd;
       w = window.id(t);
       if (prev != no_time) {
         std::int64_t const watermark = prev - out_of_orderness;
@@ -232,6 +254,33 @@ __global__ void __launch_bounds__(block_size)
     atomicMax(&sc->max_wid, agg.max_wid);
     atomicMax(&sc->max_key, agg.max_key);
     if (agg.nan_values != 0) { atomicAdd(&sc->nan_values, agg.nan_values); }
+    if (agg.updates != 0) {
+      atomicAdd(reinterpret_cast<unsigned long long*>(&sc->num_updates), agg.updates);
+    }
+  }
+}
+
+/// Per update record u (chunk index upd_idx[u]): its position among the non-late indices
+/// `sel` (ascending, nn of them) and the largest time before it.
+__global__ void gather_updates_kernel(std::uint32_t const* upd_idx, std::size_t nu,
+                                      std::uint32_t const* sel, std::size_t nn,
+                                      std::int64_t const* prev_max, std::uint32_t* rank,
+                                      std::int64_t* prev)
+{
+  CUSENSE_GRID_STRIDE(u, nu)
+  {
+    std::uint32_t const i = upd_idx[u];
+    std::size_t lo = 0, hi = nn;
+    while (lo < hi) {
+      std::size_t const mid = lo + (hi - lo) / 2;
+      if (sel[mid] < i) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    rank[u] = static_cast<std::uint32_t>(lo);
+    prev[u] = prev_max[i];
   }
 }
 
@@ -673,6 +722,46 @@ __global__ void gather_merge_kernel(std::uint32_t const* first, std::size_t nrun
   }
 }
 
+/// Allowed lateness: the rows of windows k_lo .. k_lo + count - 1 of `key`, each the merge (in
+/// pane order) of the key's state panes of the window; one thread per (window, channel).
+__global__ void update_rows_kernel(ops::sliding window, std::int64_t const* s_wid,
+                                   std::uint32_t const* s_key, ops::moments const* s_acc,
+                                   ops::extent const* s_ext, std::size_t ns, std::uint32_t key,
+                                   std::int64_t k_lo, std::size_t count, int channels,
+                                   std::int64_t* out_k, std::uint32_t* out_key,
+                                   ops::moments* out_acc, ops::extent* out_ext)
+{
+  auto const C = static_cast<std::size_t>(channels);
+  CUSENSE_GRID_STRIDE(t, count * C)
+  {
+    std::size_t const r     = t / C;
+    std::size_t const c     = t % C;
+    std::int64_t const k    = k_lo + static_cast<std::int64_t>(r);
+    std::int64_t const pane0 = window.first_pane(k);
+    std::int64_t const panes = window.panes_per_window();
+    ops::moments m{};
+    ops::extent e{};
+    std::size_t p = lower_bound_pair(s_wid, s_key, ns, pane0, key);
+    for (std::int64_t j = pane0; j < pane0 + panes && p < ns; ++j) {
+      // Entries of other keys lie between the key's panes: search each pane from p on.
+      std::size_t const q = p + lower_bound_pair(s_wid + p, s_key + p, ns - p, j, key);
+      if (q < ns && s_wid[q] == j && s_key[q] == key) {
+        m = ops::merge(m, s_acc[q * C + c]);
+        if (out_ext != nullptr) { e = ops::merge(e, s_ext[q * C + c]); }
+        p = q + 1;
+      } else {
+        p = q;
+      }
+    }
+    out_acc[t] = m;
+    if (out_ext != nullptr) { out_ext[t] = e; }
+    if (c == 0) {
+      out_k[r]   = k;
+      out_key[r] = key;
+    }
+  }
+}
+
 #undef CUSENSE_GRID_STRIDE
 
 unsigned grid_for(std::size_t n)
@@ -746,6 +835,9 @@ struct gpu_resources {
   device_buffer col_head, col_incl, col_wid, col_key, col_first, col_acc, col_ext;
   device_buffer pair_cnt, pair_off, pair_k, pair_key, pair_src, pair_idx;
   device_buffer win_k, win_key, win_first, win_acc, win_ext;
+  // allowed lateness: per-record update flag; the update records' indices, their positions
+  // among the non-late records and the largest time before each
+  device_buffer upd, upd_idx, upd_rank, upd_prev;
 
   // open-window state, double-buffered for the merge
   state_arrays state[2];
@@ -754,6 +846,7 @@ struct gpu_resources {
   host_buffer h_scalars;
   host_buffer h_late;
   host_buffer h_wid, h_key, h_acc, h_ext;
+  host_buffer h_upd_idx, h_upd_rank, h_upd_prev;
 };
 
 struct task {
@@ -773,8 +866,9 @@ class cuda_window_engine final : public window_engine {
                                 options.window.type == window_spec::kind::sliding ? options.window.slide
                                                                                    : options.window.size,
                                 options.window.offset)),
-      sliding_(options.window.type == window_spec::kind::sliding &&
-               options.window.slide != options.window.size),
+      sliding_((options.window.type == window_spec::kind::sliding &&
+                options.window.slide != options.window.size) ||
+               options.allowed_lateness > 0),
       extent_(acc_layout::of(options).extent),
       channels_(static_cast<std::size_t>(options.channels)),
       device_(device),
@@ -787,7 +881,8 @@ class cuda_window_engine final : public window_engine {
         options.window.type != window_spec::kind::sliding) {
       throw invalid_argument("cusense: the CUDA engine runs tumbling and sliding windows only");
     }
-    if (sliding_ && (options.window.slide <= 0 || options.window.slide > options.window.size)) {
+    if (options.window.type == window_spec::kind::sliding &&
+        (options.window.slide <= 0 || options.window.slide > options.window.size)) {
       throw invalid_argument("cusense: sliding window slide must lie in (0, size]");
     }
     row_acc_.resize(channels_);
@@ -828,6 +923,7 @@ class cuda_window_engine final : public window_engine {
     rethrow_pending();
     if (batch.n == 0) return;
     device_guard guard(device_);
+    if (options_.max_open_windows != 0) { check_capacity(batch); }
     std::size_t const value_size = batch.values_f32 ? sizeof(float) : sizeof(double);
     auto const* values           = static_cast<unsigned char const*>(batch.values);
     for (std::size_t begin = 0; begin < batch.n; begin += chunk_cap_) {
@@ -856,9 +952,9 @@ class cuda_window_engine final : public window_engine {
       std::size_t const ts_bytes  = m * sizeof(std::int64_t);
       std::size_t const val_bytes = m * channels_ * value_size;
       std::size_t const key_bytes = m * sizeof(std::uint32_t);
-      std::memcpy(h + ts_offset(), batch.timestamps + begin, ts_bytes);
-      std::memcpy(h + values_offset(slot.cap), values + begin * channels_ * value_size, val_bytes);
-      std::memcpy(h + keys_offset(slot.cap), batch.keys + begin, key_bytes);
+      parallel_copy(h + ts_offset(), batch.timestamps + begin, ts_bytes);
+      parallel_copy(h + values_offset(slot.cap), values + begin * channels_ * value_size, val_bytes);
+      parallel_copy(h + keys_offset(slot.cap), batch.keys + begin, key_bytes);
 
       cudaStream_t const cs = gpu_->copy.get();
       // The device buffer may still be read by the compute of the slot's previous chunk.
@@ -934,6 +1030,76 @@ class cuda_window_engine final : public window_engine {
     CUSENSE_CUDA_TRY(cudaStreamSynchronize(s));
     std::sort(keys.begin(), keys.end());
     return static_cast<std::uint64_t>(std::unique(keys.begin(), keys.end()) - keys.begin());
+  }
+
+  /// Refuses, before any chunk of it is staged, a batch that would take the open states beyond
+  /// max_open_windows, counting exactly as the CPU engine for these options: the distinct
+  /// (window, key) (sliding: (pane, key)) states of the batch's non-late records that are not
+  /// open yet, against the states open now. Runs on the host once earlier chunks are done (it
+  /// needs their state); the open states are bounded by the cap, so copying them back is cheap.
+  void check_capacity(record_batch const& batch)
+  {
+    wait_idle();
+    rethrow_pending();
+    std::size_t const ns = state_size_;
+    std::vector<std::int64_t> open_wid(ns);
+    std::vector<std::uint32_t> open_key(ns);
+    if (ns > 0) {
+      cudaStream_t const s   = gpu_->compute.get();
+      state_arrays const& sa = gpu_->state[cur_];
+      CUSENSE_CUDA_TRY(cudaMemcpyAsync(open_wid.data(), sa.wid.data<std::int64_t>() + offset_,
+                                       ns * sizeof(std::int64_t), cudaMemcpyDeviceToHost, s));
+      CUSENSE_CUDA_TRY(cudaMemcpyAsync(open_key.data(), sa.key.data<std::uint32_t>() + offset_,
+                                       ns * sizeof(std::uint32_t), cudaMemcpyDeviceToHost, s));
+      CUSENSE_CUDA_TRY(cudaStreamSynchronize(s));
+    }
+    // The record-by-record lateness decision of the kernels, with the running maximum of
+    // this batch; the bound is recomputed only when the maximum moves.
+    bool has         = has_max_;
+    std::int64_t max = max_ts_;
+    std::int64_t kept = 0;
+    if (has) { kept = kept_from(max); }
+    std::vector<std::pair<std::int64_t, std::uint32_t>> fresh;
+    fresh.reserve(batch.n);
+    for (std::size_t i = 0; i < batch.n; ++i) {
+      std::int64_t const t = batch.timestamps[i];
+      std::int64_t const j = slide_.pane_id(t);
+      if (has && slide_.last_window(j) < kept) { continue; }
+      fresh.emplace_back(j, batch.keys[i]);
+      if (!has || t > max) {
+        max  = t;
+        has  = true;
+        kept = kept_from(max);
+      }
+    }
+    std::sort(fresh.begin(), fresh.end());
+    fresh.erase(std::unique(fresh.begin(), fresh.end()), fresh.end());
+    // Both lists are sorted by (id, key): count the fresh states the state does not hold.
+    std::size_t added = 0, o = 0;
+    for (auto const& [j, key] : fresh) {
+      while (o < ns && (open_wid[o] < j || (open_wid[o] == j && open_key[o] < key))) { ++o; }
+      if (o == ns || open_wid[o] != j || open_key[o] != key) { ++added; }
+    }
+    std::size_t const cap = options_.max_open_windows;
+    if (ns + added <= cap) { return; }
+    // The CPU engine for these options words it: the tumbling engine counts (key, window)
+    // states it creates, the pane engine bounds the (key, pane) states it may create.
+    bool const windows = tumbling_engine_supports(options_);
+    throw capacity_error("max_open_windows = " + std::to_string(cap) + " would be exceeded: " +
+                         std::to_string(ns) + (windows ? " (key, window)" : " (key, pane)") +
+                         " states are open and the batch of " + std::to_string(batch.n) +
+                         " records opens " + (windows ? "" : "up to ") + std::to_string(added) +
+                         " more; the batch was rejected and the pipeline is unchanged");
+  }
+
+  /// Windows k < kept_from(max) are freed once the largest time seen is `max`: a record all of
+  /// whose windows are among them is late. The watermark is clamped to the valid time range
+  /// (never changes a decision, keeps the window arithmetic in int64).
+  std::int64_t kept_from(std::int64_t max) const
+  {
+    std::int64_t const w = max - options_.max_out_of_orderness;
+    std::int64_t const d = options_.allowed_lateness;
+    return slide_.closed_before(w < min_watermark + d ? min_watermark : w - d);
   }
 
   // ----- slot layout
@@ -1093,15 +1259,17 @@ class cuda_window_engine final : public window_engine {
     auto* d_keep = g.keep.get<std::uint8_t>(n, s);
     auto* d_wid  = g.wid.get<std::int64_t>(n, s);
     std::int64_t* d_vis = nullptr;
+    std::uint8_t* d_upd = nullptr;
     if (sliding_) {
       d_vis = g.vis.get<std::int64_t>(n, s);
+      if (options_.allowed_lateness > 0) { d_upd = g.upd.get<std::uint8_t>(n, s); }
       classify_kernel<T, ops::sliding><<<grid_for(n), block_size, 0, s>>>(
-        d_ts, d_prev, d_keys, d_values, channels, n, slide_, options_.max_out_of_orderness, d_keep,
-        d_wid, d_vis, d_sc);
+        d_ts, d_prev, d_keys, d_values, channels, n, slide_, options_.max_out_of_orderness,
+        options_.allowed_lateness, d_keep, d_wid, d_vis, d_upd, d_sc);
     } else {
       classify_kernel<T, ops::tumbling><<<grid_for(n), block_size, 0, s>>>(
-        d_ts, d_prev, d_keys, d_values, channels, n, window_, options_.max_out_of_orderness, d_keep,
-        d_wid, d_vis, d_sc);
+        d_ts, d_prev, d_keys, d_values, channels, n, window_, options_.max_out_of_orderness, 0,
+        d_keep, d_wid, d_vis, nullptr, d_sc);
     }
     CUSENSE_CHECK_LAST_ERROR();
 
@@ -1132,7 +1300,11 @@ class cuda_window_engine final : public window_engine {
 
     // 3-6. aggregate the kept records into the state and emit the windows the watermark closed
     std::size_t emit = 0;
-    if (sliding_) {
+    if (sliding_ && first.num_updates > 0) {
+      chunk_with_updates<T>(slot, n, nn, first, d_ts, d_prev, seq_base, d_keys, d_values, d_wid,
+                            d_vis, d_upd, d_sel);
+      if (nl > 0) { CUSENSE_CUDA_TRY(cudaStreamSynchronize(s)); }  // completes the late-index copy
+    } else if (sliding_) {
       sliding_chunk<T>(nn, first, d_ts, seq_base, d_keys, d_values, d_wid, d_vis, d_sel);
       if (nl > 0) { CUSENSE_CUDA_TRY(cudaStreamSynchronize(s)); }  // completes the late-index copy
     } else {
@@ -1434,7 +1606,105 @@ class cuda_window_engine final : public window_engine {
       has_emitted_    = true;
     }
     if (p.np > 0) { merge_into_state(collapse(p)); }
-    if (pending_merge_ || (advance && state_size_ > 0)) { drop_panes_before(slide_.first_pane(closed)); }
+    // Panes no kept window needs go (with allowed lateness the freeing bound moves on its own).
+    bool const lateness = options_.allowed_lateness > 0;
+    if (pending_merge_ || ((advance || lateness) && state_size_ > 0)) {
+      drop_panes_before(slide_.first_pane(kept_from(max_ts_)));
+    }
+  }
+
+  /// Allowed lateness, a chunk holding records that update emitted windows: the CPU pane engine
+  /// emits their rows at once, between the windows closed before and after them, so the chunk
+  /// is cut there. The records between two update records go through sliding_chunk with the
+  /// watermark reached at the end of their run (an update record never moves it); each update
+  /// record joins the state alone and its rows follow.
+  template <typename T>
+  void chunk_with_updates(staging_slot const& slot, std::size_t n, std::size_t nn,
+                          chunk_scalars const& first, std::int64_t const* d_ts,
+                          std::int64_t const* d_prev, std::uint64_t seq_base,
+                          std::uint32_t const* d_keys, T const* d_values, std::int64_t const* d_wid,
+                          std::int64_t const* d_vis, std::uint8_t const* d_upd,
+                          std::uint32_t const* d_sel)
+  {
+    gpu_resources& g     = *gpu_;
+    cudaStream_t const s = g.compute.get();
+    auto* d_sc           = g.scalars.data<chunk_scalars>();
+    auto const nu        = static_cast<std::size_t>(first.num_updates);
+    if (nu > nn) { throw cuda_error("cusense: inconsistent update count from the device"); }
+    auto* d_idx  = g.upd_idx.get<std::uint32_t>(nu, s);
+    auto* d_rank = g.upd_rank.get<std::uint32_t>(nu, s);
+    auto* d_up   = g.upd_prev.get<std::int64_t>(nu, s);
+    run_cub("cub::DeviceSelect::Flagged", [&](void* temp, std::size_t& bytes) {
+      return cub::DeviceSelect::Flagged(temp, bytes, thrust::counting_iterator<std::uint32_t>(0), d_upd,
+                                        d_idx, &d_sc->num_updates, static_cast<int>(n), s);
+    });
+    gather_updates_kernel<<<grid_for(nu), block_size, 0, s>>>(d_idx, nu, d_sel, nn, d_prev, d_rank, d_up);
+    CUSENSE_CHECK_LAST_ERROR();
+    auto* h_idx  = g.h_upd_idx.get<std::uint32_t>(nu);
+    auto* h_rank = g.h_upd_rank.get<std::uint32_t>(nu);
+    auto* h_prev = g.h_upd_prev.get<std::int64_t>(nu);
+    CUSENSE_CUDA_TRY(cudaMemcpyAsync(h_idx, d_idx, nu * sizeof(std::uint32_t), cudaMemcpyDeviceToHost, s));
+    CUSENSE_CUDA_TRY(cudaMemcpyAsync(h_rank, d_rank, nu * sizeof(std::uint32_t), cudaMemcpyDeviceToHost, s));
+    CUSENSE_CUDA_TRY(cudaMemcpyAsync(h_prev, d_up, nu * sizeof(std::int64_t), cudaMemcpyDeviceToHost, s));
+    if (static_cast<std::size_t>(read_scalars(s).num_updates) != nu) {
+      throw cuda_error("cusense: inconsistent update count from the device");
+    }
+    auto const* h        = slot.host.data<unsigned char>();
+    auto const* h_ts     = reinterpret_cast<std::int64_t const*>(h + ts_offset());
+    auto const* h_keys   = reinterpret_cast<std::uint32_t const*>(h + keys_offset(slot.cap));
+    std::int64_t const chunk_max = max_ts_;
+    std::size_t pos = 0;  // first non-late position not processed yet
+    for (std::size_t u = 0; u < nu; ++u) {
+      std::size_t const r = h_rank[u];
+      std::size_t const i = h_idx[u];
+      if (r < pos || r >= nn || i >= n || (u > 0 && h_prev[u] < h_prev[u - 1])) {
+        throw cuda_error("cusense: inconsistent update records from the device");
+      }
+      max_ts_ = h_prev[u];
+      sliding_chunk<T>(r - pos, first, d_ts, seq_base, d_keys, d_values, d_wid, d_vis, d_sel + pos);
+      update_record<T>(r, first, d_ts, seq_base, d_keys, d_values, d_wid, d_vis, d_sel, h_keys[i], h_ts[i]);
+      pos = r + 1;
+    }
+    max_ts_ = chunk_max;
+    sliding_chunk<T>(nn - pos, first, d_ts, seq_base, d_keys, d_values, d_wid, d_vis, d_sel + pos);
+  }
+
+  /// The update record at non-late position r (key `key`, time `t`, watermark before it from
+  /// max_ts_): joins the state, then its kept emitted windows are emitted again, in window
+  /// order, flagged is_update.
+  template <typename T>
+  void update_record(std::size_t r, chunk_scalars const& first, std::int64_t const* d_ts,
+                     std::uint64_t seq_base, std::uint32_t const* d_keys, T const* d_values,
+                     std::int64_t const* d_wid, std::int64_t const* d_vis,
+                     std::uint32_t const* d_sel, std::uint32_t key, std::int64_t t)
+  {
+    gpu_resources& g     = *gpu_;
+    cudaStream_t const s = g.compute.get();
+    int const channels   = options_.channels;
+    std::int64_t const j      = slide_.pane_id(t);
+    std::int64_t const closed = sliding_closed();
+    std::int64_t const lo     = std::max(slide_.first_window(j), kept_from(max_ts_));
+    std::int64_t const hi     = std::min(slide_.last_window(j), closed - 1);
+    if (lo > hi || hi - lo >= max_windows_per_record) {
+      throw cuda_error("cusense: inconsistent update record from the device");
+    }
+    partials p = aggregate<T>(1, first, d_ts, seq_base, d_keys, d_values, d_wid, d_vis, d_sel + r);
+    p.vis      = nullptr;  // one (pane, key) entry
+    merge_into_state(p);
+    drop_panes_before(std::numeric_limits<std::int64_t>::min());  // resolves the merge size
+    auto const count = static_cast<std::size_t>(hi - lo + 1);
+    auto* w_k   = g.win_k.get<std::int64_t>(count, s);
+    auto* w_key = g.win_key.get<std::uint32_t>(count, s);
+    auto* w_acc = g.win_acc.get<ops::moments>(count * channels_, s);
+    auto* w_ext = extent_ ? g.win_ext.get<ops::extent>(count * channels_, s) : nullptr;
+    state_arrays& st = g.state[cur_];
+    update_rows_kernel<<<grid_for(count * channels_), block_size, 0, s>>>(
+      slide_, st.wid.data<std::int64_t>() + offset_, st.key.data<std::uint32_t>() + offset_,
+      st.acc.data<ops::moments>() + offset_ * channels_,
+      extent_ ? st.ext.data<ops::extent>() + offset_ * channels_ : nullptr, state_size_, key, lo,
+      count, channels, w_k, w_key, w_acc, w_ext);
+    CUSENSE_CHECK_LAST_ERROR();
+    copy_back_and_append(count, w_k, w_key, w_acc, w_ext, true);
   }
 
   /// The partials p (sorted by (pane, key, vis)) merged per (pane, key), in order.
@@ -1608,7 +1878,7 @@ class cuda_window_engine final : public window_engine {
   /// Copies `count` emitted windows (id, key, accumulators) back and appends them to the window
   /// table in order.
   void copy_back_and_append(std::size_t count, std::int64_t const* d_id, std::uint32_t const* d_key,
-                            ops::moments const* d_acc, ops::extent const* d_ext)
+                            ops::moments const* d_acc, ops::extent const* d_ext, bool update = false)
   {
     gpu_resources& g     = *gpu_;
     cudaStream_t const s = g.compute.get();
@@ -1632,14 +1902,14 @@ class cuda_window_engine final : public window_engine {
       std::int64_t const k     = h_wid[r];
       std::int64_t const start = sliding_ ? slide_.start(k) : window_.start(k);
       std::int64_t const end   = sliding_ ? slide_.end(k) : window_.end(k);
-      if (h_ext == nullptr) {
+      if (h_ext == nullptr && !update) {
         windows_out_.append(h_key[r], start, end, h_acc + r * channels_);
       } else {
         for (std::size_t c = 0; c < channels_; ++c) {
           row_acc_[c].m = h_acc[r * channels_ + c];
-          row_acc_[c].e = h_ext[r * channels_ + c];
+          row_acc_[c].e = h_ext != nullptr ? h_ext[r * channels_ + c] : ops::extent{};
         }
-        windows_out_.append(h_key[r], start, end, row_acc_.data(), false);
+        windows_out_.append(h_key[r], start, end, row_acc_.data(), update);
       }
     }
     emitted_ += count;
@@ -1663,7 +1933,8 @@ class cuda_window_engine final : public window_engine {
   pipeline_options options_;
   ops::tumbling window_;
   ops::sliding slide_;   // sliding windows (panes of gcd(size, slide))
-  bool sliding_;         // sliding windows with slide < size (else the tumbling path)
+  bool sliding_;         // the pane path: sliding windows with slide < size, or allowed lateness
+                         // (else the tumbling path)
   bool extent_;          // order aggregations: ext arrays next to acc
   std::size_t channels_;
   int device_;

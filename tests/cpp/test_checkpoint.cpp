@@ -212,6 +212,14 @@ std::vector<config> configs()
     out.push_back({"rolling", o});
   }
   {
+    pipeline_options o = base();  // runs on the CUDA backend too (no quantiles)
+    o.window           = window_spec::rolling(4, 1);
+    o.channels         = 2;
+    o.aggs.clear();
+    for (char const* a : {"count", "sum", "std", "last", "argmin_ts"}) o.add_agg(a);
+    out.push_back({"rolling_no_quantiles", o});
+  }
+  {
     pipeline_options o = base();
     o.windowed         = false;
     detector_spec knn  = detector_spec::knn_discord();

@@ -138,21 +138,8 @@ template <typename B>
 class limits_test : public backend_test<B> {};
 TYPED_TEST_SUITE(limits_test, backends, backend_names);
 
-// The CUDA engine does not implement max_open_windows: a capped pipeline with backend cuda is
-// refused with backend_unavailable (backend auto uses the CPU); the cap tests skip there.
-#define CUSENSE_SKIP_CAP_ON_CUDA(backend_)                                                    \
-  do {                                                                                        \
-    if ((backend_) == backend::cuda) {                                                        \
-      EXPECT_THROW(pipeline{options_for(backend_, 6)}, backend_unavailable);                  \
-      EXPECT_EQ(pipeline{options_for(backend::automatic, 6)}.where(), backend::cpu);          \
-      GTEST_SKIP() << "max_open_windows is not supported on the CUDA backend "                \
-                      "(refused with backend_unavailable; backend auto uses the CPU)";        \
-    }                                                                                         \
-  } while (0)
-
 TYPED_TEST(limits_test, open_window_cap_rejects_the_whole_batch_and_stays_usable)
 {
-  CUSENSE_SKIP_CAP_ON_CUDA(this->where);
   pipeline p(options_for(this->where, 6));
   std::vector<std::uint32_t> keys{0, 1, 2, 0};
   std::vector<std::int64_t> ts{10, 20, 30, 40};
@@ -203,7 +190,6 @@ TYPED_TEST(limits_test, open_window_cap_rejects_the_whole_batch_and_stays_usable
 
 TYPED_TEST(limits_test, capped_run_equals_uncapped_run_without_the_rejected_batches)
 {
-  CUSENSE_SKIP_CAP_ON_CUDA(this->where);
   std::mt19937_64 rng(12345);
   std::vector<batch> batches;
   std::int64_t t = 0;

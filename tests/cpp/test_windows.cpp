@@ -1,12 +1,13 @@
 // Sliding, session and rolling windows, order-based aggregations, quantiles and allowed
-// lateness on every backend, against naive oracles written here. The CUDA engine runs
-// tumbling and sliding windows with every aggregation but quantiles (the CUDA cases leave p50
-// out there); other configurations must be refused on it with backend_unavailable.
+// lateness on every backend, against naive oracles written here. The CUDA engines run
+// tumbling, sliding and rolling windows with every aggregation but quantiles (the CUDA cases
+// leave p50 out there); other configurations must be refused with backend_unavailable.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -126,11 +127,8 @@ class windows_test : public backend_test<Backend> {
     for (char const* a : {"count", "sum", "min", "max", "first", "last", "argmin_ts", "argmax_ts"}) {
       o.add_agg(a);
     }
-    // Quantiles are CPU-only: the CUDA cases of tumbling and sliding windows leave p50 out so
-    // that they run on the CUDA engine; the other window types keep it (refused either way).
-    bool const cuda_window = Backend::value == backend::cuda &&
-                             (w.type == window_spec::kind::tumbling || w.type == window_spec::kind::sliding);
-    if (!cuda_window) { o.add_agg("p50"); }
+    // Quantiles are CPU-only: the CUDA cases leave p50 out so that they run on the CUDA engines.
+    if (Backend::value != backend::cuda) { o.add_agg("p50"); }
     o.max_out_of_orderness = ooo;
     o.where                = Backend::value;
     return o;
@@ -224,6 +222,7 @@ TYPED_TEST(windows_test, rolling_matches_oracle)
 {
   std::int64_t const rows = 4, ooo = 30;
   pipeline_options o      = this->options(window_spec::rolling(rows, 2), ooo);
+  o.staging_records       = 97;  // CUDA: several device chunks per push
   if (this->refused_on_cuda(o)) { return; }
   stream s = make_stream(2000, 7, 3, 40, 5);
   pipeline p(o);
@@ -335,6 +334,82 @@ TYPED_TEST(windows_test, allowed_lateness_updates_then_frees)
   EXPECT_EQ(p.stats().records_late, 1u);
 }
 
+// Allowed lateness and the open-window cap on this backend give the CPU engine's rows (update
+// rows included, in the same order), late records, rejected batches and cap messages, also with
+// pushes cut into several device chunks.
+TYPED_TEST(windows_test, lateness_and_cap_match_the_cpu_engine)
+{
+  stream s = make_stream(3000, 9, 2, 30, 21);
+  auto run = [&](pipeline_options o, std::vector<std::string>& errors, table& late) {
+    pipeline p(o);
+    table out;
+    std::size_t begin = 0;
+    for (std::size_t end : random_cuts(s.ts.size(), 200, 5)) {
+      try {
+        p.push(s.keys.data() + begin, s.ts.data() + begin, s.values.data() + begin, end - begin);
+        errors.emplace_back();
+      } catch (capacity_error const& e) {
+        errors.emplace_back(e.what());
+      }
+      out.append(p.poll());
+      begin = end;
+    }
+    out.append(p.flush());
+    late.append(p.poll_late());
+    EXPECT_EQ(p.stats().open_windows, 0u);
+    return out;
+  };
+  for (window_spec w : {window_spec::tumbling(40), window_spec::sliding(60, 20), window_spec::sliding(50, 20)}) {
+    for (std::int64_t lateness : {0, 70}) {
+      for (std::size_t cap : {0u, 40u}) {
+        if (lateness == 0 && cap == 0) { continue; }
+        pipeline_options o = this->options(w, 20);
+        o.allowed_lateness = lateness;
+        o.max_open_windows = cap;
+        o.staging_records  = 64;
+        if (this->refused_on_cuda(o)) { continue; }
+        pipeline_options c = o;
+        c.where            = backend::cpu;
+        std::vector<std::string> got_err, want_err;
+        table got_late, want_late;
+        table const got  = run(o, got_err, got_late);
+        table const want = run(c, want_err, want_late);
+        std::string const what = to_string(w.type) + " lateness " + std::to_string(lateness) +
+                                 " cap " + std::to_string(cap);
+        EXPECT_EQ(got_err, want_err) << what;
+        if (cap != 0) {
+          EXPECT_TRUE(std::any_of(want_err.begin(), want_err.end(), [](auto const& e) { return !e.empty(); }))
+            << what << ": the cap is never reached";
+        }
+        if (lateness != 0) {
+          auto const& upd = want.get<std::uint8_t>("is_update");
+          EXPECT_TRUE(std::any_of(upd.begin(), upd.end(), [](std::uint8_t u) { return u != 0; })) << what;
+        }
+        ASSERT_EQ(got.num_rows(), want.num_rows()) << what;
+        for (auto const& col : want.columns) {
+          if (col.name == "sum") {
+            auto const& a = got.get<double>("sum");
+            auto const& b = want.get<double>("sum");
+            for (std::size_t i = 0; i < a.size(); ++i) {
+              EXPECT_NEAR(a[i], b[i], 1e-9 * (1 + std::abs(b[i]))) << what << " row " << i;
+            }
+          } else if (std::holds_alternative<std::vector<double>>(col.data)) {
+            auto const& a = got.get<double>(col.name);
+            auto const& b = std::get<std::vector<double>>(col.data);
+            for (std::size_t i = 0; i < a.size(); ++i) {
+              EXPECT_TRUE(a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])))
+                << what << " " << col.name << " row " << i;
+            }
+          } else {
+            EXPECT_TRUE(got[col.name].data == col.data) << what << " " << col.name;
+          }
+        }
+        EXPECT_TRUE(got_late["timestamp"].data == want_late["timestamp"].data) << what;
+      }
+    }
+  }
+}
+
 TEST(windows, capacity_cap_rejects_whole_batch)
 {
   pipeline_options o;
@@ -353,6 +428,116 @@ TEST(windows, capacity_cap_rejects_whole_batch)
   EXPECT_EQ(p.flush().num_rows(), 3u);
 }
 
+// The CUDA rolling engine gives the CPU engine's rows (sums to rounding), late records and
+// stats: several channels, float32, window lengths 1 to longer than a key's stream, small
+// device chunks, a flush in the middle of the stream and a capacity cap.
+TEST(windows, rolling_cuda_matches_cpu)
+{
+  if (!cuda_built() || !cuda_available()) { GTEST_SKIP() << "needs the CUDA backend and a device"; }
+  std::mt19937_64 rng(17);
+  std::size_t const n = 5000;
+  int const ch        = 2;
+  std::vector<std::uint32_t> keys(n);
+  std::vector<std::int64_t> ts(n);
+  std::vector<float> vals(n * ch);
+  for (std::size_t i = 0; i < n; ++i) {
+    keys[i] = static_cast<std::uint32_t>(rng() % 23) * 1000003u;  // sparse, large keys
+    ts[i]   = static_cast<std::int64_t>(i) * 2 - static_cast<std::int64_t>(rng() % 30) -
+            (rng() % 50 == 0 ? 200 : 0);
+    for (int c = 0; c < ch; ++c) {
+      vals[i * ch + c] = rng() % 20 == 0 ? std::numeric_limits<float>::quiet_NaN()
+                                         : static_cast<float>(static_cast<int>(rng() % 41) - 20);
+    }
+  }
+  for (std::int64_t rows : {1, 3, 50, 1000}) {
+    for (std::int64_t min_periods : {std::int64_t{-1}, std::int64_t{0}}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " min_periods " + std::to_string(min_periods));
+      pipeline_options o;
+      o.window = window_spec::rolling(rows, min_periods);
+      o.aggs.clear();
+      for (char const* a : {"count", "sum", "mean", "min", "max", "std", "var_pop", "first", "last",
+                            "argmin_ts", "argmax_ts"}) {
+        o.add_agg(a);
+      }
+      o.channels             = ch;
+      o.max_out_of_orderness = 40;
+      o.staging_records      = 61;
+      auto run = [&](backend where, pipeline_stats* st) {
+        o.where = where;
+        pipeline p(o);
+        table out, late;
+        std::size_t at = 0;
+        std::mt19937 cut(3);
+        while (at < n) {
+          std::size_t const len = std::min<std::size_t>(n - at, 1 + cut() % 300);
+          p.push(keys.data() + at, ts.data() + at, vals.data() + at * ch, len);
+          at += len;
+          if (at > n / 2 && at - len <= n / 2) { out.append(p.flush()); }
+          out.append(p.poll());
+        }
+        out.append(p.flush());
+        late.append(p.poll_late());
+        *st = p.stats();
+        return std::make_pair(std::move(out), std::move(late));
+      };
+      pipeline_stats cs, gs;
+      auto [cpu, cpu_late] = run(backend::cpu, &cs);
+      auto [gpu, gpu_late] = run(backend::cuda, &gs);
+      ASSERT_EQ(cpu.num_rows(), gpu.num_rows());
+      ASSERT_GT(cpu.num_rows(), 0u);
+      EXPECT_TRUE(cpu_late["timestamp"].data == gpu_late["timestamp"].data);
+      EXPECT_TRUE(cpu_late["key"].data == gpu_late["key"].data);
+      for (column const& c : cpu.columns) {
+        if (auto const* a = std::get_if<std::vector<double>>(&c.data)) {
+          auto const& b = gpu.get<double>(c.name);
+          for (std::size_t r = 0; r < a->size(); ++r) {
+            double const x = (*a)[r], y = b[r];
+            ASSERT_TRUE((std::isnan(x) && std::isnan(y)) || std::abs(x - y) <= 1e-9 * (1 + std::abs(x)))
+              << c.name << " row " << r << ": " << x << " vs " << y;
+          }
+        } else {
+          EXPECT_TRUE(c.data == gpu[c.name].data) << c.name;
+        }
+      }
+      EXPECT_EQ(cs.records_aggregated, gs.records_aggregated);
+      EXPECT_EQ(cs.records_late, gs.records_late);
+      EXPECT_GT(cs.records_late, 0u);
+      EXPECT_EQ(cs.nan_values, gs.nan_values);
+      EXPECT_EQ(cs.windows_emitted, gs.windows_emitted);
+      EXPECT_EQ(cs.open_windows, gs.open_windows);
+      EXPECT_EQ(cs.open_keys, gs.open_keys);
+      EXPECT_EQ(cs.watermark, gs.watermark);
+    }
+  }
+  // open state and the capacity cap, counted as on the CPU
+  for (backend where : {backend::cpu, backend::cuda}) {
+    pipeline_options o;
+    o.window               = window_spec::rolling(3);
+    o.aggs                 = {agg::count};
+    o.max_out_of_orderness = 1000;
+    o.max_open_windows     = 10;
+    o.where                = where;
+    pipeline p(o);
+    std::vector<std::uint32_t> k{1, 2, 1, 3, 1};
+    std::vector<std::int64_t> t{0, 1, 2, 3, 4};
+    std::vector<double> v(5, 1.0);
+    p.push(k.data(), t.data(), v.data(), 5);
+    EXPECT_EQ(p.stats().open_windows, 5u);
+    EXPECT_EQ(p.stats().open_keys, 3u);
+    std::vector<std::uint32_t> k2(6, 4);
+    std::vector<std::int64_t> t2{5000, 5001, 5002, 5003, 5004, 5005};
+    EXPECT_THROW(p.push(k2.data(), t2.data(), v.data(), 6), capacity_error);
+    EXPECT_EQ(p.stats().records_rejected, 6u);
+    p.push(k2.data(), t2.data(), v.data(), 5);  // emits the first five: 4 kept as history, 5 pending
+    EXPECT_EQ(p.stats().open_windows, 9u);
+    EXPECT_EQ(p.stats().open_keys, 4u);
+    EXPECT_EQ(p.poll().get<std::int64_t>("count"), (std::vector<std::int64_t>{1, 1, 2, 1, 3}));
+    EXPECT_EQ(p.flush().num_rows(), 5u);
+    EXPECT_EQ(p.stats().open_windows, 0u);
+    EXPECT_EQ(p.stats().open_keys, 0u);
+  }
+}
+
 TEST(windows, cuda_engine_support_and_automatic_backend)
 {
   pipeline_options o;
@@ -363,20 +548,32 @@ TEST(windows, cuda_engine_support_and_automatic_backend)
   for (char const* a : {"first", "last", "argmin_ts", "argmax_ts"}) o.add_agg(a);
   EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
   EXPECT_EQ(why, "");
-  o.window = window_spec::session(10);
+  o.window           = window_spec::session(10);
+  o.allowed_lateness = 5;
+  o.max_open_windows = 100;
+  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
+  EXPECT_EQ(why, "");
+  o.add_agg("p50");
   EXPECT_FALSE(detail::cuda_engine_supports(o, &why));
-  EXPECT_EQ(why, "session windows");
+  EXPECT_EQ(why, "aggregation 'p50'");
+  o.aggs.pop_back();
+  o.quantiles.pop_back();
+  o.allowed_lateness = 0;
+  o.max_open_windows = 0;
   o.window = window_spec::rolling(3);
+  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
+  EXPECT_EQ(why, "");
+  o.add_agg("p90");
   EXPECT_FALSE(detail::cuda_engine_supports(o, &why));
-  EXPECT_EQ(why, "rolling windows");
+  EXPECT_EQ(why, "aggregation 'p90'");
+  o.aggs.pop_back();
+  o.quantiles.pop_back();
   o.window           = window_spec::sliding(10, 5);
   o.max_open_windows = 100;
-  EXPECT_FALSE(detail::cuda_engine_supports(o, &why));
-  EXPECT_EQ(why, "max_open_windows");
+  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
   o.max_open_windows = 0;
   o.allowed_lateness = 5;
-  EXPECT_FALSE(detail::cuda_engine_supports(o, &why));
-  EXPECT_EQ(why, "allowed_lateness");
+  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
   o.allowed_lateness = 0;
   o.window = window_spec::tumbling(10);
   o.add_agg("p99");

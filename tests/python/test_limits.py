@@ -31,17 +31,6 @@ def _frame(result):
     return result.to_pandas().reset_index(drop=True)
 
 
-def _skip_cap_on_cuda(backend):
-    """The CUDA engine does not implement max_open_windows: a capped pipeline with
-    backend='cuda' is refused (backend='auto' uses the CPU), so the cap tests skip there."""
-    if backend == "cuda":
-        with pytest.raises(cusense.BackendUnavailableError, match="max_open_windows"):
-            _pipe("cuda", cap=4)
-        assert _pipe("auto", cap=4).backend == "cpu"
-        pytest.skip("max_open_windows is not supported on the CUDA backend "
-                    "(BackendUnavailableError; backend='auto' uses the CPU)")
-
-
 def test_capacity_error_is_a_memory_error_and_a_runtime_error():
     assert issubclass(cusense.CapacityError, MemoryError)
     assert issubclass(cusense.CapacityError, RuntimeError)
@@ -51,7 +40,6 @@ def test_capacity_error_is_a_memory_error_and_a_runtime_error():
 
 
 def test_open_window_cap_rejects_the_batch_and_stays_usable(backend):
-    _skip_cap_on_cuda(backend)
     pipe = _pipe(backend, cap=4)
     pipe.push([0, 1, 2], [10, 20, 30], [1.0, 2.0, 3.0])
     with pytest.raises(cusense.CapacityError, match=r"max_open_windows = 4 would be exceeded: "
@@ -71,7 +59,6 @@ def test_open_window_cap_rejects_the_batch_and_stays_usable(backend):
 
 
 def test_capped_run_equals_uncapped_run_without_the_rejected_batches(backend, rng):
-    _skip_cap_on_cuda(backend)
     batches, t = [], 0
     for _ in range(30):
         n = int(rng.integers(1, 300))

@@ -113,24 +113,9 @@ def test_every_record_is_accounted_for(backend, s):
     np.testing.assert_array_equal(late["timestamp"], ts[is_late])
 
 
-@pytest.fixture
-def cap_backend(backend):
-    """`backend`, but the CUDA engine does not implement max_open_windows: there a capped
-    pipeline is refused (backend='auto' uses the CPU) and the cap property skips."""
-    if backend == "cuda":
-        with pytest.raises(cusense.BackendUnavailableError, match="max_open_windows"):
-            cusense.Pipeline(cusense.Tumbling(10), aggs=AGGS, backend="cuda", max_open_windows=5)
-        assert cusense.Pipeline(cusense.Tumbling(10), aggs=AGGS, backend="auto",
-                                max_open_windows=5).backend == "cpu"
-        pytest.skip("max_open_windows is not supported on the CUDA backend "
-                    "(BackendUnavailableError; backend='auto' uses the CPU)")
-    return backend
-
-
 @SETTINGS
 @given(s=streams(max_records=240), cap=st.integers(1, 30))
-def test_capped_run_equals_uncapped_run_of_the_accepted_batches(cap_backend, s, cap):
-    backend = cap_backend
+def test_capped_run_equals_uncapped_run_of_the_accepted_batches(backend, s, cap):
     cuts = s["cuts"]
     capped, accepted, rejected, parts = _pipe(s, backend, max_open_windows=cap), [], 0, []
     for a, b in zip(cuts[:-1], cuts[1:]):

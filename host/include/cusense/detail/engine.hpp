@@ -69,13 +69,20 @@ std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_pane_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
-/// Whether the CUDA engine can run `options` (tumbling and sliding windows; every aggregation
-/// but quantiles; no allowed lateness, no max_open_windows cap); `why` gets the reason when not.
+/// Whether the CUDA engines can run `options` (tumbling, sliding, session and rolling windows;
+/// every aggregation but quantiles; allowed lateness for sessions only); `why` gets the reason
+/// when not.
 /// The pipeline refuses or, for backend::automatic, uses the CPU otherwise.
 bool cuda_engine_supports(pipeline_options const& options, std::string* why = nullptr);
 /// Whether the fast tumbling CPU engine (make_cpu_engine) can run `options`.
 bool tumbling_engine_supports(pipeline_options const& options);
 /// Defined only when the CUDA backend is built.
 std::unique_ptr<window_engine> make_cuda_engine(pipeline_options const& options);
+/// CUDA engine for rolling (count) windows (every aggregation but quantiles); defined only
+/// when the CUDA backend is built.
+std::unique_ptr<window_engine> make_cuda_rolling_engine(pipeline_options const& options);
+/// CUDA engine for session windows (every aggregation but quantiles, allowed lateness,
+/// max_open_windows); defined only when the CUDA backend is built.
+std::unique_ptr<window_engine> make_cuda_session_engine(pipeline_options const& options);
 
 }  // namespace cusense::detail
