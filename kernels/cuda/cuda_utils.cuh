@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -291,11 +292,21 @@ class host_buffer {
 /// Threads per block of the grid-stride kernels.
 constexpr int cuda_block_threads = 256;
 
-/// Blocks for a grid-stride launch over n items (at least 1, at most 2^20: the loop covers the rest).
-inline unsigned cuda_blocks_for(std::size_t n)
+/// Blocks of `threads` for a grid-stride launch over n items (at least 1, at most 2^20: the
+/// loop covers the rest).
+inline unsigned cuda_blocks_for(std::size_t n, int threads = cuda_block_threads)
 {
-  std::size_t const blocks = (n + cuda_block_threads - 1) / cuda_block_threads;
+  auto const per_block     = static_cast<std::size_t>(threads);
+  std::size_t const blocks = (n + per_block - 1) / per_block;
   return static_cast<unsigned>(std::clamp<std::size_t>(blocks, 1, std::size_t{1} << 20));
+}
+
+/// Bits needed to write v (0 for 0): the radix-sort bit range of keys up to v.
+inline int bit_width(std::uint64_t v)
+{
+  int b = 0;
+  for (; v != 0; v >>= 1) ++b;
+  return b;
 }
 
 /// Runs a CUB device algorithm twice (size query, then the call) with `temp` as its scratch
@@ -309,40 +320,6 @@ void run_cub_on(device_buffer& temp, cudaStream_t stream, char const* what, F&& 
   void* p = temp.get<unsigned char>(bytes, stream);
   err     = f(p, bytes);
   if (err != cudaSuccess) { throw_cuda_error(err, what, __FILE__, __LINE__); }
-}
-
-/// The current device, checked to run the kernels of the calling translation unit (probed
-/// with `kernel`, one of them); throws backend_unavailable naming the reason otherwise.
-template <typename Kernel>
-int usable_cuda_device(Kernel kernel)
-{
-  int count       = 0;
-  cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count <= 0) {
-    (void)cudaGetLastError();
-    throw ::cusense::backend_unavailable(std::string("cusense: no usable CUDA device (") +
-                                         (err != cudaSuccess ? cudaGetErrorString(err) : "no devices") + ")");
-  }
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    device = 0;
-  }
-  device_guard guard(device);
-  cudaFuncAttributes attr{};
-  err = cudaFuncGetAttributes(&attr, kernel);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    int major = 0, minor = 0;
-    (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    (void)cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    (void)cudaGetLastError();
-    throw ::cusense::backend_unavailable("cusense: the CUDA backend cannot run on device " +
-                                         std::to_string(device) + " (compute capability " +
-                                         std::to_string(major) + "." + std::to_string(minor) +
-                                         "): " + cudaGetErrorString(err));
-  }
-  return device;
 }
 
 /// The current CUDA device, checked to be usable: throws backend_unavailable when there is

@@ -920,7 +920,7 @@ void cuda_rolling_engine::load_state(state_reader& in)
 
 std::unique_ptr<window_engine> make_cuda_rolling_engine(pipeline_options const& options)
 {
-  int const device = usable_cuda_device(iota_kernel);
+  int const device = usable_cuda_device(reinterpret_cast<void const*>(&iota_kernel));
   return std::make_unique<cuda_rolling_engine>(options, device);
 }
 

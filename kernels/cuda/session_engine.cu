@@ -96,26 +96,6 @@ struct max_op {
   }
 };
 
-#define CUSENSE_GRID_STRIDE(i, n)                                                       \
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; \
-       i < (n); i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
-
-unsigned grid_for(std::size_t n)
-{
-  std::size_t const blocks = (n + block_size - 1) / block_size;
-  return static_cast<unsigned>(std::clamp<std::size_t>(blocks, 1, std::size_t{1} << 20));
-}
-
-int bit_width(std::uint64_t v)
-{
-  int b = 0;
-  while (v != 0) {
-    ++b;
-    v >>= 1;
-  }
-  return b;
-}
-
 __host__ __device__ __forceinline__ std::int64_t horizon_of(std::int64_t wm, std::int64_t lateness)
 {
   return wm < lowest_time + lateness ? static_cast<std::int64_t>(lowest_time) : wm - lateness;
@@ -126,17 +106,17 @@ __host__ __device__ __forceinline__ std::int64_t horizon_of(std::int64_t wm, std
 __global__ void incl_max_kernel(std::int64_t const* prev, std::int64_t const* ts, std::size_t n,
                                 std::int64_t* incl)
 {
-  CUSENSE_GRID_STRIDE(i, n) { incl[i] = prev[i] > ts[i] ? prev[i] : ts[i]; }
+  CUSENSE_FOR_EACH_INDEX(i, n) { incl[i] = prev[i] > ts[i] ? prev[i] : ts[i]; }
 }
 
 __global__ void iota_kernel(std::uint32_t* out, std::size_t n)
 {
-  CUSENSE_GRID_STRIDE(i, n) { out[i] = static_cast<std::uint32_t>(i); }
+  CUSENSE_FOR_EACH_INDEX(i, n) { out[i] = static_cast<std::uint32_t>(i); }
 }
 
 __global__ void heads_kernel(std::uint32_t const* keys, std::size_t n, std::uint32_t* head)
 {
-  CUSENSE_GRID_STRIDE(p, n) { head[p] = (p == 0 || keys[p] != keys[p - 1]) ? 1u : 0u; }
+  CUSENSE_FOR_EACH_INDEX(p, n) { head[p] = (p == 0 || keys[p] != keys[p - 1]) ? 1u : 0u; }
 }
 
 /// Union of the state keys (sources < nk) and the chunk's run keys (sources >= nk), sorted by
@@ -147,7 +127,7 @@ __global__ void union_scatter_kernel(std::uint32_t const* keys, std::uint32_t co
                                      std::uint32_t* u_state, std::uint32_t* u_run,
                                      session_scalars* sc)
 {
-  CUSENSE_GRID_STRIDE(p, n)
+  CUSENSE_FOR_EACH_INDEX(p, n)
   {
     std::uint32_t const u = incl[p] - 1;
     if (head[p] != 0) { u_key[u] = keys[p]; }
@@ -168,7 +148,7 @@ __global__ void caps_kernel(std::uint32_t const* u_state, std::uint32_t const* u
                             std::uint32_t const* run_len, std::uint64_t* sess_cap,
                             std::uint64_t* ev_cap)
 {
-  CUSENSE_GRID_STRIDE(u, nu + 1)
+  CUSENSE_FOR_EACH_INDEX(u, nu + 1)
   {
     std::uint64_t old = 0, recs = 0;
     if (u < nu) {
@@ -471,7 +451,7 @@ template <typename T>
 __global__ void __launch_bounds__(block_size)
   session_key_kernel(key_pass p, T const* values)
 {
-  CUSENSE_GRID_STRIDE(u, p.nu)
+  CUSENSE_FOR_EACH_INDEX(u, p.nu)
   {
     key_walker<T> w(p, values, u);
     if (p.u_state[u] != no_index) { w.load(p.u_state[u]); }
@@ -501,7 +481,7 @@ __global__ void gather_key_table_kernel(std::uint32_t const* sel, std::size_t nk
                                         std::uint32_t* key, std::uint64_t* begin,
                                         std::uint32_t* count, std::int64_t* mark)
 {
-  CUSENSE_GRID_STRIDE(j, nk)
+  CUSENSE_FOR_EACH_INDEX(j, nk)
   {
     std::uint32_t const u = sel[j];
     key[j]                = u_key[u];
@@ -516,7 +496,7 @@ __global__ void gather_key_table_kernel(std::uint32_t const* sel, std::size_t nk
 __global__ void event_first_keys_kernel(std::uint32_t const* idx, std::size_t n,
                                         std::int64_t const* first, std::uint64_t* out)
 {
-  CUSENSE_GRID_STRIDE(j, n)
+  CUSENSE_FOR_EACH_INDEX(j, n)
   {
     out[j] = static_cast<std::uint64_t>(first[idx[j]]) ^ (std::uint64_t{1} << 63);
   }
@@ -525,7 +505,7 @@ __global__ void event_first_keys_kernel(std::uint32_t const* idx, std::size_t n,
 __global__ void event_step_keys_kernel(std::uint32_t const* idx, std::size_t n,
                                        std::uint32_t const* step, std::uint32_t* out)
 {
-  CUSENSE_GRID_STRIDE(j, n) { out[j] = step[idx[j]]; }
+  CUSENSE_FOR_EACH_INDEX(j, n) { out[j] = step[idx[j]]; }
 }
 
 /// The events in output order.
@@ -537,7 +517,7 @@ __global__ void gather_events_kernel(std::uint32_t const* idx, std::size_t n, in
                                      std::uint8_t* update, ops::moments* acc, ops::extent* ext)
 {
   auto const C = static_cast<std::size_t>(channels);
-  CUSENSE_GRID_STRIDE(j, n)
+  CUSENSE_FOR_EACH_INDEX(j, n)
   {
     std::size_t const e = idx[j];
     key[j]              = ev_key[e];
@@ -551,7 +531,6 @@ __global__ void gather_events_kernel(std::uint32_t const* idx, std::size_t n, in
   }
 }
 
-#undef CUSENSE_GRID_STRIDE
 
 // ----- engine
 
@@ -827,14 +806,14 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
   run_cub("cub::DeviceScan::ExclusiveScan", [&](void* temp, std::size_t& bytes) {
     return cub::DeviceScan::ExclusiveScan(temp, bytes, d_ts, d_prev, max_op{}, carried, items, s);
   });
-  incl_max_kernel<<<grid_for(n), block_size, 0, s>>>(d_prev, d_ts, n, d_incl);
+  incl_max_kernel<<<cuda_blocks_for(n, block_size), block_size, 0, s>>>(d_prev, d_ts, n, d_incl);
   CUSENSE_CHECK_LAST_ERROR();
 
   // 2. records by key (stable: arrival order within a key), runs of equal keys
   auto* d_iota        = g.iota.get<std::uint32_t>(n, s);
   auto* d_keys_sorted = g.keys_sorted.get<std::uint32_t>(n, s);
   auto* d_rec_sorted  = g.rec_sorted.get<std::uint32_t>(n, s);
-  iota_kernel<<<grid_for(n), block_size, 0, s>>>(d_iota, n);
+  iota_kernel<<<cuda_blocks_for(n, block_size), block_size, 0, s>>>(d_iota, n);
   CUSENSE_CHECK_LAST_ERROR();
   std::uint32_t max_key = 0;
   for (std::size_t i = 0; i < n; ++i) max_key = std::max(max_key, chunk.keys[i]);
@@ -873,7 +852,7 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
                                      cudaMemcpyDeviceToDevice, s));
   }
   CUSENSE_CUDA_TRY(cudaMemcpyAsync(cat_key + nk, d_uniq, nr * sizeof(std::uint32_t), cudaMemcpyDeviceToDevice, s));
-  iota_kernel<<<grid_for(total), block_size, 0, s>>>(cat_src, total);
+  iota_kernel<<<cuda_blocks_for(total, block_size), block_size, 0, s>>>(cat_src, total);
   CUSENSE_CHECK_LAST_ERROR();
   run_cub("cub::DeviceRadixSort::SortPairs", [&](void* temp, std::size_t& bytes) {
     return cub::DeviceRadixSort::SortPairs(temp, bytes, cat_key, cat_key_out, cat_src, cat_src_out,
@@ -881,7 +860,7 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
   });
   auto* head      = g.head.get<std::uint32_t>(total, s);
   auto* head_incl = g.head_incl.get<std::uint32_t>(total, s);
-  heads_kernel<<<grid_for(total), block_size, 0, s>>>(cat_key_out, total, head);
+  heads_kernel<<<cuda_blocks_for(total, block_size), block_size, 0, s>>>(cat_key_out, total, head);
   CUSENSE_CHECK_LAST_ERROR();
   run_cub("cub::DeviceScan::InclusiveSum", [&](void* temp, std::size_t& bytes) {
     return cub::DeviceScan::InclusiveSum(temp, bytes, head, head_incl, static_cast<int>(total), s);
@@ -891,7 +870,7 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
   auto* u_run   = g.u_run.get<std::uint32_t>(total, s);
   CUSENSE_CUDA_TRY(cudaMemsetAsync(u_state, 0xff, total * sizeof(std::uint32_t), s));
   CUSENSE_CUDA_TRY(cudaMemsetAsync(u_run, 0xff, total * sizeof(std::uint32_t), s));
-  union_scatter_kernel<<<grid_for(total), block_size, 0, s>>>(cat_key_out, cat_src_out, head, head_incl,
+  union_scatter_kernel<<<cuda_blocks_for(total, block_size), block_size, 0, s>>>(cat_key_out, cat_src_out, head, head_incl,
                                                               total, nk, u_key, u_state, u_run, d_sc);
   CUSENSE_CHECK_LAST_ERROR();
   sc = read_scalars();
@@ -905,7 +884,7 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
   auto* ev_cap   = g.ev_cap.get<std::uint64_t>(nu + 1, s);
   auto* sess_off = g.sess_off.get<std::uint64_t>(nu + 1, s);
   auto* ev_off   = g.ev_off.get<std::uint64_t>(nu + 1, s);
-  caps_kernel<<<grid_for(nu + 1), block_size, 0, s>>>(u_state, u_run, nu, old.count.data<std::uint32_t>(),
+  caps_kernel<<<cuda_blocks_for(nu + 1, block_size), block_size, 0, s>>>(u_state, u_run, nu, old.count.data<std::uint32_t>(),
                                                       d_run_len, sess_cap, ev_cap);
   CUSENSE_CHECK_LAST_ERROR();
   run_cub("cub::DeviceScan::ExclusiveSum", [&](void* temp, std::size_t& bytes) {
@@ -975,7 +954,7 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
   p.sc         = d_sc;
   CUSENSE_CUDA_TRY(cudaMemsetAsync(p.ev_valid, 0, std::max<std::size_t>(ev_total, 1), s));
   CUSENSE_CUDA_TRY(cudaMemsetAsync(p.late, 0, n, s));
-  session_key_kernel<T><<<grid_for(nu), block_size, 0, s>>>(p, d_values);
+  session_key_kernel<T><<<cuda_blocks_for(nu, block_size), block_size, 0, s>>>(p, d_values);
   CUSENSE_CHECK_LAST_ERROR();
 
   // 5. compact the key table, select the events and the late records
@@ -1013,7 +992,7 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
   auto* nk_count = nxt.count.get<std::uint32_t>(new_keys, s);
   auto* nk_mark  = nxt.mark.get<std::int64_t>(new_keys, s);
   if (new_keys > 0) {
-    gather_key_table_kernel<<<grid_for(new_keys), block_size, 0, s>>>(k_sel, new_keys, u_key, sess_off, p.k_count,
+    gather_key_table_kernel<<<cuda_blocks_for(new_keys, block_size), block_size, 0, s>>>(k_sel, new_keys, u_key, sess_off, p.k_count,
                                                                       p.k_mark, nk_key, nk_begin, nk_count, nk_mark);
     CUSENSE_CHECK_LAST_ERROR();
   }
@@ -1032,13 +1011,13 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
     auto* idx     = g.ev_idx.get<std::uint32_t>(2 * ne, s);
     std::uint32_t* by_first = idx;
     std::uint32_t* by_step  = idx + ne;
-    event_first_keys_kernel<<<grid_for(ne), block_size, 0, s>>>(ev_sel, ne, p.ev_first, k64);
+    event_first_keys_kernel<<<cuda_blocks_for(ne, block_size), block_size, 0, s>>>(ev_sel, ne, p.ev_first, k64);
     CUSENSE_CHECK_LAST_ERROR();
     run_cub("cub::DeviceRadixSort::SortPairs", [&](void* temp, std::size_t& bytes) {
       return cub::DeviceRadixSort::SortPairs(temp, bytes, k64, k64_out, ev_sel, by_first,
                                              static_cast<int>(ne), 0, 64, s);
     });
-    event_step_keys_kernel<<<grid_for(ne), block_size, 0, s>>>(by_first, ne, p.ev_step, k32);
+    event_step_keys_kernel<<<cuda_blocks_for(ne, block_size), block_size, 0, s>>>(by_first, ne, p.ev_step, k32);
     CUSENSE_CHECK_LAST_ERROR();
     run_cub("cub::DeviceRadixSort::SortPairs", [&](void* temp, std::size_t& bytes) {
       return cub::DeviceRadixSort::SortPairs(temp, bytes, k32, k32_out, by_first, by_step,
@@ -1050,7 +1029,7 @@ void cuda_session_engine::process_chunk(record_batch const& chunk, T const* h_va
     auto* r_update = g.row_update.get<std::uint8_t>(ne, s);
     auto* r_acc    = g.row_acc.get<ops::moments>(ne * channels_, s);
     ops::extent* r_ext = extent_ ? g.row_ext.get<ops::extent>(ne * channels_, s) : nullptr;
-    gather_events_kernel<<<grid_for(ne), block_size, 0, s>>>(by_step, ne, options_.channels, p.ev_key, p.ev_first,
+    gather_events_kernel<<<cuda_blocks_for(ne, block_size), block_size, 0, s>>>(by_step, ne, options_.channels, p.ev_key, p.ev_first,
                                                              p.ev_end, p.ev_update, p.ev_acc, p.ev_ext, r_key,
                                                              r_first, r_end, r_update, r_acc, r_ext);
     CUSENSE_CHECK_LAST_ERROR();

@@ -151,10 +151,6 @@ struct max_op {
 // ---------------------------------------------------------------------------------------------
 // kernels (all grid-stride, so any grid size is correct)
 
-#define CUSENSE_GRID_STRIDE(i, n)                                                   \
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; \
-       i < (n); i += static_cast<std::size_t>(gridDim.x) * blockDim.x)
-
 __global__ void init_scalars_kernel(chunk_scalars* sc)
 {
   if (blockIdx.x == 0 && threadIdx.x == 0) {
@@ -197,7 +193,7 @@ __global__ void __launch_bounds__(block_size)
   using block_reduce = cub::BlockReduce<classify_stats, block_size>;
   __shared__ typename block_reduce::TempStorage temp;
   classify_stats local{LLONG_MAX, LLONG_MIN, 0ull, 0u, 0ull};
-  CUSENSE_GRID_STRIDE(i, n)
+  CUSENSE_FOR_EACH_INDEX(i, n)
   {
     std::int64_t const t    = ts[i];
     std::int64_t const prev = prev_max[i];
@@ -267,7 +263,7 @@ __global__ void gather_updates_kernel(std::uint32_t const* upd_idx, std::size_t 
                                       std::int64_t const* prev_max, std::uint32_t* rank,
                                       std::int64_t* prev)
 {
-  CUSENSE_GRID_STRIDE(u, nu)
+  CUSENSE_FOR_EACH_INDEX(u, nu)
   {
     std::uint32_t const i = upd_idx[u];
     std::size_t lo = 0, hi = nn;
@@ -289,7 +285,7 @@ __global__ void composite_key_kernel(std::uint32_t const* sel, std::size_t nn,
                                      std::int64_t const* wid, std::uint32_t const* keys,
                                      std::int64_t min_wid, int key_bits, std::uint64_t* out)
 {
-  CUSENSE_GRID_STRIDE(j, nn)
+  CUSENSE_FOR_EACH_INDEX(j, nn)
   {
     std::uint32_t const i  = sel[j];
     std::uint64_t const dw = static_cast<std::uint64_t>(wid[i]) - static_cast<std::uint64_t>(min_wid);
@@ -300,14 +296,14 @@ __global__ void composite_key_kernel(std::uint32_t const* sel, std::size_t nn,
 __global__ void gather_keys_kernel(std::uint32_t const* sel, std::size_t nn,
                                    std::uint32_t const* keys, std::uint32_t* out)
 {
-  CUSENSE_GRID_STRIDE(j, nn) { out[j] = keys[sel[j]]; }
+  CUSENSE_FOR_EACH_INDEX(j, nn) { out[j] = keys[sel[j]]; }
 }
 
 __global__ void window_offset_kernel(std::uint32_t const* idx, std::size_t nn,
                                      std::int64_t const* wid, std::int64_t min_wid,
                                      std::uint64_t* out)
 {
-  CUSENSE_GRID_STRIDE(j, nn)
+  CUSENSE_FOR_EACH_INDEX(j, nn)
   {
     out[j] = static_cast<std::uint64_t>(wid[idx[j]]) - static_cast<std::uint64_t>(min_wid);
   }
@@ -321,7 +317,7 @@ __global__ void segment_flags_kernel(std::uint32_t const* sorted, std::size_t nn
                                      std::int64_t const* vis, std::uint32_t* head,
                                      std::uint32_t* subhead)
 {
-  CUSENSE_GRID_STRIDE(j, nn)
+  CUSENSE_FOR_EACH_INDEX(j, nn)
   {
     bool h = (j == 0);
     if (!h) {
@@ -345,7 +341,7 @@ __global__ void scatter_segments_kernel(std::uint32_t const* sorted, std::size_t
                                         std::uint32_t* seg_first_sub, std::uint32_t* sub_pos,
                                         chunk_scalars* sc)
 {
-  CUSENSE_GRID_STRIDE(j, nn)
+  CUSENSE_FOR_EACH_INDEX(j, nn)
   {
     if (head[j] != 0) {
       std::uint32_t const g = seg_incl[j] - 1;
@@ -373,7 +369,7 @@ __global__ void subsegment_reduce_kernel(std::uint32_t const* sorted, T const* v
                                          ops::extent* out_ext)
 {
   auto const C = static_cast<std::size_t>(channels);
-  CUSENSE_GRID_STRIDE(t, nsub * C)
+  CUSENSE_FOR_EACH_INDEX(t, nsub * C)
   {
     std::size_t const s     = t / C;
     std::size_t const c     = t % C;
@@ -403,7 +399,7 @@ __global__ void segment_merge_kernel(std::uint32_t const* seg_first_sub, std::si
                                      ops::extent* out_ext)
 {
   auto const C = static_cast<std::size_t>(channels);
-  CUSENSE_GRID_STRIDE(t, nseg * C)
+  CUSENSE_FOR_EACH_INDEX(t, nseg * C)
   {
     std::size_t const g     = t / C;
     std::size_t const c     = t % C;
@@ -444,7 +440,7 @@ __global__ void locate_partials_kernel(std::int64_t const* p_wid, std::uint32_t 
                                        std::uint32_t const* s_key, std::size_t ns,
                                        std::uint64_t* pos, std::uint32_t* matched)
 {
-  CUSENSE_GRID_STRIDE(j, np + 1)
+  CUSENSE_FOR_EACH_INDEX(j, np + 1)
   {
     if (j == np) {
       matched[np] = 0;
@@ -466,7 +462,7 @@ __global__ void place_states_kernel(std::int64_t const* s_wid, std::uint32_t con
                                     ops::extent const* s_ext, ops::extent* d_ext)
 {
   auto const C = static_cast<std::size_t>(channels);
-  CUSENSE_GRID_STRIDE(i, ns)
+  CUSENSE_FOR_EACH_INDEX(i, ns)
   {
     std::size_t const below = lower_bound_pair(p_wid, p_key, np, s_wid[i], s_key[i]);
     std::size_t const o     = i + below - mx[below];
@@ -491,7 +487,7 @@ __global__ void place_partials_kernel(std::uint64_t const* pos, std::uint32_t co
                                       ops::extent* d_ext)
 {
   auto const C = static_cast<std::size_t>(channels);
-  CUSENSE_GRID_STRIDE(j, np)
+  CUSENSE_FOR_EACH_INDEX(j, np)
   {
     std::size_t const p = pos[j];
     std::size_t const o = p + j - mx[j];
@@ -598,7 +594,7 @@ __global__ void __launch_bounds__(block_size)
   __shared__ typename block_reduce::TempStorage temp;
   k_range local{LLONG_MAX, LLONG_MIN, 0u};
   std::size_t const n = src.ns + src.np;
-  CUSENSE_GRID_STRIDE(s, n + 1)
+  CUSENSE_FOR_EACH_INDEX(s, n + 1)
   {
     if (s == n) {
       cnt[n] = 0;
@@ -631,7 +627,7 @@ __global__ void pair_fill_kernel(emit_sources src, std::uint32_t const* s_key,
                                  std::uint32_t* pair_src)
 {
   std::size_t const n = src.ns + src.np;
-  CUSENSE_GRID_STRIDE(s, n)
+  CUSENSE_FOR_EACH_INDEX(s, n)
   {
     std::int64_t lo, hi;
     src.range(s, lo, hi);
@@ -647,14 +643,14 @@ __global__ void pair_fill_kernel(emit_sources src, std::uint32_t const* s_key,
 
 __global__ void iota_kernel(std::uint32_t* out, std::size_t n)
 {
-  CUSENSE_GRID_STRIDE(i, n) { out[i] = static_cast<std::uint32_t>(i); }
+  CUSENSE_FOR_EACH_INDEX(i, n) { out[i] = static_cast<std::uint32_t>(i); }
 }
 
 /// head[p] = 1 where element e(p) = idx ? idx[p] : p starts a run of equal (wid, key).
 __global__ void run_heads_kernel(std::uint32_t const* idx, std::size_t n, std::int64_t const* wid,
                                  std::uint32_t const* key, std::uint32_t* head)
 {
-  CUSENSE_GRID_STRIDE(p, n)
+  CUSENSE_FOR_EACH_INDEX(p, n)
   {
     bool h = (p == 0);
     if (!h) {
@@ -674,7 +670,7 @@ __global__ void run_scatter_kernel(std::uint32_t const* idx, std::size_t n,
                                    std::int64_t* out_wid, std::uint32_t* out_key,
                                    std::uint32_t* out_first, long long* count)
 {
-  CUSENSE_GRID_STRIDE(p, n)
+  CUSENSE_FOR_EACH_INDEX(p, n)
   {
     if (head[p] != 0) {
       std::size_t const e = idx != nullptr ? idx[p] : p;
@@ -698,7 +694,7 @@ __global__ void gather_merge_kernel(std::uint32_t const* first, std::size_t nrun
                                     ops::extent* out_ext)
 {
   auto const C = static_cast<std::size_t>(channels);
-  CUSENSE_GRID_STRIDE(t, nruns * C)
+  CUSENSE_FOR_EACH_INDEX(t, nruns * C)
   {
     std::size_t const g     = t / C;
     std::size_t const c     = t % C;
@@ -732,7 +728,7 @@ __global__ void update_rows_kernel(ops::sliding window, std::int64_t const* s_wi
                                    ops::moments* out_acc, ops::extent* out_ext)
 {
   auto const C = static_cast<std::size_t>(channels);
-  CUSENSE_GRID_STRIDE(t, count * C)
+  CUSENSE_FOR_EACH_INDEX(t, count * C)
   {
     std::size_t const r     = t / C;
     std::size_t const c     = t % C;
@@ -762,23 +758,6 @@ __global__ void update_rows_kernel(ops::sliding window, std::int64_t const* s_wi
   }
 }
 
-#undef CUSENSE_GRID_STRIDE
-
-unsigned grid_for(std::size_t n)
-{
-  std::size_t const blocks = (n + block_size - 1) / block_size;
-  return static_cast<unsigned>(std::clamp<std::size_t>(blocks, 1, std::size_t{1} << 20));
-}
-
-int bit_width(std::uint64_t v)
-{
-  int b = 0;
-  while (v != 0) {
-    ++b;
-    v >>= 1;
-  }
-  return b;
-}
 
 // ---------------------------------------------------------------------------------------------
 // engine
@@ -1263,11 +1242,11 @@ class cuda_window_engine final : public window_engine {
     if (sliding_) {
       d_vis = g.vis.get<std::int64_t>(n, s);
       if (options_.allowed_lateness > 0) { d_upd = g.upd.get<std::uint8_t>(n, s); }
-      classify_kernel<T, ops::sliding><<<grid_for(n), block_size, 0, s>>>(
+      classify_kernel<T, ops::sliding><<<cuda_blocks_for(n, block_size), block_size, 0, s>>>(
         d_ts, d_prev, d_keys, d_values, channels, n, slide_, options_.max_out_of_orderness,
         options_.allowed_lateness, d_keep, d_wid, d_vis, d_upd, d_sc);
     } else {
-      classify_kernel<T, ops::tumbling><<<grid_for(n), block_size, 0, s>>>(
+      classify_kernel<T, ops::tumbling><<<cuda_blocks_for(n, block_size), block_size, 0, s>>>(
         d_ts, d_prev, d_keys, d_values, channels, n, window_, options_.max_out_of_orderness, 0,
         d_keep, d_wid, d_vis, nullptr, d_sc);
     }
@@ -1388,7 +1367,7 @@ class cuda_window_engine final : public window_engine {
     auto* ck     = g.ckey.get<std::uint64_t>(nn, s);
     auto* ck_out = g.ckey_out.get<std::uint64_t>(nn, s);
     if (span_bits + key_bits <= 64) {
-      composite_key_kernel<<<grid_for(nn), block_size, 0, s>>>(d_sel, nn, d_wid, d_keys, min_wid,
+      composite_key_kernel<<<cuda_blocks_for(nn, block_size), block_size, 0, s>>>(d_sel, nn, d_wid, d_keys, min_wid,
                                                                 key_bits, ck);
       CUSENSE_CHECK_LAST_ERROR();
       int const end_bit = span_bits + key_bits;
@@ -1401,13 +1380,13 @@ class cuda_window_engine final : public window_engine {
       auto* k1     = g.key_tmp.get<std::uint32_t>(nn, s);
       auto* k1_out = g.key_tmp_out.get<std::uint32_t>(nn, s);
       auto* tmp    = g.sort_tmp_idx.get<std::uint32_t>(nn, s);
-      gather_keys_kernel<<<grid_for(nn), block_size, 0, s>>>(d_sel, nn, d_keys, k1);
+      gather_keys_kernel<<<cuda_blocks_for(nn, block_size), block_size, 0, s>>>(d_sel, nn, d_keys, k1);
       CUSENSE_CHECK_LAST_ERROR();
       run_cub("cub::DeviceRadixSort::SortPairs", [&](void* temp, std::size_t& bytes) {
         return cub::DeviceRadixSort::SortPairs(temp, bytes, k1, k1_out, d_sel, tmp, items, 0,
                                                key_bits, s);
       });
-      window_offset_kernel<<<grid_for(nn), block_size, 0, s>>>(tmp, nn, d_wid, min_wid, ck);
+      window_offset_kernel<<<cuda_blocks_for(nn, block_size), block_size, 0, s>>>(tmp, nn, d_wid, min_wid, ck);
       CUSENSE_CHECK_LAST_ERROR();
       run_cub("cub::DeviceRadixSort::SortPairs", [&](void* temp, std::size_t& bytes) {
         return cub::DeviceRadixSort::SortPairs(temp, bytes, ck, ck_out, tmp, sorted, items, 0,
@@ -1442,7 +1421,7 @@ class cuda_window_engine final : public window_engine {
     auto* subhead  = g.subhead.get<std::uint32_t>(nn, s);
     auto* seg_incl = g.seg_incl.get<std::uint32_t>(nn, s);
     auto* sub_incl = g.sub_incl.get<std::uint32_t>(nn, s);
-    segment_flags_kernel<<<grid_for(nn), block_size, 0, s>>>(d_sorted, nn, d_wid, d_keys, d_vis,
+    segment_flags_kernel<<<cuda_blocks_for(nn, block_size), block_size, 0, s>>>(d_sorted, nn, d_wid, d_keys, d_vis,
                                                               head, subhead);
     CUSENSE_CHECK_LAST_ERROR();
     run_cub("cub::DeviceScan::InclusiveSum", [&](void* temp, std::size_t& bytes) {
@@ -1456,7 +1435,7 @@ class cuda_window_engine final : public window_engine {
     auto* part_vis      = d_vis != nullptr ? g.part_vis.get<std::int64_t>(nn, s) : nullptr;
     auto* seg_first_sub = g.seg_first_sub.get<std::uint32_t>(nn, s);
     auto* sub_pos       = g.sub_pos.get<std::uint32_t>(nn, s);
-    scatter_segments_kernel<<<grid_for(nn), block_size, 0, s>>>(
+    scatter_segments_kernel<<<cuda_blocks_for(nn, block_size), block_size, 0, s>>>(
       d_sorted, nn, d_wid, d_keys, head, subhead, seg_incl, sub_incl, d_vis, part_wid, part_key,
       part_vis, seg_first_sub, sub_pos, d_sc);
     CUSENSE_CHECK_LAST_ERROR();
@@ -1470,7 +1449,7 @@ class cuda_window_engine final : public window_engine {
     // 4b. partials per (segment, channel)
     auto* sub_acc = g.sub_acc.get<ops::moments>(nsub * channels_, s);
     ops::extent* sub_ext = extent_ ? g.sub_ext.get<ops::extent>(nsub * channels_, s) : nullptr;
-    subsegment_reduce_kernel<T><<<grid_for(nsub * channels_), block_size, 0, s>>>(
+    subsegment_reduce_kernel<T><<<cuda_blocks_for(nsub * channels_, block_size), block_size, 0, s>>>(
       d_sorted, d_values, channels, sub_pos, nsub, nn, sub_acc, d_ts, seq_base, sub_ext);
     CUSENSE_CHECK_LAST_ERROR();
     ops::moments* part_acc = sub_acc;
@@ -1478,7 +1457,7 @@ class cuda_window_engine final : public window_engine {
     if (nsub != nseg) {
       part_acc = g.part_acc.get<ops::moments>(nseg * channels_, s);
       part_ext = extent_ ? g.part_ext.get<ops::extent>(nseg * channels_, s) : nullptr;
-      segment_merge_kernel<<<grid_for(nseg * channels_), block_size, 0, s>>>(
+      segment_merge_kernel<<<cuda_blocks_for(nseg * channels_, block_size), block_size, 0, s>>>(
         seg_first_sub, nseg, nsub, channels, sub_acc, part_acc, sub_ext, part_ext);
       CUSENSE_CHECK_LAST_ERROR();
     }
@@ -1539,17 +1518,17 @@ class cuda_window_engine final : public window_engine {
     auto* pos            = g.pos.get<std::uint64_t>(np, s);
     auto* matched        = g.matched.get<std::uint32_t>(np + 1, s);
     auto* mx             = g.mx.get<std::uint32_t>(np + 1, s);
-    locate_partials_kernel<<<grid_for(np + 1), block_size, 0, s>>>(p.wid, p.key, np, s_wid, s_key,
+    locate_partials_kernel<<<cuda_blocks_for(np + 1, block_size), block_size, 0, s>>>(p.wid, p.key, np, s_wid, s_key,
                                                                    ns, pos, matched);
     CUSENSE_CHECK_LAST_ERROR();
     run_cub("cub::DeviceScan::ExclusiveSum", [&](void* temp, std::size_t& bytes) {
       return cub::DeviceScan::ExclusiveSum(temp, bytes, matched, mx, static_cast<int>(np + 1), s);
     });
-    place_states_kernel<<<grid_for(ns), block_size, 0, s>>>(s_wid, s_key, s_acc, ns, p.wid, p.key,
+    place_states_kernel<<<cuda_blocks_for(ns, block_size), block_size, 0, s>>>(s_wid, s_key, s_acc, ns, p.wid, p.key,
                                                             np, mx, channels, d_wid_out, d_key_out,
                                                             d_acc_out, s_ext, d_ext_out);
     CUSENSE_CHECK_LAST_ERROR();
-    place_partials_kernel<<<grid_for(np), block_size, 0, s>>>(
+    place_partials_kernel<<<cuda_blocks_for(np, block_size), block_size, 0, s>>>(
       pos, matched, mx, p.wid, p.key, p.acc, np, s_acc, channels, d_wid_out, d_key_out, d_acc_out,
       p.ext, s_ext, d_ext_out);
     CUSENSE_CHECK_LAST_ERROR();
@@ -1638,7 +1617,7 @@ class cuda_window_engine final : public window_engine {
       return cub::DeviceSelect::Flagged(temp, bytes, thrust::counting_iterator<std::uint32_t>(0), d_upd,
                                         d_idx, &d_sc->num_updates, static_cast<int>(n), s);
     });
-    gather_updates_kernel<<<grid_for(nu), block_size, 0, s>>>(d_idx, nu, d_sel, nn, d_prev, d_rank, d_up);
+    gather_updates_kernel<<<cuda_blocks_for(nu, block_size), block_size, 0, s>>>(d_idx, nu, d_sel, nn, d_prev, d_rank, d_up);
     CUSENSE_CHECK_LAST_ERROR();
     auto* h_idx  = g.h_upd_idx.get<std::uint32_t>(nu);
     auto* h_rank = g.h_upd_rank.get<std::uint32_t>(nu);
@@ -1698,7 +1677,7 @@ class cuda_window_engine final : public window_engine {
     auto* w_acc = g.win_acc.get<ops::moments>(count * channels_, s);
     auto* w_ext = extent_ ? g.win_ext.get<ops::extent>(count * channels_, s) : nullptr;
     state_arrays& st = g.state[cur_];
-    update_rows_kernel<<<grid_for(count * channels_), block_size, 0, s>>>(
+    update_rows_kernel<<<cuda_blocks_for(count * channels_, block_size), block_size, 0, s>>>(
       slide_, st.wid.data<std::int64_t>() + offset_, st.key.data<std::uint32_t>() + offset_,
       st.acc.data<ops::moments>() + offset_ * channels_,
       extent_ ? st.ext.data<ops::extent>() + offset_ * channels_ : nullptr, state_size_, key, lo,
@@ -1720,12 +1699,12 @@ class cuda_window_engine final : public window_engine {
     auto* c_wid          = g.col_wid.get<std::int64_t>(np, s);
     auto* c_key          = g.col_key.get<std::uint32_t>(np, s);
     auto* c_first        = g.col_first.get<std::uint32_t>(np, s);
-    run_heads_kernel<<<grid_for(np), block_size, 0, s>>>(nullptr, np, p.wid, p.key, head);
+    run_heads_kernel<<<cuda_blocks_for(np, block_size), block_size, 0, s>>>(nullptr, np, p.wid, p.key, head);
     CUSENSE_CHECK_LAST_ERROR();
     run_cub("cub::DeviceScan::InclusiveSum", [&](void* temp, std::size_t& bytes) {
       return cub::DeviceScan::InclusiveSum(temp, bytes, head, incl, static_cast<int>(np), s);
     });
-    run_scatter_kernel<<<grid_for(np), block_size, 0, s>>>(nullptr, np, p.wid, p.key, head, incl,
+    run_scatter_kernel<<<cuda_blocks_for(np, block_size), block_size, 0, s>>>(nullptr, np, p.wid, p.key, head, incl,
                                                            c_wid, c_key, c_first, &d_sc->num_groups);
     CUSENSE_CHECK_LAST_ERROR();
     auto const ng = static_cast<std::size_t>(read_scalars(s).num_groups);
@@ -1737,7 +1716,7 @@ class cuda_window_engine final : public window_engine {
     }
     auto* c_acc = g.col_acc.get<ops::moments>(ng * channels_, s);
     auto* c_ext = extent_ ? g.col_ext.get<ops::extent>(ng * channels_, s) : nullptr;
-    gather_merge_kernel<<<grid_for(ng * channels_), block_size, 0, s>>>(
+    gather_merge_kernel<<<cuda_blocks_for(ng * channels_, block_size), block_size, 0, s>>>(
       c_first, ng, np, nullptr, nullptr, 0, nullptr, nullptr, p.acc, p.ext, channels, c_acc, c_ext);
     CUSENSE_CHECK_LAST_ERROR();
     partials q;
@@ -1810,7 +1789,7 @@ class cuda_window_engine final : public window_engine {
     CUSENSE_CHECK_LAST_ERROR();
     auto* cnt = g.pair_cnt.get<std::uint64_t>(n + 1, s);
     auto* off = g.pair_off.get<std::uint64_t>(n + 1, s);
-    pair_count_kernel<<<grid_for(n + 1), block_size, 0, s>>>(src, s_key, p.key, cnt, d_sc);
+    pair_count_kernel<<<cuda_blocks_for(n + 1, block_size), block_size, 0, s>>>(src, s_key, p.key, cnt, d_sc);
     CUSENSE_CHECK_LAST_ERROR();
     run_cub("cub::DeviceScan::ExclusiveSum", [&](void* temp, std::size_t& bytes) {
       return cub::DeviceScan::ExclusiveSum(temp, bytes, cnt, off, static_cast<int>(n + 1), s);
@@ -1843,10 +1822,10 @@ class cuda_window_engine final : public window_engine {
     auto* pair_key = g.pair_key.get<std::uint32_t>(mm, s);
     auto* pair_src = g.pair_src.get<std::uint32_t>(mm, s);
     auto* pair_idx = g.pair_idx.get<std::uint32_t>(mm, s);
-    pair_fill_kernel<<<grid_for(n), block_size, 0, s>>>(src, s_key, p.key, off, pair_k, pair_key,
+    pair_fill_kernel<<<cuda_blocks_for(n, block_size), block_size, 0, s>>>(src, s_key, p.key, off, pair_k, pair_key,
                                                          pair_src);
     CUSENSE_CHECK_LAST_ERROR();
-    iota_kernel<<<grid_for(mm), block_size, 0, s>>>(pair_idx, mm);
+    iota_kernel<<<cuda_blocks_for(mm, block_size), block_size, 0, s>>>(pair_idx, mm);
     CUSENSE_CHECK_LAST_ERROR();
     std::uint32_t const* sorted =
       sort_by_wid_key(mm, pair_idx, pair_k, pair_key, kmin, kmax, sc.pair_max_key);
@@ -1857,19 +1836,19 @@ class cuda_window_engine final : public window_engine {
     auto* w_k   = g.win_k.get<std::int64_t>(mm, s);
     auto* w_key = g.win_key.get<std::uint32_t>(mm, s);
     auto* w_first = g.win_first.get<std::uint32_t>(mm, s);
-    run_heads_kernel<<<grid_for(mm), block_size, 0, s>>>(sorted, mm, pair_k, pair_key, head);
+    run_heads_kernel<<<cuda_blocks_for(mm, block_size), block_size, 0, s>>>(sorted, mm, pair_k, pair_key, head);
     CUSENSE_CHECK_LAST_ERROR();
     run_cub("cub::DeviceScan::InclusiveSum", [&](void* temp, std::size_t& bytes) {
       return cub::DeviceScan::InclusiveSum(temp, bytes, head, incl, static_cast<int>(mm), s);
     });
-    run_scatter_kernel<<<grid_for(mm), block_size, 0, s>>>(sorted, mm, pair_k, pair_key, head, incl,
+    run_scatter_kernel<<<cuda_blocks_for(mm, block_size), block_size, 0, s>>>(sorted, mm, pair_k, pair_key, head, incl,
                                                            w_k, w_key, w_first, &d_sc->num_groups);
     CUSENSE_CHECK_LAST_ERROR();
     auto const nw = static_cast<std::size_t>(read_scalars(s).num_groups);
     if (nw == 0 || nw > mm) { throw cuda_error("cusense: inconsistent window count from the device"); }
     auto* w_acc = g.win_acc.get<ops::moments>(nw * channels_, s);
     auto* w_ext = extent_ ? g.win_ext.get<ops::extent>(nw * channels_, s) : nullptr;
-    gather_merge_kernel<<<grid_for(nw * channels_), block_size, 0, s>>>(
+    gather_merge_kernel<<<cuda_blocks_for(nw * channels_, block_size), block_size, 0, s>>>(
       w_first, nw, mm, sorted, pair_src, ns, s_acc, s_ext, p.acc, p.ext, channels, w_acc, w_ext);
     CUSENSE_CHECK_LAST_ERROR();
     copy_back_and_append(nw, w_k, w_key, w_acc, w_ext);
@@ -2052,34 +2031,7 @@ void cuda_window_engine::load_state(state_reader& in)
 
 std::unique_ptr<window_engine> make_cuda_engine(pipeline_options const& options)
 {
-  int count       = 0;
-  cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count <= 0) {
-    (void)cudaGetLastError();
-    throw backend_unavailable(std::string("cusense: no usable CUDA device (") +
-                              (err != cudaSuccess ? cudaGetErrorString(err) : "no devices") + ")");
-  }
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    device = 0;
-  }
-  {
-    device_guard guard(device);
-    cudaFuncAttributes attr{};
-    err = cudaFuncGetAttributes(&attr, init_scalars_kernel);
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();
-      int major = 0, minor = 0;
-      (void)cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-      (void)cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-      (void)cudaGetLastError();
-      throw backend_unavailable("cusense: the CUDA backend cannot run on device " +
-                                std::to_string(device) + " (compute capability " +
-                                std::to_string(major) + "." + std::to_string(minor) +
-                                "): " + cudaGetErrorString(err));
-    }
-  }
+  int const device = usable_cuda_device(reinterpret_cast<void const*>(&init_scalars_kernel));
   return std::make_unique<cuda_window_engine>(options, device);
 }
 
