@@ -490,5 +490,38 @@ TEST_F(checkpoint_file, FailedWriteLeavesThePreviousCheckpoint)
   EXPECT_NO_THROW(pipeline::restore(path("c.ckpt")));
 }
 
+TEST_F(checkpoint_file, RefusedOnCudaLeavesThePipelineUnchanged)
+{
+  if (!cuda_built() || !cuda_available()) { GTEST_SKIP() << "needs the CUDA backend and a device"; }
+  pipeline_options o = options();
+  o.where            = backend::cuda;
+  o.window           = window_spec::sliding(100, 50);
+  o.detectors.clear();
+  pipeline tried(o), untouched(o);
+  feed(tried, 0, 300);
+  feed(untouched, 0, 300);
+  outputs a, b;
+  poll_all(tried, a);  // some windows polled before, some held across the refused checkpoint
+  poll_all(untouched, b);
+  feed(tried, 300, 320);
+  feed(untouched, 300, 320);
+  try {
+    tried.checkpoint(path("s.ckpt"));
+    FAIL() << "sliding windows are not checkpointed on the CUDA backend";
+  } catch (checkpoint_error const& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA backend"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(path("s.ckpt")));
+  feed(tried, 320, 500);
+  feed(untouched, 320, 500);
+  for (auto [p, o] : {std::pair{&tried, &a}, std::pair{&untouched, &b}}) {
+    if (table t = p->flush(); !t.columns.empty()) { o->windows.append(std::move(t)); }
+    poll_all(*p, *o);
+  }
+  a.stats = tried.stats();
+  b.stats = untouched.stats();
+  expect_same(a, b, 1e-12);
+}
+
 }  // namespace
 }  // namespace cusense
