@@ -178,7 +178,9 @@ class Pipeline:
         at or before the watermark just before it is late: counted, returned by
         :meth:`poll_late`, not aggregated.
     backend : "auto" | "cpu" | "cuda"
-        ``"auto"`` picks CUDA when a device is usable.
+        ``"auto"`` picks CUDA when a device is usable and the CUDA backend runs the
+        configuration (every window type and aggregation except quantiles), the CPU otherwise;
+        ``"cuda"`` raises :class:`cusense.BackendUnavailableError` in those cases.
     channels : int or list of str, optional
         Values per record; with several, ``values`` is ``(n, channels)`` and columns are named
         ``<agg>_<channel>``.
