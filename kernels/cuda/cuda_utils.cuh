@@ -195,7 +195,8 @@ class pinned_pool {
       }
     }
     void* p = nullptr;
-    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess || p == nullptr) {
+    // Portable: a cached block may serve a pipeline on another device.
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) != cudaSuccess || p == nullptr) {
       (void)cudaGetLastError();
       return nullptr;
     }
