@@ -69,10 +69,9 @@ std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_pane_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
 std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
-/// Whether the CUDA engines can run `options` (tumbling, sliding, session and rolling windows;
-/// every aggregation but quantiles; allowed lateness for sessions only); `why` gets the reason
-/// when not.
-/// The pipeline refuses or, for backend::automatic, uses the CPU otherwise.
+/// Whether the CUDA engines can run `options` (every window type, allowed lateness and the
+/// open-window cap; every aggregation but quantiles); `why` gets the reason when not. The
+/// pipeline refuses or, for backend::automatic, uses the CPU otherwise.
 bool cuda_engine_supports(pipeline_options const& options, std::string* why = nullptr);
 /// Whether the fast tumbling CPU engine (make_cpu_engine) can run `options`.
 bool tumbling_engine_supports(pipeline_options const& options);
