@@ -46,13 +46,24 @@ do_test() {
   $PY -m pytest -q -ra tests/python -k "cuda" 2>&1 | tee "$out/pytest-cuda.log" | tail -40
 }
 
+# One compute-sanitizer run per test suite, each under SANITIZE_SECONDS, so that one slow suite
+# does not hide the others; one summary line per (tool, suite).
 do_sanitize() {
-  local exe="$BUILD/tests/cpp/cusense_tests"
-  for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 9 "$exe" --gtest_filter='*cuda*' \
-      >"$out/sanitizer-$tool.log" 2>&1
-    echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0' "$out/sanitizer-$tool.log") clean summaries)"
-    grep -E "ERROR SUMMARY|Invalid|Race" "$out/sanitizer-$tool.log" | head -10
+  local exe="$BUILD/tests/cpp/cusense_tests" limit=${SANITIZE_SECONDS:-120}
+  local suites
+  # suites of the test binary, without those of the CPU backend (no device code)
+  suites=$("$exe" --gtest_list_tests | grep -v -e '^ ' -e '^Running' | sed 's/ .*//; s/\.$//' | grep -v '/cpu$')
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck}; do
+    for suite in $suites; do
+      local log="$out/sanitizer-$tool-${suite//\//_}.log"
+      timeout "$limit" compute-sanitizer --tool "$tool" --error-exitcode 9 "$exe" --gtest_filter="$suite.*" >"$log" 2>&1
+      local rc=$?
+      case $rc in
+        0) echo "compute-sanitizer $tool $suite: clean" ;;
+        124) echo "compute-sanitizer $tool $suite: stopped after ${limit}s" ;;
+        *) echo "compute-sanitizer $tool $suite: exit $rc"; grep -E "ERROR SUMMARY|Invalid|Race|FAILED" "$log" | head -5 ;;
+      esac
+    done
   done
 }
 
