@@ -4,10 +4,12 @@ Run ``python -m cusense.bench --quick`` (or ``benchmarks/run.py --quick``); ``--
 modes. Every peer result is checked equal to cusense's output before its time counts; ratios
 come from the same run. Output: ``<mode>.json``, ``<mode>.md`` and PNG plots in ``--out``.
 
-The suite is organised as *workloads* (today: keyed tumbling windows) run by *implementations*
-(cusense per backend, and peers: numpy, pandas, polars, CuPy, PyTorch). A new workload (sliding
-or session windows, a detector) adds a generator/expected-columns entry and peer functions with
-the same ``(data, spec) -> dict of numpy columns`` signature.
+The suite is organised as *workloads* run by *implementations* (cusense per backend, and peers:
+numpy, pandas, polars, CuPy, PyTorch). The sweeps (``--quick``, ``--standard``, ``--full``) run
+keyed tumbling windows; ``--windows`` runs sliding, session and count windows (``Workload``
+entries: a stream generator, the cusense window, the compared columns, and peers for numpy,
+pandas and polars; none for CuPy/PyTorch). A new workload (a detector) adds such an entry and
+peer functions with the same ``(data, spec) -> dict of numpy columns`` signature.
 """
 from __future__ import annotations
 
@@ -64,15 +66,27 @@ class Stream:
     disorder_ns: int  # max_out_of_orderness that makes no record late
 
 
-def make_stream(records: int, keys: int, per_window: float = 100.0, seed: int = 42) -> Stream:
+def make_stream(records: int, keys: int, per_window: float = 100.0, seed: int = 42,
+                active: float = 1.0, cycle_ns: int = WINDOW_NS) -> Stream:
     """Synthetic sensor stream: keys uniform in [0, keys); record i at T0 + i*dt minus a jitter in
     [0, disorder) (mild disorder, up to 5% of a window), dt = window / (keys * per_window);
-    float32 values ~ N(20, 5). With max_out_of_orderness = disorder no record is late."""
+    float32 values ~ N(20, 5). With max_out_of_orderness = disorder no record is late.
+
+    ``active < 1`` makes the keys bursty (for session windows): each key is silent for
+    ``(1 - active) * cycle_ns`` of every cycle, the phases spread evenly over the keys, so every
+    key still gets the same share of the records and there is always the same number of keys
+    sending."""
     rng = np.random.default_rng(seed)
     dt = WINDOW_NS / (keys * per_window)
     disorder = WINDOW_NS // 20
-    k = rng.integers(0, keys, records, dtype=np.uint32)
     ts = (np.arange(records, dtype=np.float64) * dt).astype(np.int64)
+    if active >= 1.0:
+        k = rng.integers(0, keys, records, dtype=np.uint32)
+    else:
+        # the senders at time t are a block of n_active keys that rotates once per cycle
+        n_active = max(1, math.ceil(active * keys))
+        rot = (ts % cycle_ns) * keys // cycle_ns
+        k = ((rng.integers(0, n_active, records, dtype=np.int64) + rot) % keys).astype(np.uint32)
     ts += T0
     ts -= rng.integers(0, disorder, records, dtype=np.int64)
     v = rng.standard_normal(records, dtype=np.float32)
@@ -632,6 +646,10 @@ def run_suite(mode: str = "quick", *, backends=None, peers=None, repeats=None, o
 
     if args is None:
         args = build_parser().parse_args([])
+    if mode == "windows":
+        return run_windows((args.records or [10**6])[0], (args.keys or [1_000])[0],
+                           (args.batches or [100_000])[0], backends=backends, peers=peers,
+                           repeats=repeats or 3, out=out, log=log)
     repeats = repeats or (3 if mode in ("quick", "smoke") else 3)
     budget = {"smoke": 1.0, "quick": 2.0}.get(mode, 10.0)
     if backends is None:
@@ -779,6 +797,419 @@ def _log_row(log, r: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# window workloads (--windows): sliding, session and count windows. Each is a Workload: a
+# stream generator, the cusense window and aggregations, the columns compared, and peers with
+# the signature (stream, workload) -> dict of numpy columns. Rows are compared after sorting
+# both sides by the workload's natural key, so peers may return them in any order.
+# --------------------------------------------------------------------------------------------
+
+SLIDING_SIZE_NS = 10 * 10**9
+SLIDING_SLIDE_NS = 2 * 10**9
+SESSION_GAP_NS = 10**9
+SESSION_CYCLE_NS = 10 * 10**9  # session stream: each key sends for SESSION_ACTIVE of every cycle
+SESSION_ACTIVE = 0.7
+ROLLING_N = 10
+AGGS_WIN = ("count", "mean", "min", "max")
+# float64 arithmetic on float32 inputs: only the summation order differs between implementations
+WIN_RTOL = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    window: object  # cusense window
+    aggs: tuple
+    columns: tuple  # compared, besides the aggregations (the first ones form the sort key)
+    sort_by: tuple
+    stream: Callable  # (records, keys) -> Stream
+    peers: dict  # peer name -> fn(stream, workload) -> dict of numpy columns
+    expansion: float = 1.0  # peer rows per record (sliding: windows per record), for the memory guard
+
+
+def _sorted_by_key_ts(s: Stream):
+    """Records sorted by (key, timestamp), ties in arrival order (cusense's order within a key)."""
+    order = np.lexsort((s.ts, s.keys))  # lexsort is stable
+    return s.keys[order], s.ts[order], s.values[order].astype(np.float64)
+
+
+def _segment_reduce(starts: np.ndarray, v: np.ndarray, aggs) -> dict:
+    counts = np.diff(np.append(starts, len(v)))
+    out = {}
+    for a in aggs:
+        if a == "count":
+            out[a] = counts
+        elif a == "mean":
+            out[a] = np.add.reduceat(v, starts) / counts
+        elif a == "min":
+            out[a] = np.minimum.reduceat(v, starts)
+        elif a == "max":
+            out[a] = np.maximum.reduceat(v, starts)
+    return out
+
+
+def _sliding_starts(ts: np.ndarray, j: int) -> np.ndarray:
+    """Start of the j-th most recent sliding window holding each timestamp (j = 0 .. size/slide - 1)."""
+    return (ts // SLIDING_SLIDE_NS - j) * SLIDING_SLIDE_NS
+
+
+def sliding_numpy(s: Stream, w: Workload) -> dict:
+    """One row per (record, window) it lies in, then sort by (window, key) and reduceat."""
+    m = SLIDING_SIZE_NS // SLIDING_SLIDE_NS
+    first = (s.ts // SLIDING_SLIDE_NS)
+    w0 = int(first.min()) - m
+    win = np.concatenate([first - j for j in range(m)]) - w0
+    comp = (win << 32) | np.tile(s.keys.astype(np.int64), m)
+    order = np.argsort(comp)
+    comp = comp[order]
+    v = np.tile(s.values.astype(np.float64), m)[order]
+    starts = np.flatnonzero(np.concatenate(([True], comp[1:] != comp[:-1])))
+    out = {"key": (comp[starts] & 0xFFFFFFFF).astype(np.uint32),
+           "window_start": ((comp[starts] >> 32) + w0) * SLIDING_SLIDE_NS}
+    out.update(_segment_reduce(starts, v, w.aggs))
+    return out
+
+
+def sliding_pandas(s: Stream, w: Workload) -> dict:
+    """One row per (record, window) it lies in (a shifted copy per window), then groupby."""
+    import pandas as pd
+
+    df = pd.DataFrame({"key": s.keys, "ts": s.ts, "value": s.values.astype(np.float64)})
+    m = SLIDING_SIZE_NS // SLIDING_SLIDE_NS
+    ex = pd.concat([df.assign(window_start=_sliding_starts(df["ts"], j)) for j in range(m)],
+                   ignore_index=True)
+    g = ex.groupby(["key", "window_start"], sort=True)["value"].agg(list(w.aggs)).reset_index()
+    return {c: g[c].to_numpy() for c in ("key", "window_start", *w.aggs)}
+
+
+def sliding_polars(s: Stream, w: Workload) -> dict:
+    """group_by_dynamic(every=slide, period=size, group_by=key). Its first window per key starts
+    at the key's first timestamp truncated to the slide; offset -(size - slide) starts it at the
+    earliest window holding that record, which gives exactly cusense's windows."""
+    import polars as pl
+
+    df = pl.DataFrame({"key": s.keys, "ts": s.ts, "value": s.values})
+    g = (df.lazy()
+         .with_columns(pl.col("ts").cast(pl.Datetime("ns")), pl.col("value").cast(pl.Float64))
+         .sort("ts")
+         .group_by_dynamic("ts", every=f"{SLIDING_SLIDE_NS}ns", period=f"{SLIDING_SIZE_NS}ns",
+                           offset=f"-{SLIDING_SIZE_NS - SLIDING_SLIDE_NS}ns", group_by="key",
+                           closed="left", label="left", start_by="window")
+         .agg(pl.len().alias("count"), pl.col("value").mean().alias("mean"),
+              pl.col("value").min().alias("min"), pl.col("value").max().alias("max"))
+         .collect())
+    out = {"key": g["key"].to_numpy(), "window_start": g["ts"].cast(pl.Int64).to_numpy()}
+    for a in w.aggs:
+        out[a] = g[a].to_numpy()
+    return out
+
+
+def session_numpy(s: Stream, w: Workload) -> dict:
+    """Sort by (key, time); a session starts where the key changes or the gap is >= gap."""
+    k, t, v = _sorted_by_key_ts(s)
+    new = np.ones(len(k), dtype=bool)
+    new[1:] = (k[1:] != k[:-1]) | (np.diff(t) >= SESSION_GAP_NS)
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(k)) - 1
+    out = {"key": k[starts], "window_start": t[starts], "window_end": t[ends] + SESSION_GAP_NS}
+    out.update(_segment_reduce(starts, v, w.aggs))
+    return out
+
+
+def session_pandas(s: Stream, w: Workload) -> dict:
+    """Sort, flag gaps per key (groupby diff), cumulative session ids per key, groupby."""
+    import pandas as pd
+
+    df = pd.DataFrame({"key": s.keys, "ts": s.ts, "value": s.values.astype(np.float64)})
+    df = df.sort_values(["key", "ts"], kind="stable")
+    d = df.groupby("key", sort=False)["ts"].diff()
+    df["sid"] = (d.isna() | (d >= SESSION_GAP_NS)).groupby(df["key"], sort=False).cumsum()
+    g = (df.groupby(["key", "sid"], sort=True)
+         .agg(window_start=("ts", "min"), last=("ts", "max"),
+              **{a: ("value", a) for a in w.aggs})
+         .reset_index())
+    out = {"key": g["key"].to_numpy(), "window_start": g["window_start"].to_numpy(),
+           "window_end": g["last"].to_numpy() + SESSION_GAP_NS}
+    for a in w.aggs:
+        out[a] = g[a].to_numpy()
+    return out
+
+
+def session_polars(s: Stream, w: Workload) -> dict:
+    """Sort, flag gaps per key (diff over key), cumulative session ids per key, group_by."""
+    import polars as pl
+
+    df = pl.DataFrame({"key": s.keys, "ts": s.ts, "value": s.values})
+    d = pl.col("ts").diff().over("key")
+    g = (df.lazy()
+         .with_columns(pl.col("value").cast(pl.Float64))
+         .sort("key", "ts")
+         .with_columns((d.is_null() | (d >= SESSION_GAP_NS)).cum_sum().over("key").alias("sid"))
+         .group_by("key", "sid")
+         .agg(pl.col("ts").min().alias("window_start"),
+              (pl.col("ts").max() + SESSION_GAP_NS).alias("window_end"),
+              pl.len().alias("count"), pl.col("value").mean().alias("mean"),
+              pl.col("value").min().alias("min"), pl.col("value").max().alias("max"))
+         .collect())
+    return {c: g[c].to_numpy() for c in ("key", "window_start", "window_end", *w.aggs)}
+
+
+def rolling_numpy(s: Stream, w: Workload) -> dict:
+    """Sort by (key, time), reduce a sliding_window_view of n rows, blank the rows whose
+    window would reach into the previous key (fewer than n records of their own key so far)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n = w.window.n
+    k, t, v = _sorted_by_key_ts(s)
+    new = np.ones(len(k), dtype=bool)
+    new[1:] = k[1:] != k[:-1]
+    starts = np.flatnonzero(new)
+    pos = np.arange(len(k)) - np.repeat(starts, np.diff(np.append(starts, len(k))))
+    view = sliding_window_view(v, n)
+    out = {"key": k, "timestamp": t}
+    for a in w.aggs:
+        col = np.full(len(k), np.nan)
+        col[n - 1:] = {"mean": np.mean, "min": np.min, "max": np.max}[a](view, axis=1)
+        col[pos < n - 1] = np.nan
+        out[a] = col
+    return out
+
+
+def rolling_pandas(s: Stream, w: Workload) -> dict:
+    """Sort by time, then groupby(key).rolling(n)."""
+    import pandas as pd
+
+    df = pd.DataFrame({"key": s.keys, "ts": s.ts, "value": s.values.astype(np.float64)})
+    df = df.sort_values("ts", kind="stable")
+    r = df.groupby("key", sort=True)["value"].rolling(w.window.n).agg(list(w.aggs))
+    rec = r.index.get_level_values(1).to_numpy()  # record numbers, grouped by key in time order
+    out = {"key": r.index.get_level_values(0).to_numpy(), "timestamp": s.ts[rec]}
+    for a in w.aggs:
+        out[a] = r[a].to_numpy()
+    return out
+
+
+def rolling_polars(s: Stream, w: Workload) -> dict:
+    """Sort by (key, time), then rolling_mean/min/max(n) over key."""
+    import polars as pl
+
+    n = w.window.n
+    fns = {"mean": pl.Expr.rolling_mean, "min": pl.Expr.rolling_min, "max": pl.Expr.rolling_max}
+    df = pl.DataFrame({"key": s.keys, "ts": s.ts, "value": s.values})
+    g = (df.lazy()
+         .with_columns(pl.col("value").cast(pl.Float64))
+         .sort("key", "ts", maintain_order=True)
+         .select("key", pl.col("ts").alias("timestamp"),
+                 *[fns[a](pl.col("value"), n).over("key").alias(a) for a in w.aggs])
+         .collect())
+    return {c: g[c].to_numpy() for c in ("key", "timestamp", *w.aggs)}
+
+
+def window_workloads() -> list[Workload]:
+    import cusense
+
+    return [
+        Workload("sliding", f"sliding windows, size {SLIDING_SIZE_NS // 10**9} s, slide "
+                 f"{SLIDING_SLIDE_NS // 10**9} s ({SLIDING_SIZE_NS // SLIDING_SLIDE_NS} windows per "
+                 "record), standard stream (~100 records per key per 10 s)",
+                 cusense.Sliding(SLIDING_SIZE_NS, SLIDING_SLIDE_NS), AGGS_WIN,
+                 ("key", "window_start"), ("key", "window_start"),
+                 lambda r, k: make_stream(r, k),
+                 {"numpy": sliding_numpy, "pandas": sliding_pandas, "polars": sliding_polars},
+                 expansion=SLIDING_SIZE_NS / SLIDING_SLIDE_NS),
+        Workload("session", f"session windows, gap {SESSION_GAP_NS / 1e9:g} s; bursty keys: each "
+                 f"silent {(1 - SESSION_ACTIVE) * SESSION_CYCLE_NS / 1e9:g} s of every "
+                 f"{SESSION_CYCLE_NS / 1e9:g} s (phases spread over the keys, so sessions end at "
+                 f"real gaps), ~{100 / (WINDOW_NS / 1e9) / SESSION_ACTIVE:.0f} records per key "
+                 "per s while active",
+                 cusense.Session(SESSION_GAP_NS), AGGS_WIN,
+                 ("key", "window_start", "window_end"), ("key", "window_start"),
+                 lambda r, k: make_stream(r, k, active=SESSION_ACTIVE, cycle_ns=SESSION_CYCLE_NS),
+                 {"numpy": session_numpy, "pandas": session_pandas, "polars": session_polars}),
+        Workload("count", f"count windows Rolling({ROLLING_N}) (one row per record, NaN before "
+                 f"{ROLLING_N} records of the key), standard stream",
+                 cusense.Rolling(ROLLING_N), AGGS_WIN[1:],
+                 ("key", "timestamp"), ("key", "timestamp"),
+                 lambda r, k: make_stream(r, k),
+                 {"numpy": rolling_numpy, "pandas": rolling_pandas, "polars": rolling_polars}),
+    ]
+
+
+def run_cusense_window(s: Stream, w: Workload, batch: int, backend: str,
+                       latencies: list | None = None) -> dict:
+    """The streaming pipeline for a window workload: push micro-batches, poll, flush."""
+    import cusense
+
+    pipe = cusense.Pipeline(w.window, aggs=list(w.aggs), max_out_of_orderness=s.disorder_ns,
+                            backend=backend)
+    parts = []
+    n = len(s.keys)
+    clock = time.perf_counter
+    for off in range(0, n, batch):
+        t = clock()
+        pipe.push(s.keys[off:off + batch], s.ts[off:off + batch], s.values[off:off + batch])
+        r = pipe.poll()
+        if latencies is not None:
+            latencies.append(clock() - t)
+        if len(r):
+            parts.append(r)
+    parts.append(pipe.flush())
+    stats = pipe.stats
+    if stats["records_late"] or stats["records_aggregated"] != n:
+        raise AssertionError(f"cusense aggregated {stats['records_aggregated']} of {n} records "
+                             f"({stats['records_late']} late): the workload must have no late records")
+    res = cusense.Result.concat(parts)
+    return {c: res[c] for c in (*w.columns, *w.aggs)}
+
+
+def check_rows(ref: dict, got: dict, w: Workload, rtol: float = WIN_RTOL) -> str | None:
+    """None when `got` has the rows of `ref` (both sorted by the workload's natural key first),
+    else the first difference. Keys, times and counts exactly, min/max to float32-exact values
+    (the inputs), means to `rtol`; NaN equals NaN (count windows before n records)."""
+    if len(got["key"]) != len(ref["key"]):
+        return f"{len(got['key'])} rows, expected {len(ref['key'])}"
+
+    def ordered(d):
+        # lexsort is stable: rows equal on the key (count windows: same key and timestamp)
+        # keep their order, which both sides give by arrival
+        o = np.lexsort(tuple(np.asarray(d[c]) for c in reversed(w.sort_by)))
+        return {c: np.asarray(d[c])[o] for c in (*w.columns, *w.aggs)}
+
+    a_all, b_all = ordered(ref), ordered(got)
+    for col in (*w.columns, *w.aggs):
+        a, b = a_all[col], b_all[col]
+        if col in w.columns or col == "count":
+            bad = np.flatnonzero(a.astype(np.int64) != b.astype(np.int64))
+        elif col in ("min", "max"):
+            bad = np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))
+        else:
+            bad = np.flatnonzero(~np.isclose(b, a, rtol=rtol, atol=0.0, equal_nan=True))
+        if bad.size:
+            i = int(bad[0])
+            at = ", ".join(f"{c}={a_all[c][i]}" for c in w.sort_by)
+            return f"column {col}: {bad.size} rows differ, first at ({at}): {b[i]!r} vs {a[i]!r}"
+    return None
+
+
+def run_windows(records: int = 10**6, keys: int = 1_000, batch: int = 100_000, *, backends=None,
+                peers=None, repeats: int = 3, budget_s: float = 10.0, out: Path | None = None,
+                log=print) -> dict:
+    """Runs every window workload on cusense (each backend) and its peers; returns the report
+    (also written to `out` as windows.json, windows.md and windows-throughput.png)."""
+    import cusense
+
+    if backends is None:
+        backends = ["cpu"] + (["cuda"] if cusense.cuda_available() else [])
+    if peers is None:
+        peers = ["numpy", "pandas", "polars", "cupy", "torch"]
+    workloads = window_workloads()
+    # CuPy/PyTorch: no natural array formulation of sessions or count windows (per-key scans),
+    # and none is written for sliding windows either, so they are reported, not run
+    not_run = {}
+    for p in peers:
+        missing = [w.name for w in workloads if p not in w.peers]
+        if missing:
+            not_run[p] = f"no {p} implementation of the {', '.join(missing)} workload(s) in this suite"
+            log(f"  peer {p} not run: {not_run[p]}")
+    peers = [p for p in peers if p not in not_run]
+    unavailable = {p: peer_available(p) for p in peers}
+    for p, why in unavailable.items():
+        if why:
+            log(f"  peer {p} skipped: {why}")
+    peers = [p for p in peers if not unavailable[p]]
+    report = {"suite": "cusense-bench", "mode": "windows", "schema": 1,
+              "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "git_commit": git_commit(), "machine": machine_info(), "backends": backends,
+              "peers": peers, "peers_unavailable": {p: w for p, w in unavailable.items() if w},
+              "peers_not_run": not_run, "workload": {
+                  "records": records, "keys": keys, "batch": batch, "record_bytes": RECORD_BYTES,
+                  "keys_distribution": "uniform", "values": "float32 N(20, 5)",
+                  "disorder": f"timestamps jittered back by up to {WINDOW_NS / 20e9:g} s; "
+                              "max_out_of_orderness covers it (no late records)",
+                  "timing": f"best of up to {repeats} runs; peers one-shot on the whole stream, "
+                            f"cusense streamed in micro-batches of {_si(batch)} (push + poll)",
+                  "check": f"rows sorted by their natural key; keys, times, counts, min, max exact, "
+                           f"mean to a relative {WIN_RTOL:g}",
+                  "workloads": {w.name: w.description for w in workloads}},
+              "results": [], "failures": []}
+    t_start = time.perf_counter()
+    for i, w in enumerate(workloads, 1):
+        gc.collect()
+        s = w.stream(records, keys)
+        log(f"[{i}/{len(workloads)}] {w.name}: records={_si(records)} keys={_si(keys)} "
+            f"batch={_si(batch)}  (elapsed {time.perf_counter() - t_start:.0f} s)")
+        rows, ref, ref_name = [], None, None
+        base = {"workload": w.name, "records": records, "keys": keys, "aggs": list(w.aggs)}
+        for be in backends:
+            name = f"cusense-{be}"
+            lat: list = []
+            row = {**base, "batch": batch, "impl": name, "kind": "cusense"}
+            try:
+                def fn(be=be):
+                    lat.clear()
+                    return run_cusense_window(s, w, batch, be, lat)
+                res, times, host_mb, dev_mb = timed(fn, repeats, budget_s, be == "cuda")
+            except Exception as e:  # noqa: BLE001 - report and go on
+                row["check"] = f"ERROR: {type(e).__name__}: {e}"
+                report["failures"].append(f"{w.name} {name}: {row['check']}")
+                log(f"  !! {name} FAILED: {row['check']}")
+                rows.append(row)
+                continue
+            if ref is None:
+                ref, ref_name = res, name
+                row["check"] = "reference"
+            else:
+                diff = check_rows(ref, res, w)
+                row["check"] = "ok" if diff is None else f"MISMATCH vs {ref_name}: {diff}"
+                if diff is not None:
+                    report["failures"].append(f"{w.name} {name}: {row['check']}")
+            lat_ms = np.array(lat) * 1e3
+            row.update(_figures(records, times), host_peak_mb=round(host_mb, 1),
+                       device_peak_mb=None if dev_mb is None else round(dev_mb, 1),
+                       rows_out=int(len(res["key"])), batches=len(lat),
+                       latency_p50_ms=float(np.percentile(lat_ms, 50)),
+                       latency_p99_ms=float(np.percentile(lat_ms, 99)))
+            rows.append(row)
+            _log_row(log, row)
+        for p in peers:
+            if ref is None:
+                continue
+            row = {**base, "impl": p, "kind": "peer"}
+            avail = _mem_available_mb()
+            need = _BYTES_PER_RECORD[p] * records * w.expansion / 2**20
+            if avail is not None and need > 0.6 * avail:
+                row["check"] = f"skipped: needs ~{need:.0f} MB, {avail:.0f} MB available"
+                rows.append(row)
+                log(f"  {p:14s} {row['check']}")
+                continue
+            try:
+                res, times, host_mb, _ = timed(lambda p=p: w.peers[p](s, w), repeats, budget_s, False)
+            except Exception as e:  # noqa: BLE001
+                row["check"] = f"ERROR: {type(e).__name__}: {e}"
+                report["failures"].append(f"{w.name} {p}: {row['check']}")
+                log(f"  !! {p} FAILED: {row['check']}")
+                rows.append(row)
+                continue
+            diff = check_rows(ref, res, w)
+            row["check"] = "ok" if diff is None else f"MISMATCH vs {ref_name}: {diff}"
+            if diff is None:
+                row.update(_figures(records, times), host_peak_mb=round(host_mb, 1),
+                           rows_out=int(len(res["key"])))
+            else:
+                report["failures"].append(f"{w.name} {p}: {row['check']}")
+                log(f"  !! {p}: {row['check']} -- its time is not counted")
+            rows.append(row)
+            _log_row(log, row)
+        _add_ratios(rows, backends)
+        report["results"].extend(rows)
+        del s, ref
+    report["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    if out is not None:
+        write_outputs(report, out, log)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
 # outputs: JSON, markdown, plots
 # --------------------------------------------------------------------------------------------
 
@@ -787,6 +1218,8 @@ def _fmt_rate(x):
 
 
 def markdown(report: dict) -> str:
+    if report["mode"] == "windows":
+        return windows_markdown(report)
     m = report["machine"]
     gpu = m.get("gpu")
     lines = [f"# cusense benchmark ({report['mode']})", "",
@@ -834,6 +1267,8 @@ def plots(report: dict, out: Path, prefix: str) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
+    if report["mode"] == "windows":
+        return windows_plot(report, out, prefix, plt)
     written = []
     lim = report.get("limits")
     h2d_rec = lim["h2d_pinned"] / RECORD_BYTES if lim else None
@@ -888,6 +1323,78 @@ def plots(report: dict, out: Path, prefix: str) -> list[str]:
     return written
 
 
+def windows_markdown(report: dict) -> str:
+    m, wl = report["machine"], report["workload"]
+    gpu = m.get("gpu")
+    lines = ["# cusense benchmark (windows)", "",
+             f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB"
+             + (f"; GPU {gpu['name']} (driver {gpu['driver']})" if gpu else "; no GPU"),
+             f"- commit {report['git_commit']}, {report['timestamp']}, backends {', '.join(report['backends'])}",
+             f"- stream: {_si(wl['records'])} records, {_si(wl['keys'])} keys ({wl['keys_distribution']}), "
+             f"{wl['values']} values, {RECORD_BYTES} B/record; {wl['disorder']}",
+             f"- {wl['timing']}", f"- check: {wl['check']}",
+             f"- load average at start: {m.get('load_average_at_start')}", "", "Workloads:", ""]
+    lines += [f"- **{name}**: {desc}" for name, desc in wl["workloads"].items()]
+    notes = [f"- {p}: {why}" for p, why in {**report["peers_not_run"], **report["peers_unavailable"]}.items()]
+    if notes:
+        lines += ["", "Peers not run:", ""] + notes
+    peer_names = report["peers"]
+    head = ["workload", "impl", "s", "CPU s", "M rec/s", "rows out", "p50 ms", "p99 ms",
+            "peak host MB", "check"] + [f"× {p}" for p in peer_names]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["results"]:
+        cells = [r["workload"], r["impl"]]
+        if "seconds" in r:
+            cells += [f"{r['seconds']:.3f}", f"{r['cpu_seconds']:.2f}", _fmt_rate(r["records_per_s"]),
+                      f"{r['rows_out']}",
+                      f"{r['latency_p50_ms']:.2f}" if "latency_p50_ms" in r else "",
+                      f"{r['latency_p99_ms']:.2f}" if "latency_p99_ms" in r else "",
+                      f"{r['host_peak_mb']:.0f}"]
+        else:
+            cells += [""] * 7
+        cells.append(r.get("check", ""))
+        sv = r.get("speedup_vs", {})
+        cells += [f"{sv[p]:.1f}" if p in sv else "" for p in peer_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report["failures"]:
+        lines += ["", "**FAILURES**", ""] + [f"- {f}" for f in report["failures"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def windows_plot(report: dict, out: Path, prefix: str, plt) -> list[str]:
+    """Grouped bars: records/s per workload (groups) and implementation (bars), log scale."""
+    measured = [r for r in report["results"] if "records_per_s" in r]
+    if not measured:
+        return []
+    workloads = list(dict.fromkeys(r["workload"] for r in report["results"]))
+    impls = list(dict.fromkeys(r["impl"] for r in measured))
+    width = 0.8 / len(impls)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for j, impl in enumerate(impls):
+        xs, ys = [], []
+        for i, wname in enumerate(workloads):
+            r = next((r for r in measured if r["workload"] == wname and r["impl"] == impl), None)
+            if r is not None:
+                xs.append(i - 0.4 + (j + 0.5) * width)
+                ys.append(r["records_per_s"])
+        ax.bar(xs, ys, width, label=impl, hatch="" if impl.startswith("cusense") else "//",
+               edgecolor="black", linewidth=0.5)
+    ax.set_xticks(range(len(workloads)), workloads)
+    ax.set_yscale("log")
+    ax.set_ylabel("records / s")
+    wl = report["workload"]
+    ax.set_title(f"sliding / session / count windows: {_si(wl['records'])} records, "
+                 f"{_si(wl['keys'])} keys (cusense batch {_si(wl['batch'])})", fontsize=10)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    name = f"{prefix}-throughput.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return [name]
+
+
 def write_outputs(report: dict, out: Path, log=print) -> None:
     out.mkdir(parents=True, exist_ok=True)
     prefix = report["mode"]
@@ -924,6 +1431,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records 1e5..1e8, keys 1e1..1e6, batches 1e3..1e7 (long)")
     g.add_argument("--standard", action="store_const", const="standard", dest="mode",
                    help="the target workload only: 1e7 records, 1e4 keys, 5 aggregations, vs peers")
+    g.add_argument("--windows", action="store_const", const="windows", dest="mode",
+                   help="sliding, session and count windows vs peers: 1e6 records, 1e3 keys, "
+                        "batches of 1e5 (--records/--keys/--batches take one value each here)")
     g.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help=argparse.SUPPRESS)
     p.add_argument("--records", type=lambda x: int(float(x)), nargs="+", help="custom grid: records")
     p.add_argument("--keys", type=lambda x: int(float(x)), nargs="+", help="custom grid: keys")
@@ -939,10 +1449,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     mode = args.mode or ("custom" if (args.records or args.keys or args.batches) else "quick")
-    if args.records or args.keys or args.batches:
+    if mode != "windows" and (args.records or args.keys or args.batches):
         mode = "custom"
+    if mode == "windows":
+        for opt in ("records", "keys", "batches"):
+            if len(getattr(args, opt) or ()) > 1:
+                parser.error(f"--windows takes one value for --{opt}")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     out = None
     if not args.no_write:

@@ -50,3 +50,51 @@ def test_cuda_peers_skip_cleanly_without_a_gpu():
     assert bench.peer_available("cupy") is not None
     assert bench.peer_available("torch") is not None
     assert bench.copy_bandwidth(1 << 20, 1) is None
+
+
+def test_window_peers_agree_and_the_check_catches_differences():
+    for w in bench.window_workloads():
+        s = w.stream(5_000, 20)
+        ref = bench.run_cusense_window(s, w, 1_000, "cpu")
+        got = w.peers["numpy"](s, w)
+        assert bench.check_rows(ref, got, w) is None, w.name
+        # row order does not matter, values do
+        perm = np.random.default_rng(1).permutation(len(got["key"]))
+        assert bench.check_rows(ref, {c: v[perm] for c, v in got.items()}, w) is None, w.name
+        bad = dict(got, mean=got["mean"] * (1 + 1e-6))
+        assert "column mean" in bench.check_rows(ref, bad, w), w.name
+        short = {c: v[1:] for c, v in got.items()}
+        assert "rows, expected" in bench.check_rows(ref, short, w), w.name
+
+
+def test_windows_mode_writes_report(tmp_path, capsys):
+    pytest.importorskip("pandas")
+    peers = ["numpy", "pandas"] + (["polars"] if bench.peer_available("polars") is None else [])
+    rc = bench.main(["--windows", "--records", "2e4", "--keys", "50", "--batches", "5e3",
+                     "--backends", "cpu", "--repeats", "1", "--out", str(tmp_path), "--peers", *peers])
+    assert rc == 0
+    report = json.loads((tmp_path / "windows.json").read_text())
+    assert report["mode"] == "windows" and report["failures"] == []
+    rows = report["results"]
+    assert [r["workload"] for r in rows if r["kind"] == "cusense"] == ["sliding", "session", "count"]
+    for name in ("sliding", "session", "count"):
+        own = [r for r in rows if r["workload"] == name]
+        cus = next(r for r in own if r["impl"] == "cusense-cpu")
+        assert cus["check"] == "reference" and cus["records_per_s"] > 0 and cus["batches"] == 4
+        assert {r["impl"] for r in own if r["kind"] == "peer"} == set(peers)
+        assert all(r["check"] == "ok" and r["rows_out"] == cus["rows_out"]
+                   for r in own if r["kind"] == "peer")
+        assert set(cus["speedup_vs"]) == set(peers)
+    by_name = {r["workload"]: r for r in rows if r["impl"] == "cusense-cpu"}
+    assert by_name["count"]["rows_out"] == 20_000
+    assert by_name["session"]["rows_out"] > 2 * 50  # the stream has real gaps: several sessions per key
+    assert (tmp_path / "windows.md").read_text().startswith("# cusense benchmark (windows)")
+    assert "| session | pandas |" in capsys.readouterr().out
+    if pytest.importorskip("matplotlib"):
+        assert report["plots"] == ["windows-throughput.png"]
+        assert (tmp_path / "windows-throughput.png").is_file()
+
+
+def test_windows_mode_takes_one_size():
+    with pytest.raises(SystemExit):
+        bench.main(["--windows", "--records", "1e4", "2e4", "--no-write"])
