@@ -7,12 +7,15 @@
 // arrival) order; the row of record r aggregates, in order, the rows - 1 records of its key
 // before it and r itself. In a channel with fewer than min_periods non-NaN values in the
 // window, every aggregation but count and nan_count is NaN.
+//
+// Layout: waiting records are kept sorted in a vector (each push radix-sorts its arrivals by
+// time and merges them in), and each key's history is a ring of its last rows - 1 emitted
+// records, reached through a dense key index stored with every waiting record. Every row is
+// recomputed from its rows records in order, so its sums and Welford updates are exactly those
+// of adding the records one by one (a sliding update would round differently).
 #include <algorithm>
-#include <deque>
 #include <limits>
-#include <queue>
 #include <tuple>
-#include <unordered_map>
 #include <vector>
 
 #include <cusense/detail/checkpoint.hpp>
@@ -23,16 +26,171 @@
 namespace cusense::detail {
 namespace {
 
-struct held_record {
-  std::int64_t t;
-  std::uint32_t key;
-  std::uint64_t seq;
-  std::uint32_t slot;  // values: vals_[slot * channels ...]
+constexpr std::uint32_t no_index = ~std::uint32_t{0};
 
-  bool operator>(held_record const& o) const
+// A record waiting for its row.
+struct waiting_record {
+  std::int64_t t;
+  std::uint64_t seq;
+  std::uint32_t key;
+  std::uint32_t slot;       // values: vals_[slot * channels ...]
+  std::uint32_t key_index;  // into keys_, or no_index when the key held no state on arrival
+};
+
+bool row_order_less(waiting_record const& a, waiting_record const& b)
+{
+  return std::tie(a.t, a.key, a.seq) < std::tie(b.t, b.key, b.seq);
+}
+
+// An emitted record kept in its key's history.
+struct history_record {
+  std::int64_t t;
+  std::uint64_t seq;
+  std::uint32_t slot;
+};
+
+// The last rows - 1 emitted records of one key: a ring that grows up to its capacity, then
+// overwrites its oldest entry (at `head`).
+struct key_history {
+  std::uint32_t key  = 0;
+  std::uint32_t head = 0;
+  std::vector<history_record> ring;
+
+  template <typename F>
+  void for_each_oldest_first(F&& f) const
   {
-    return std::tie(t, key, seq) > std::tie(o.t, o.key, o.seq);
+    std::size_t const n = ring.size();
+    for (std::size_t i = head; i < n; ++i) f(ring[i]);
+    for (std::size_t i = 0; i < head; ++i) f(ring[i]);
   }
+};
+
+// Open-addressing map from key to its dense index (linear probing; keys are only ever added,
+// and all removed at once).
+class key_index_map {
+ public:
+  key_index_map() { buckets_.assign(64, empty_bucket()); }
+
+  std::uint32_t find(std::uint32_t key) const
+  {
+    for (std::size_t i = home(key);; i = (i + 1) & mask()) {
+      bucket const& b = buckets_[i];
+      if (b.index == no_index) { return no_index; }
+      if (b.key == key) { return b.index; }
+    }
+  }
+
+  // Inserts key -> index; the key must be absent.
+  void insert(std::uint32_t key, std::uint32_t index)
+  {
+    if (2 * (size_ + 1) > buckets_.size()) { grow(); }
+    std::size_t i = home(key);
+    while (buckets_[i].index != no_index) { i = (i + 1) & mask(); }
+    buckets_[i] = {key, index};
+    ++size_;
+  }
+
+  void clear()
+  {
+    std::fill(buckets_.begin(), buckets_.end(), empty_bucket());
+    size_ = 0;
+  }
+
+ private:
+  struct bucket {
+    std::uint32_t key;
+    std::uint32_t index;
+  };
+  static bucket empty_bucket() { return {0, no_index}; }
+  std::size_t mask() const { return buckets_.size() - 1; }
+  std::size_t home(std::uint32_t key) const
+  {
+    return static_cast<std::size_t>((std::uint64_t{key} * 0x9E3779B97F4A7C15ull) >> 32) & mask();
+  }
+  void grow()
+  {
+    std::vector<bucket> const previous = std::move(buckets_);
+    buckets_.assign(previous.size() * 2, empty_bucket());
+    size_ = 0;
+    for (bucket const& b : previous) {
+      if (b.index != no_index) { insert(b.key, b.index); }
+    }
+  }
+
+  std::vector<bucket> buckets_;
+  std::size_t size_ = 0;
+};
+
+// Orders records by (t, key, seq) without moving them: a stable LSD radix sort of
+// (t - t_min, position) codes, then a comparison sort of each run of equal times; small inputs
+// and wide time ranges take a comparison sort. position(i) is the index of the i-th record.
+class row_order_sorter {
+ public:
+  void sort(std::vector<waiting_record> const& recs)
+  {
+    std::size_t const n = recs.size();
+    codes_.resize(n);
+    position_bits_ = bit_width(n > 0 ? n - 1 : 0);
+    auto const by_row_order = [&](std::uint64_t a, std::uint64_t b) {
+      return row_order_less(recs[position_of(a)], recs[position_of(b)]);
+    };
+    std::int64_t t_min = 0, t_max = 0;
+    if (n > 0) {
+      auto const [lo, hi] = std::minmax_element(
+        recs.begin(), recs.end(), [](waiting_record const& a, waiting_record const& b) { return a.t < b.t; });
+      t_min = lo->t;
+      t_max = hi->t;
+    }
+    int const time_bits = bit_width(static_cast<std::uint64_t>(t_max) - static_cast<std::uint64_t>(t_min));
+    if (n < 512 || time_bits > 48 || time_bits + position_bits_ > 64) {
+      for (std::size_t i = 0; i < n; ++i) codes_[i] = i;
+      std::sort(codes_.begin(), codes_.end(), by_row_order);
+      return;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      codes_[i] = ((static_cast<std::uint64_t>(recs[i].t) - static_cast<std::uint64_t>(t_min)) << position_bits_) | i;
+    }
+    scratch_.resize(n);
+    int const passes               = (time_bits + max_digit_bits - 1) / max_digit_bits;
+    int const digit_bits           = passes > 0 ? (time_bits + passes - 1) / passes : 0;
+    std::uint64_t const digit_mask = (std::uint64_t{1} << digit_bits) - 1;
+    for (int p = 0; p < passes; ++p) {
+      int const shift = position_bits_ + p * digit_bits;
+      std::fill(counts_, counts_ + digit_mask + 1, 0u);
+      for (std::uint64_t c : codes_) ++counts_[(c >> shift) & digit_mask];
+      std::uint32_t sum = 0;
+      for (std::size_t d = 0; d <= digit_mask; ++d) {
+        std::uint32_t const k = counts_[d];
+        counts_[d]            = sum;
+        sum += k;
+      }
+      for (std::uint64_t c : codes_) scratch_[counts_[(c >> shift) & digit_mask]++] = c;
+      codes_.swap(scratch_);
+    }
+    // Equal times: order by (key, seq), which the positions need not follow.
+    for (std::size_t b = 0; b < n;) {
+      std::size_t e = b + 1;
+      while (e < n && recs[position(e)].t == recs[position(b)].t) ++e;
+      if (e - b > 1) { std::sort(codes_.begin() + b, codes_.begin() + e, by_row_order); }
+      b = e;
+    }
+  }
+
+  std::size_t position(std::size_t i) const { return position_of(codes_[i]); }
+
+ private:
+  static constexpr int max_digit_bits = 12;
+
+  static int bit_width(std::uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
+
+  std::size_t position_of(std::uint64_t code) const
+  {
+    return static_cast<std::size_t>(code & ((std::uint64_t{1} << position_bits_) - 1));
+  }
+
+  int position_bits_ = 0;
+  std::vector<std::uint64_t> codes_, scratch_;
+  std::uint32_t counts_[std::size_t{1} << max_digit_bits];
 };
 
 class cpu_rolling_engine final : public cpu_engine_base {
@@ -40,7 +198,8 @@ class cpu_rolling_engine final : public cpu_engine_base {
   explicit cpu_rolling_engine(pipeline_options const& options)
     : cpu_engine_base(options),
       rows_(options.window.rows),
-      min_periods_(options.window.min_periods < 0 ? options.window.rows : options.window.min_periods)
+      min_periods_(options.window.min_periods < 0 ? options.window.rows : options.window.min_periods),
+      history_capacity_(rows_ > 1 ? static_cast<std::size_t>(rows_ - 1) : 0)
   {
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
@@ -53,17 +212,18 @@ class cpu_rolling_engine final : public cpu_engine_base {
   void flush() override
   {
     emit_before(std::numeric_limits<std::int64_t>::max());
-    for (auto& [key, h] : history_) {
-      for (held_record const& r : h) free_.push_back(r.slot);
+    for (key_history const& h : keys_) {
+      for (history_record const& r : h.ring) free_.push_back(r.slot);
     }
-    history_.clear();
+    keys_.clear();
+    key_index_.clear();
   }
 
   engine_counters counters() override
   {
-    return make_counters(held(), history_.size(),
-                         vals_.capacity() * sizeof(double) + held() * sizeof(held_record) +
-                           history_.size() * 96 + free_.capacity() * sizeof(std::uint32_t));
+    return make_counters(held(), keys_.size(),
+                         vals_.capacity() * sizeof(double) + held() * record_state_bytes +
+                           keys_.size() * 96 + free_.capacity() * sizeof(std::uint32_t));
   }
 
   // Checkpoint: clock, counters, the waiting records in (t, key, arrival) order and the
@@ -73,27 +233,24 @@ class cpu_rolling_engine final : public cpu_engine_base {
     save_clock(out);
     save_counts(out);
     auto const ch  = static_cast<std::size_t>(channels_);
-    auto write_rec = [&](held_record const& r) {
-      out.i64(r.t);
-      out.u32(r.key);
-      out.u64(r.seq);
-      for (std::size_t c = 0; c < ch; ++c) out.f64(vals_[std::size_t{r.slot} * ch + c]);
-    };
-    auto waiting = pending_;
-    out.u64(waiting.size());
-    while (!waiting.empty()) {
-      write_rec(waiting.top());
-      waiting.pop();
-    }
-    std::vector<std::uint32_t> keys;
-    for (auto const& [key, h] : history_) keys.push_back(key);
-    std::sort(keys.begin(), keys.end());
-    out.u64(keys.size());
-    for (std::uint32_t key : keys) {
-      auto const& h = history_.at(key);
+    auto write_rec = [&](std::int64_t t, std::uint32_t key, std::uint64_t seq, std::uint32_t slot) {
+      out.i64(t);
       out.u32(key);
-      out.u64(h.size());
-      for (held_record const& r : h) write_rec(r);
+      out.u64(seq);
+      for (std::size_t c = 0; c < ch; ++c) out.f64(vals_[std::size_t{slot} * ch + c]);
+    };
+    out.u64(waiting_.size());
+    for (waiting_record const& r : waiting_) write_rec(r.t, r.key, r.seq, r.slot);
+    std::vector<std::uint32_t> order(keys_.size());
+    for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](std::uint32_t a, std::uint32_t b) { return keys_[a].key < keys_[b].key; });
+    out.u64(order.size());
+    for (std::uint32_t i : order) {
+      key_history const& h = keys_[i];
+      out.u32(h.key);
+      out.u64(h.ring.size());
+      h.for_each_oldest_first([&](history_record const& r) { write_rec(r.t, h.key, r.seq, r.slot); });
     }
   }
 
@@ -102,8 +259,14 @@ class cpu_rolling_engine final : public cpu_engine_base {
     load_clock(in);
     load_counts(in);
     auto const ch = static_cast<std::size_t>(channels_);
+    struct loaded {
+      std::int64_t t;
+      std::uint32_t key;
+      std::uint64_t seq;
+      std::uint32_t slot;
+    };
     auto read_rec = [&] {
-      held_record r{};
+      loaded r{};
       r.t    = checked_time(in.i64());
       r.key  = in.u32();
       r.seq  = in.u64();
@@ -112,52 +275,111 @@ class cpu_rolling_engine final : public cpu_engine_base {
       return r;
     };
     std::size_t const np = in.count(20 + 8 * ch);
-    for (std::size_t i = 0; i < np; ++i) pending_.push(read_rec());
+    std::vector<waiting_record> pending;
+    for (std::size_t i = 0; i < np; ++i) {
+      loaded const r = read_rec();
+      pending.push_back({r.t, r.seq, r.key, r.slot, no_index});
+    }
     std::size_t const nk = in.count(12);
     for (std::size_t k = 0; k < nk; ++k) {
       std::uint32_t const key = in.u32();
       std::size_t const n     = in.count(20 + 8 * ch);
       state_reader::check(rows_ > 1 && static_cast<std::int64_t>(n) <= rows_ - 1 &&
-                            history_.count(key) == 0,
+                            key_index_.find(key) == no_index,
                           "rolling history longer than the window or repeated");
-      auto& h = history_[key];
+      key_history& h = keys_[add_key(key)];
       for (std::size_t i = 0; i < n; ++i) {
-        h.push_back(read_rec());
-        state_reader::check(h.back().key == key, "rolling history holds another key");
+        loaded const r = read_rec();
+        h.ring.push_back({r.t, r.seq, r.slot});
+        state_reader::check(r.key == key, "rolling history holds another key");
       }
     }
+    for (waiting_record& r : pending) r.key_index = key_index_.find(r.key);
+    merge_waiting(pending);
   }
 
  private:
+  // Bytes counted per held record in the state estimate (the size of a record in the heap that
+  // earlier versions used; kept so the counter stays comparable).
+  static constexpr std::size_t record_state_bytes = 32;
+  static constexpr std::size_t max_grouped_history = 4096;
+
   // Records held: waiting rows and the per-key history.
   std::size_t held() const { return vals_.size() / static_cast<std::size_t>(channels_) - free_.size(); }
+
+  std::uint32_t add_key(std::uint32_t key)
+  {
+    auto const index = static_cast<std::uint32_t>(keys_.size());
+    keys_.emplace_back();
+    keys_.back().key = key;
+    key_index_.insert(key, index);
+    return index;
+  }
 
   template <typename T>
   void push_typed(record_batch const& batch, T const* values)
   {
     if (options_.max_open_windows != 0) { check_capacity(batch); }
+    auto const ch = static_cast<std::size_t>(channels_);
+    arrivals_.resize(batch.n);
+    waiting_record* accepted = arrivals_.data();
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::int64_t const t    = batch.timestamps[i];
-      T const* v              = values + i * static_cast<std::size_t>(channels_);
+      std::uint32_t const key = batch.keys[i];
+      T const* v              = values + i * ch;
       std::uint64_t const seq = seq_++;
       if (clock_.has && t < clock_.value()) {
-        reject_late(batch.keys[i], t, v);
+        reject_late(key, t, v);
         continue;
       }
       std::uint32_t const slot = take();
-      double* dst              = &vals_[std::size_t{slot} * static_cast<std::size_t>(channels_)];
-      for (int c = 0; c < channels_; ++c) {
+      double* dst              = &vals_[std::size_t{slot} * ch];
+      for (std::size_t c = 0; c < ch; ++c) {
         dst[c] = static_cast<double>(v[c]);
         nan_values_ += ops::is_nan(dst[c]) ? 1 : 0;
       }
-      pending_.push({t, batch.keys[i], seq, slot});
-      if (rows_ > 1) { history_[batch.keys[i]]; }  // the key holds state from now on
+      std::uint32_t key_index = no_index;
+      if (rows_ > 1) {  // the key holds state from now on
+        key_index = key_index_.find(key);
+        if (key_index == no_index) { key_index = add_key(key); }
+      }
+      *accepted++ = {t, seq, key, slot, key_index};
       ++aggregated_;
       clock_.see(t);
     }
+    arrivals_.resize(static_cast<std::size_t>(accepted - arrivals_.data()));
+    merge_waiting(arrivals_);
     // Rows do not depend on when they are emitted (a record that could precede a waiting
     // row is late), so emitting once per batch gives the same rows in the same order.
     if (clock_.has) { emit_before(clock_.value()); }
+  }
+
+  // Merges records (in any order) into the waiting records, which stay in row order.
+  void merge_waiting(std::vector<waiting_record> const& recs)
+  {
+    std::size_t const n = recs.size();
+    if (n == 0) { return; }
+    sorter_.sort(recs);
+    std::size_t const kept = waiting_.size();
+    if (kept == 0 || row_order_less(waiting_.back(), recs[sorter_.position(0)])) {
+      waiting_.resize(kept + n);
+      for (std::size_t i = 0; i < n; ++i) waiting_[kept + i] = recs[sorter_.position(i)];
+      return;
+    }
+    merged_.resize(kept + n);
+    std::size_t a = 0, b = 0, out = 0;
+    while (a < kept && b < n) {
+      waiting_record const& next = recs[sorter_.position(b)];
+      if (row_order_less(next, waiting_[a])) {
+        merged_[out++] = next;
+        ++b;
+      } else {
+        merged_[out++] = waiting_[a++];
+      }
+    }
+    while (a < kept) merged_[out++] = waiting_[a++];
+    while (b < n) merged_[out++] = recs[sorter_.position(b++)];
+    waiting_.swap(merged_);
   }
 
   std::uint32_t take()
@@ -175,31 +397,130 @@ class cpu_rolling_engine final : public cpu_engine_base {
   // Emits the rows of the waiting records with t < limit, in (t, key, arrival) order.
   void emit_before(std::int64_t limit)
   {
-    while (!pending_.empty() && pending_.top().t < limit) {
-      held_record const r = pending_.top();
-      pending_.pop();
-      for (auto& a : tmp_) a = channel_acc{};
-      auto const add_one = [&](held_record const& x) {
-        double const* v = &vals_[std::size_t{x.slot} * static_cast<std::size_t>(channels_)];
-        for (int c = 0; c < channels_; ++c) add(tmp_[c], layout_, v[c], x.t, x.seq);
-      };
-      auto h = history_.find(r.key);
-      if (h != history_.end()) {
-        for (held_record const& x : h->second) add_one(x);
-      }
-      add_one(r);
-      windows_out_.append_row(r.key, r.t, tmp_.data(), min_periods_);
-      ++emitted_;
-      if (h != history_.end()) {
-        h->second.push_back(r);
-        if (static_cast<std::int64_t>(h->second.size()) > rows_ - 1) {
-          free_.push_back(h->second.front().slot);
-          h->second.pop_front();
+    auto const ready_end = std::partition_point(
+      waiting_.begin(), waiting_.end(), [&](waiting_record const& r) { return r.t < limit; });
+    auto const n_ready = static_cast<std::size_t>(ready_end - waiting_.begin());
+    if (n_ready == 0) { return; }
+    windows_out_.reserve(n_ready);
+    bool const moments_only = !layout_.extent && !layout_.sketch;
+    // The grouped path gathers lanes * rows values; long windows take the per-row one.
+    if (moments_only && channels_ == 1 && history_capacity_ < max_grouped_history) {
+      emit_rows_one_channel(n_ready);
+    } else if (moments_only) {
+      emit_rows(n_ready, [&](key_history const* h, waiting_record const& r) { aggregate_moments(h, r); });
+    } else {
+      emit_rows(n_ready, [&](key_history const* h, waiting_record const& r) { aggregate_full(h, r); });
+    }
+    waiting_.erase(waiting_.begin(), ready_end);
+  }
+
+  // The history a waiting record's row aggregates (nullptr: none).
+  key_history* history_of(waiting_record const& r)
+  {
+    std::uint32_t index = r.key_index;
+    // A record restored without its key's state takes the key's history if it has one now.
+    if (index == no_index && rows_ > 1) { index = key_index_.find(r.key); }
+    return index == no_index ? nullptr : &keys_[index];
+  }
+
+  // Adds r to its key's history (or frees it when the key keeps none), evicting the oldest.
+  void retire(key_history* h, waiting_record const& r)
+  {
+    if (h == nullptr) {
+      free_.push_back(r.slot);
+    } else if (h->ring.size() < history_capacity_) {
+      h->ring.push_back({r.t, r.seq, r.slot});
+    } else {
+      history_record& oldest = h->ring[h->head];
+      free_.push_back(oldest.slot);
+      oldest  = {r.t, r.seq, r.slot};
+      h->head = h->head + 1 == h->ring.size() ? 0 : h->head + 1;
+    }
+  }
+
+  // One channel, moments only. Each row is a chain of dependent Welford updates (a division
+  // each), so rows are computed `lanes` at a time, interleaved, to overlap their latencies.
+  // The window values of a group are gathered first, updating the histories in row order
+  // (two rows of one key in a group see each other), then the rows are computed and appended.
+  void emit_rows_one_channel(std::size_t n)
+  {
+    constexpr std::size_t lanes = 4;
+    std::size_t const width     = history_capacity_ + 1;
+    window_values_.resize(lanes * width);
+    double const* vals = vals_.data();
+    for (std::size_t first = 0; first < n; first += lanes) {
+      std::size_t const group = std::min(lanes, n - first);
+      std::size_t len[lanes]  = {};
+      std::size_t longest     = 0;
+      for (std::size_t l = 0; l < group; ++l) {
+        waiting_record const& r = waiting_[first + l];
+        key_history* h          = history_of(r);
+        double* out             = &window_values_[l * width];
+        std::size_t k           = 0;
+        if (h != nullptr) {
+          h->for_each_oldest_first([&](history_record const& x) { out[k++] = vals[x.slot]; });
         }
-      } else {
-        free_.push_back(r.slot);
+        out[k++] = vals[r.slot];
+        len[l]   = k;
+        longest  = std::max(longest, k);
+        retire(h, r);
+      }
+      ops::moments m[lanes] = {};
+      for (std::size_t j = 0; j < longest; ++j) {
+        for (std::size_t l = 0; l < lanes; ++l) {
+          if (j < len[l]) { ops::add(m[l], window_values_[l * width + j]); }
+        }
+      }
+      for (std::size_t l = 0; l < group; ++l) {
+        waiting_record const& r = waiting_[first + l];
+        tmp_[0].m               = m[l];
+        windows_out_.append_row(r.key, r.t, tmp_.data(), min_periods_);
+        ++emitted_;
       }
     }
+  }
+
+  // Emits the first n waiting records; aggregate(history or nullptr, record) fills tmp_.
+  template <typename Aggregate>
+  void emit_rows(std::size_t n, Aggregate&& aggregate)
+  {
+    for (std::size_t i = 0; i < n; ++i) {
+      waiting_record const& r = waiting_[i];
+      key_history* h          = history_of(r);
+      aggregate(h, r);
+      windows_out_.append_row(r.key, r.t, tmp_.data(), min_periods_);
+      ++emitted_;
+      retire(h, r);
+    }
+  }
+
+  double const* values_of(std::uint32_t slot) const
+  {
+    return vals_.data() + std::size_t{slot} * static_cast<std::size_t>(channels_);
+  }
+
+  void aggregate_moments(key_history const* h, waiting_record const& r)
+  {
+    for (channel_acc& a : tmp_) a.m = ops::moments{};
+    auto const add_one = [&](double const* v) {
+      for (int c = 0; c < channels_; ++c) ops::add(tmp_[c].m, v[c]);
+    };
+    if (h != nullptr) {
+      h->for_each_oldest_first([&](history_record const& x) { add_one(values_of(x.slot)); });
+    }
+    add_one(values_of(r.slot));
+  }
+
+  void aggregate_full(key_history const* h, waiting_record const& r)
+  {
+    for (channel_acc& a : tmp_) a = channel_acc{};
+    auto const add_one = [&](std::int64_t t, std::uint64_t seq, double const* v) {
+      for (int c = 0; c < channels_; ++c) add(tmp_[c], layout_, v[c], t, seq);
+    };
+    if (h != nullptr) {
+      h->for_each_oldest_first([&](history_record const& x) { add_one(x.t, x.seq, values_of(x.slot)); });
+    }
+    add_one(r.t, r.seq, values_of(r.slot));
   }
 
   // Refuses (before changing anything) a batch whose non-late records would take the records
@@ -219,10 +540,15 @@ class cpu_rolling_engine final : public cpu_engine_base {
 
   std::int64_t rows_;
   std::int64_t min_periods_;
+  std::size_t history_capacity_;  // rows - 1
   std::vector<double> vals_;  // values of held records, slot * channels + channel
   std::vector<std::uint32_t> free_;
-  std::priority_queue<held_record, std::vector<held_record>, std::greater<held_record>> pending_;
-  std::unordered_map<std::uint32_t, std::deque<held_record>> history_;  // last rows - 1 emitted
+  std::vector<waiting_record> waiting_;  // sorted in row order
+  std::vector<waiting_record> arrivals_, merged_;  // per-push scratch
+  row_order_sorter sorter_;
+  std::vector<key_history> keys_;  // keys holding state, in order of first arrival
+  key_index_map key_index_;
+  std::vector<double> window_values_;  // emit scratch: the window values of a group of rows
   std::vector<channel_acc> tmp_;
 };
 

@@ -16,10 +16,8 @@
 // is flagged is_update.
 #include <algorithm>
 #include <limits>
-#include <map>
 #include <set>
-#include <tuple>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <cusense/detail/checkpoint.hpp>
@@ -31,11 +29,135 @@
 namespace cusense::detail {
 namespace {
 
+// Layout (chosen so that a record costs a hash probe and a scan of its key's few sessions, with
+// no per-record tree operation or allocation):
+//   - per key, its sessions in a vector sorted by first (usually one or two);
+//   - the sessions waiting for their end (open) or for their release (kept) in two min-heaps
+//     of entries whose end is a lower bound: a record that only extends a session leaves its
+//     entry alone (ends only grow), and an entry popped too early is pushed again with the
+//     session's current end. An entry is valid while its ticket is the session's; a session gets
+//     a new ticket (and entry) whenever it changes heap, start or is merged, so stale entries
+//     are skipped when popped.
+// The heaps give the sessions due at a watermark step in no useful order: they are sorted by
+// (window_start, key) before they are emitted; the order of releases is unobservable (it only
+// permutes free accumulator slots).
+
 struct session_state {
+  std::int64_t first;
   std::int64_t last;
+  std::uint64_t ticket;  // matches the session's one valid heap entry
   std::uint32_t slot;
   bool emitted;  // emitted at least once (its next emission is an update)
   bool closed;   // end <= watermark: emitted, waiting to be freed
+};
+
+struct key_state {
+  std::uint32_t key = 0;
+  bool freed        = false;  // freed_until holds the largest end of a freed session
+  std::int64_t freed_until = 0;
+  std::vector<session_state> sessions;  // by first; each starts at or after the end of the one before
+};
+
+// A session due at end_bound (or later): (key, first) finds it, ticket tells whether it is current.
+struct due_entry {
+  std::int64_t end_bound;
+  std::int64_t first;
+  std::uint64_t ticket;
+  std::uint32_t key;
+};
+
+// Min-heap of due_entry by end_bound; ties in any order (callers do not depend on it).
+class due_heap {
+ public:
+  bool empty() const { return heap_.empty(); }
+  due_entry const& top() const { return heap_.front(); }
+  void push(due_entry const& e)
+  {
+    heap_.push_back(e);
+    std::push_heap(heap_.begin(), heap_.end(), later{});
+  }
+  due_entry pop()
+  {
+    std::pop_heap(heap_.begin(), heap_.end(), later{});
+    due_entry const e = heap_.back();
+    heap_.pop_back();
+    return e;
+  }
+  void clear() { heap_.clear(); }
+
+ private:
+  struct later {  // a type, not a function pointer, so that the heap algorithms inline it
+    bool operator()(due_entry const& a, due_entry const& b) const { return a.end_bound > b.end_bound; }
+  };
+  std::vector<due_entry> heap_;
+};
+
+// Open-addressing map from key to an index, linear probing with backward-shift deletion.
+class key_map {
+ public:
+  static constexpr std::uint32_t none = ~std::uint32_t{0};
+
+  key_map() { entries_.resize(64); }
+
+  std::uint32_t find(std::uint32_t key) const
+  {
+    for (std::size_t i = home(key);; i = (i + 1) & mask()) {
+      entry const& e = entries_[i];
+      if (e.index == none) { return none; }
+      if (e.key == key) { return e.index; }
+    }
+  }
+  /// Maps a key that is not present.
+  void insert(std::uint32_t key, std::uint32_t index)
+  {
+    if (2 * (size_ + 1) > entries_.size()) { grow(); }
+    std::size_t i = home(key);
+    while (entries_[i].index != none) { i = (i + 1) & mask(); }
+    entries_[i] = {key, index};
+    ++size_;
+  }
+  /// Unmaps a key that is present.
+  void erase(std::uint32_t key)
+  {
+    std::size_t hole = home(key);
+    while (entries_[hole].key != key || entries_[hole].index == none) { hole = (hole + 1) & mask(); }
+    for (std::size_t j = (hole + 1) & mask(); entries_[j].index != none; j = (j + 1) & mask()) {
+      // Move j into the hole unless its home lies (cyclically) after the hole.
+      if (((j - home(entries_[j].key)) & mask()) >= ((j - hole) & mask())) {
+        entries_[hole] = entries_[j];
+        hole           = j;
+      }
+    }
+    entries_[hole].index = none;
+    --size_;
+  }
+  void clear()
+  {
+    entries_.assign(64, entry{});
+    size_ = 0;
+  }
+
+ private:
+  struct entry {
+    std::uint32_t key   = 0;
+    std::uint32_t index = none;
+  };
+  std::size_t mask() const { return entries_.size() - 1; }
+  std::size_t home(std::uint32_t key) const
+  {
+    return static_cast<std::size_t>((key * 0x9E3779B97F4A7C15ull) >> 32) & mask();
+  }
+  void grow()
+  {
+    std::vector<entry> old(entries_.size() * 2);
+    old.swap(entries_);
+    size_ = 0;
+    for (entry const& e : old) {
+      if (e.index != none) { insert(e.key, e.index); }
+    }
+  }
+  std::vector<entry> entries_;
+  std::size_t size_ = 0;
 };
 
 class cpu_session_engine final : public cpu_engine_base {
@@ -54,14 +176,20 @@ class cpu_session_engine final : public cpu_engine_base {
   {
     emit_open_until(std::numeric_limits<std::int64_t>::max());
     free_until(std::numeric_limits<std::int64_t>::max());
-    freed_until_.clear();
+    // Every session is freed and the freed-session marks are dropped: no key holds state.
+    keys_.clear();
+    key_states_.clear();
+    free_key_states_.clear();
+    open_.clear();
+    kept_.clear();
+    freed_marks_ = 0;
     freed_order_.clear();
   }
 
   engine_counters counters() override
   {
-    return make_counters(pool_.live(), keys_.size(),
-                         pool_.bytes() + pool_.live() * 128 + keys_.size() * 64 + freed_until_.size() * 96);
+    return make_counters(pool_.live(), live_keys_,
+                         pool_.bytes() + pool_.live() * 128 + live_keys_ * 64 + freed_marks_ * 96);
   }
 
   // Checkpoint: clock, counters, the sessions sorted by (key, first) with their flags and
@@ -70,18 +198,21 @@ class cpu_session_engine final : public cpu_engine_base {
   {
     save_clock(out);
     save_counts(out);
-    std::vector<std::uint32_t> keys;
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> with_sessions;  // key, index
+    std::vector<std::pair<std::uint32_t, std::int64_t>> freed;            // key, until
     std::size_t n = 0;
-    for (auto const& [key, sessions] : keys_) {
-      keys.push_back(key);
-      n += sessions.size();
+    for (std::uint32_t i : used_key_states()) {
+      key_state const& ks = key_states_[i];
+      if (!ks.sessions.empty()) { with_sessions.emplace_back(ks.key, i); }
+      if (ks.freed) { freed.emplace_back(ks.key, ks.freed_until); }
+      n += ks.sessions.size();
     }
-    std::sort(keys.begin(), keys.end());
+    std::sort(with_sessions.begin(), with_sessions.end());
     out.u64(n);
-    for (std::uint32_t key : keys) {
-      for (auto const& [first, st] : keys_.at(key)) {
+    for (auto const& [key, index] : with_sessions) {
+      for (session_state const& st : key_states_[index].sessions) {
         out.u32(key);
-        out.i64(first);
+        out.i64(st.first);
         out.i64(st.last);
         out.boolean(st.emitted);
         out.boolean(st.closed);
@@ -89,7 +220,6 @@ class cpu_session_engine final : public cpu_engine_base {
         for (int c = 0; c < channels_; ++c) write_channel_acc(out, a[c]);
       }
     }
-    std::vector<std::pair<std::uint32_t, std::int64_t>> freed(freed_until_.begin(), freed_until_.end());
     std::sort(freed.begin(), freed.end());
     out.u64(freed.size());
     for (auto const& [key, until] : freed) {
@@ -109,26 +239,31 @@ class cpu_session_engine final : public cpu_engine_base {
     load_counts(in);
     std::size_t const n = in.count(22);
     for (std::size_t i = 0; i < n; ++i) {
-      std::uint32_t const key  = in.u32();
-      std::int64_t const first = checked_time(in.i64());
+      std::uint32_t const key = in.u32();
       session_state st{};
+      st.first   = checked_time(in.i64());
       st.last    = checked_time(in.i64());
       st.emitted = in.boolean();
       st.closed  = in.boolean();
-      state_reader::check(first <= st.last, "session ends before it starts");
-      session_map& sessions = keys_[key];
-      state_reader::check(sessions.empty() || sessions.rbegin()->second.last + sess_.gap <= first,
+      state_reader::check(st.first <= st.last, "session ends before it starts");
+      key_state& ks = key_states_[state_of(key)];
+      state_reader::check(ks.sessions.empty() || ks.sessions.back().last + sess_.gap <= st.first,
                           "sessions of a key overlap or are out of order");
       st.slot        = pool_.take();
       channel_acc* a = pool_.at(st.slot);
       for (int c = 0; c < channels_; ++c) read_channel_acc(in, a[c]);
-      sessions.emplace(first, st);
-      (st.closed ? kept_ : open_).emplace(sess_.end(st.last), key, first);
+      file(key, st);
+      if (ks.sessions.empty()) { ++live_keys_; }
+      ks.sessions.push_back(st);
     }
     std::size_t const nf = in.count(12);
     for (std::size_t i = 0; i < nf; ++i) {
-      std::uint32_t const key = in.u32();
-      freed_until_[key]       = checked_time(in.i64(), sess_.gap);
+      std::uint32_t const key  = in.u32();
+      std::int64_t const until = checked_time(in.i64(), sess_.gap);
+      key_state& ks            = key_states_[state_of(key)];
+      freed_marks_ += ks.freed ? 0 : 1;
+      ks.freed       = true;
+      ks.freed_until = until;
     }
     std::size_t const no = in.count(12);
     for (std::size_t i = 0; i < no; ++i) {
@@ -138,9 +273,6 @@ class cpu_session_engine final : public cpu_engine_base {
   }
 
  private:
-  using session_map = std::map<std::int64_t, session_state>;  // first -> session
-  using end_entry   = std::tuple<std::int64_t, std::uint32_t, std::int64_t>;  // end, key, first
-
   template <typename T>
   void push_typed(record_batch const& batch, T const* values)
   {
@@ -151,72 +283,132 @@ class cpu_session_engine final : public cpu_engine_base {
       std::int64_t const t    = batch.timestamps[i];
       T const* v              = values + i * static_cast<std::size_t>(channels_);
       std::uint64_t const seq = seq_++;
-      if (is_late(key, t)) {
+      std::uint32_t index     = keys_.find(key);
+      if (is_late(index, t)) {
         reject_late(key, t, v);
         continue;
       }
-      session_map& sessions = keys_[key];
+      if (index == key_map::none) { index = state_of(key); }
+      std::vector<session_state>& sessions = key_states_[index].sessions;
       // Sessions touching t: first < t + gap and last + gap > t (contiguous in start order).
-      auto hi = sessions.lower_bound(t + gap);
-      auto lo = hi;
-      while (lo != sessions.begin() && sess_.touches(t, std::prev(lo)->first, std::prev(lo)->second.last)) --lo;
-      std::int64_t first = t, last = t;
-      bool emitted = false;
-      std::uint32_t slot;
+      std::size_t const hi = static_cast<std::size_t>(
+        std::partition_point(sessions.begin(), sessions.end(),
+                             [&](session_state const& s) { return s.first < t + gap; }) -
+        sessions.begin());
+      std::size_t lo = hi;
+      while (lo > 0 && sess_.touches(t, sessions[lo - 1].first, sessions[lo - 1].last)) --lo;
+      session_state s{t, t, 0, 0, false, false};
+      bool keeps_entry = false;  // the session's heap entry stays valid
       if (lo == hi) {
-        slot = pool_.take();
+        s.slot = pool_.take();
       } else {
-        slot  = lo->second.slot;
-        first = std::min(first, lo->first);
-        for (auto it = lo; it != hi; ++it) {
-          last    = std::max(last, it->second.last);
-          emitted = emitted || it->second.emitted;
-          unlink(key, it->first, it->second);
-          if (it != lo) {
-            channel_acc* into = pool_.at(slot);
-            channel_acc* from = pool_.at(it->second.slot);
+        session_state const& base = sessions[lo];
+        s.slot   = base.slot;
+        s.first  = std::min(t, base.first);
+        s.ticket = base.ticket;
+        for (std::size_t j = lo; j < hi; ++j) {
+          s.last    = std::max(s.last, sessions[j].last);
+          s.emitted = s.emitted || sessions[j].emitted;
+          if (j != lo) {
+            channel_acc* into = pool_.at(s.slot);
+            channel_acc* from = pool_.at(sessions[j].slot);
             for (int c = 0; c < channels_; ++c) merge_into(into[c], from[c], layout_);
-            pool_.give_back(it->second.slot);
+            pool_.give_back(sessions[j].slot);
           }
         }
-        sessions.erase(lo, hi);
+        keeps_entry = hi - lo == 1 && s.first == base.first;
       }
-      nan_values_ += add_record(pool_.at(slot), layout_, v, channels_, t, seq);
+      nan_values_ += add_record(pool_.at(s.slot), layout_, v, channels_, t, seq);
       ++aggregated_;
-      session_state s{last, slot, emitted, false};
-      std::int64_t const end = sess_.end(last);
+      std::int64_t const end = sess_.end(s.last);
       if (clock_.has && end <= clock_.value()) {
         // Changes a session that is already closed (allowed lateness): emit it again now.
-        s.closed  = true;
-        s.emitted = true;
-        append(key, first, s, true);
-        kept_.emplace(end, key, first);
+        keeps_entry = keeps_entry && sessions[lo].closed;
+        s.closed    = true;
+        s.emitted   = true;
+        append(key, s.first, s, true);
       } else {
-        open_.emplace(end, key, first);
+        keeps_entry = keeps_entry && !sessions[lo].closed;
       }
-      sessions.emplace(first, s);
+      if (!keeps_entry) { file(key, s); }
+      if (lo == hi) {
+        if (sessions.empty()) { ++live_keys_; }
+        sessions.insert(sessions.begin() + static_cast<std::ptrdiff_t>(lo), s);
+      } else {
+        sessions[lo] = s;
+        sessions.erase(sessions.begin() + static_cast<std::ptrdiff_t>(lo + 1),
+                       sessions.begin() + static_cast<std::ptrdiff_t>(hi));
+      }
       if (clock_.see(t)) { advance(); }
     }
   }
 
-  bool is_late(std::uint32_t key, std::int64_t t) const
+  bool is_late(std::uint32_t index, std::int64_t t) const
   {
     if (!clock_.has) { return false; }
     std::int64_t const horizon = minus_clamped(clock_.value(), options_.allowed_lateness);
     if (sess_.end(t) <= horizon) { return true; }
-    auto f = freed_until_.find(key);
-    return f != freed_until_.end() && t < f->second;
+    if (index == key_map::none) { return false; }
+    key_state const& ks = key_states_[index];
+    return ks.freed && t < ks.freed_until;
   }
 
-  // Removes a session from the end-ordered sets.
-  void unlink(std::uint32_t key, std::int64_t first, session_state const& s)
+  // The state of `key`, created when missing.
+  std::uint32_t state_of(std::uint32_t key)
   {
-    end_entry const e{sess_.end(s.last), key, first};
-    if (s.closed) {
-      kept_.erase(e);
+    std::uint32_t index = keys_.find(key);
+    if (index != key_map::none) { return index; }
+    if (free_key_states_.empty()) {
+      index = static_cast<std::uint32_t>(key_states_.size());
+      key_states_.emplace_back();
     } else {
-      open_.erase(e);
+      index = free_key_states_.back();
+      free_key_states_.pop_back();
     }
+    key_states_[index].key = key;
+    keys_.insert(key, index);
+    return index;
+  }
+
+  // Drops the state of a key that holds no session and no freed mark (its vector keeps its
+  // capacity for the next key).
+  void drop_if_unused(std::uint32_t index)
+  {
+    key_state& ks = key_states_[index];
+    if (!ks.sessions.empty() || ks.freed) { return; }
+    keys_.erase(ks.key);
+    free_key_states_.push_back(index);
+  }
+
+  std::vector<std::uint32_t> used_key_states() const
+  {
+    std::vector<bool> unused(key_states_.size());
+    for (std::uint32_t i : free_key_states_) unused[i] = true;
+    std::vector<std::uint32_t> used;
+    for (std::uint32_t i = 0; i < key_states_.size(); ++i) {
+      if (!unused[i]) { used.push_back(i); }
+    }
+    return used;
+  }
+
+  // Gives the session a new ticket and an entry in the heap of its state, due at its end.
+  void file(std::uint32_t key, session_state& s)
+  {
+    s.ticket = ++tickets_;
+    (s.closed ? kept_ : open_).push({sess_.end(s.last), s.first, s.ticket, key});
+  }
+
+  // The position of the session an entry stands for in its key's sessions, or npos when the
+  // entry is stale.
+  static constexpr std::size_t npos = ~std::size_t{0};
+  std::size_t locate(due_entry const& e, std::uint32_t index) const
+  {
+    if (index == key_map::none) { return npos; }
+    std::vector<session_state> const& sessions = key_states_[index].sessions;
+    auto it = std::partition_point(sessions.begin(), sessions.end(),
+                                   [&](session_state const& s) { return s.first < e.first; });
+    if (it == sessions.end() || it->first != e.first || it->ticket != e.ticket) { return npos; }
+    return static_cast<std::size_t>(it - sessions.begin());
   }
 
   void append(std::uint32_t key, std::int64_t first, session_state const& s, bool update)
@@ -235,8 +427,13 @@ class cpu_session_engine final : public cpu_engine_base {
     std::int64_t const horizon = minus_clamped(wm, options_.allowed_lateness);
     while (!freed_order_.empty() && sess_.end(freed_order_.begin()->first) <= horizon) {
       auto const [until, key] = *freed_order_.begin();
-      auto f                  = freed_until_.find(key);
-      if (f != freed_until_.end() && f->second == until) { freed_until_.erase(f); }
+      std::uint32_t const index = keys_.find(key);
+      if (index != key_map::none && key_states_[index].freed &&
+          key_states_[index].freed_until == until) {
+        key_states_[index].freed = false;
+        --freed_marks_;
+        drop_if_unused(index);
+      }
       freed_order_.erase(freed_order_.begin());
     }
   }
@@ -245,42 +442,60 @@ class cpu_session_engine final : public cpu_engine_base {
   // closed (kept for allowed lateness; freed by free_until).
   void emit_open_until(std::int64_t limit)
   {
+    if (open_.empty() || open_.top().end_bound > limit) { return; }  // most watermark steps
     ready_.clear();
-    auto it = open_.begin();
-    for (; it != open_.end() && std::get<0>(*it) <= limit; ++it) {
-      ready_.emplace_back(std::get<2>(*it), std::get<1>(*it));
+    while (!open_.empty() && open_.top().end_bound <= limit) {
+      due_entry e                 = open_.pop();
+      std::uint32_t const index   = keys_.find(e.key);
+      std::size_t const pos       = locate(e, index);
+      if (pos == npos) { continue; }
+      std::int64_t const end = sess_.end(key_states_[index].sessions[pos].last);
+      if (end > limit) {
+        e.end_bound = end;
+        open_.push(e);
+        continue;
+      }
+      ready_.push_back({e.first, e.key, index, pos});
     }
-    open_.erase(open_.begin(), it);
-    std::sort(ready_.begin(), ready_.end());
+    std::sort(ready_.begin(), ready_.end(), [](ready_session const& a, ready_session const& b) {
+      return a.first != b.first ? a.first < b.first : a.key < b.key;
+    });
     windows_out_.reserve(ready_.size());
-    for (auto const& [first, key] : ready_) {
-      session_state& s = keys_.at(key).at(first);
-      append(key, first, s, s.emitted);
+    for (ready_session const& r : ready_) {
+      session_state& s = key_states_[r.index].sessions[r.pos];
+      append(r.key, r.first, s, s.emitted);
       s.emitted = true;
       s.closed  = true;
-      kept_.emplace(sess_.end(s.last), key, first);
+      file(r.key, s);
     }
   }
 
   // Frees the closed sessions with end <= limit.
   void free_until(std::int64_t limit)
   {
-    auto it = kept_.begin();
-    for (; it != kept_.end() && std::get<0>(*it) <= limit; ++it) {
-      auto const [end, key, first] = *it;
-      auto k                       = keys_.find(key);
-      auto s                       = k->second.find(first);
-      pool_.give_back(s->second.slot);
-      k->second.erase(s);
-      if (k->second.empty()) { keys_.erase(k); }
-      if (limit != std::numeric_limits<std::int64_t>::max()) {
-        // try_emplace: a default-inserted 0 would mark negative times as freed.
-        auto [until, fresh] = freed_until_.try_emplace(key, end);
-        if (!fresh) { until->second = std::max(until->second, end); }
-        freed_order_.emplace(end, key);
+    while (!kept_.empty() && kept_.top().end_bound <= limit) {
+      due_entry e               = kept_.pop();
+      std::uint32_t const index = keys_.find(e.key);
+      std::size_t const pos     = locate(e, index);
+      if (pos == npos) { continue; }
+      key_state& ks          = key_states_[index];
+      std::int64_t const end = sess_.end(ks.sessions[pos].last);
+      if (end > limit) {
+        e.end_bound = end;
+        kept_.push(e);
+        continue;
       }
+      pool_.give_back(ks.sessions[pos].slot);
+      ks.sessions.erase(ks.sessions.begin() + static_cast<std::ptrdiff_t>(pos));
+      if (ks.sessions.empty()) { --live_keys_; }
+      if (limit != std::numeric_limits<std::int64_t>::max()) {
+        freed_marks_ += ks.freed ? 0 : 1;
+        ks.freed_until = ks.freed ? std::max(ks.freed_until, end) : end;
+        ks.freed       = true;
+        freed_order_.emplace(end, e.key);
+      }
+      drop_if_unused(index);
     }
-    kept_.erase(kept_.begin(), it);
   }
 
   // Refuses (before changing anything) a batch that could take the sessions held beyond
@@ -304,14 +519,25 @@ class cpu_session_engine final : public cpu_engine_base {
     check_cap(options_.max_open_windows, pool_.live(), runs, batch.n, "sessions");
   }
 
+  struct ready_session {
+    std::int64_t first;
+    std::uint32_t key;
+    std::uint32_t index;  // in key_states_
+    std::size_t pos;      // in its sessions
+  };
+
   ops::session sess_;
   acc_pool pool_;
-  std::unordered_map<std::uint32_t, session_map> keys_;
-  std::set<end_entry> open_;  // end > watermark: emitted once the watermark reaches the end
-  std::set<end_entry> kept_;  // closed, kept for allowed lateness
-  std::unordered_map<std::uint32_t, std::int64_t> freed_until_;  // key -> largest freed end
+  key_map keys_;                                // key -> index in key_states_
+  std::vector<key_state> key_states_;           // keys with sessions or a freed mark, and unused ones
+  std::vector<std::uint32_t> free_key_states_;  // unused indices of key_states_
+  std::size_t live_keys_   = 0;                 // keys with sessions
+  std::size_t freed_marks_ = 0;                 // keys with a freed mark
+  due_heap open_;  // end > watermark: emitted once the watermark reaches the end
+  due_heap kept_;  // closed, kept for allowed lateness
+  std::uint64_t tickets_ = 0;
   std::set<std::pair<std::int64_t, std::uint32_t>> freed_order_;  // (freed end, key)
-  std::vector<std::pair<std::int64_t, std::uint32_t>> ready_;     // scratch: (first, key)
+  std::vector<ready_session> ready_;                              // scratch
 };
 
 }  // namespace
