@@ -290,18 +290,18 @@ def peer_available(name: str) -> str | None:
     return None
 
 
-def run_cusense(s: Stream, case: Case, backend: str, latencies: list | None = None) -> dict:
-    """The streaming pipeline: push micro-batches, poll after each, flush at the end."""
+def stream_through(pipe, s: Stream, batch: int, latencies: list | None = None):
+    """Pushes the stream through `pipe` in micro-batches, polling after each (the latency of each
+    push + poll goes to `latencies`), flushes, and returns every row emitted. The workloads have
+    no late records: a pipeline that reports any is a failure."""
     import cusense
 
-    pipe = cusense.Pipeline(cusense.Tumbling(WINDOW_NS), aggs=list(case.aggs),
-                            max_out_of_orderness=s.disorder_ns, backend=backend)
     parts = []
-    n, b = len(s.keys), case.batch
+    n = len(s.keys)
     clock = time.perf_counter
-    for off in range(0, n, b):
+    for off in range(0, n, batch):
         t = clock()
-        pipe.push(s.keys[off:off + b], s.ts[off:off + b], s.values[off:off + b])
+        pipe.push(s.keys[off:off + batch], s.ts[off:off + batch], s.values[off:off + batch])
         r = pipe.poll()
         if latencies is not None:
             latencies.append(clock() - t)
@@ -312,7 +312,16 @@ def run_cusense(s: Stream, case: Case, backend: str, latencies: list | None = No
     if stats["records_late"] or stats["records_aggregated"] != n:
         raise AssertionError(f"cusense aggregated {stats['records_aggregated']} of {n} records "
                              f"({stats['records_late']} late): the workload must have no late records")
-    res = cusense.Result.concat(parts)
+    return cusense.Result.concat(parts)
+
+
+def run_cusense(s: Stream, case: Case, backend: str, latencies: list | None = None) -> dict:
+    """The streaming pipeline: push micro-batches, poll after each, flush at the end."""
+    import cusense
+
+    pipe = cusense.Pipeline(cusense.Tumbling(WINDOW_NS), aggs=list(case.aggs),
+                            max_out_of_orderness=s.disorder_ns, backend=backend)
+    res = stream_through(pipe, s, case.batch, latencies)
     return {c: res[c] for c in ("key", "window_start", *case.aggs)}
 
 
@@ -1042,23 +1051,7 @@ def run_cusense_window(s: Stream, w: Workload, batch: int, backend: str,
 
     pipe = cusense.Pipeline(w.window, aggs=list(w.aggs), max_out_of_orderness=s.disorder_ns,
                             backend=backend)
-    parts = []
-    n = len(s.keys)
-    clock = time.perf_counter
-    for off in range(0, n, batch):
-        t = clock()
-        pipe.push(s.keys[off:off + batch], s.ts[off:off + batch], s.values[off:off + batch])
-        r = pipe.poll()
-        if latencies is not None:
-            latencies.append(clock() - t)
-        if len(r):
-            parts.append(r)
-    parts.append(pipe.flush())
-    stats = pipe.stats
-    if stats["records_late"] or stats["records_aggregated"] != n:
-        raise AssertionError(f"cusense aggregated {stats['records_aggregated']} of {n} records "
-                             f"({stats['records_late']} late): the workload must have no late records")
-    res = cusense.Result.concat(parts)
+    res = stream_through(pipe, s, batch, latencies)
     return {c: res[c] for c in (*w.columns, *w.aggs)}
 
 
