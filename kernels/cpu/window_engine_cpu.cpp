@@ -1,5 +1,6 @@
 // CPU backend of the keyed window engine: state is sharded by key across threads; each shard
-// maps (key, window id) to accumulator slots through an open-addressing index.
+// maps (key, window id) to accumulator slots through an open-addressing index, in front of
+// which a small per-key cache of recently used states answers most lookups.
 #include <algorithm>
 #include <exception>
 #include <limits>
@@ -34,21 +35,43 @@ std::uint32_t shard_of(std::uint32_t key, std::uint32_t shards)
 }
 
 // Window id of a timestamp, remembering the last window's bounds: in a (mostly) time-ordered
-// stream consecutive records share a window, so the 64-bit division is rarely needed.
+// stream consecutive records share a window or move to a neighbour, so the 64-bit division is
+// rarely needed.
 struct window_id_cache {
   ops::tumbling const& window;
-  std::int64_t lo = 1, hi = 0, id = 0;  // [lo, hi) holds window `id`; starts empty
+  // [lo, hi) holds window `id`; starts empty, with lo = hi below every time so that the first
+  // record takes the division (t - size never underflows: |t| <= 2^62, size <= 2^61).
+  std::int64_t lo = std::numeric_limits<std::int64_t>::min(), hi = lo, id = 0;
 
   std::int64_t operator()(std::int64_t t)
   {
-    if (t < lo || t >= hi) {
-      id = window.id(t);
+    if (t >= hi) {
+      if (t - window.size < hi) {  // the next window: common in a disordered stream
+        ++id;
+        lo = hi;
+        hi = window.end(id);
+        return id;
+      }
+    } else if (t >= lo) {
+      return id;
+    } else if (t + window.size >= lo) {  // the previous window
+      --id;
+      hi = lo;
       lo = window.start(id);
-      hi = window.end(id);
+      return id;
     }
+    id = window.id(t);
+    lo = window.start(id);
+    hi = window.end(id);
     return id;
   }
 };
+
+// Pass 0a counts records per shard in this many interleaved sets of counters.
+constexpr std::size_t count_lanes = 4;
+
+// Below this many emitted windows they are sorted and released on the calling thread.
+constexpr std::size_t parallel_emit_threshold = 1 << 11;
 
 // How many records ahead the state-lookup passes prefetch hash buckets and accumulators.
 constexpr std::size_t prefetch_ahead = 16;
@@ -59,10 +82,24 @@ struct shard_state {
   std::vector<std::uint32_t> slot_key;
   std::vector<std::uint32_t> free_slots;
   std::map<std::int64_t, std::vector<std::uint32_t>> open_by_window;  // window id -> slots
-  std::vector<std::uint32_t> todo;   // record indices of the current batch
-  std::vector<std::uint32_t> slots;  // state slot of each todo record
-  std::vector<std::int64_t> wins;    // scratch: window id of each todo record
-  std::vector<std::uint64_t> hashes; // scratch: flat_index::hash of each todo record
+  // The records of the current batch: runs of record indices (one per chunk of the batch, in
+  // arrival order), read where pass 0 wrote them rather than copied together.
+  std::vector<std::vector<std::uint32_t> const*> todo;
+  std::vector<std::uint32_t> slots;  // state slot of each todo record, runs concatenated
+  // The states a key last used, direct-mapped by the key's low bits: a key's records mostly
+  // fall in the window of its previous record (or, near a window boundary of a disordered
+  // stream, in the next one: two ways), and sensor keys are mostly dense small integers, so
+  // this usually answers without hashing or probing. It holds only open states: forget()
+  // drops a state from it before its slot can be reused.
+  struct recent_state {
+    std::int64_t win;
+    std::uint32_t key;
+    std::uint32_t slot = flat_index::none;
+  };
+  struct alignas(32) recent_states {
+    recent_state way[2];
+  };
+  std::vector<recent_states> recent = std::vector<recent_states>(std::size_t{1} << 8);
   struct created_state {
     std::int64_t win;
     std::uint32_t key;
@@ -85,11 +122,37 @@ struct shard_state {
   // order of taking, so an appended one is the last; neither branch allocates.
   void release_new_slot(std::uint32_t slot, int channels)
   {
+    forget(slot_key[slot], slot);
     if (slot >= slots_before) {
       slot_key.pop_back();
       acc.resize(acc.size() - static_cast<std::size_t>(channels));
     } else {
       free_slots.push_back(slot);  // it was popped from there: the capacity is still held
+    }
+  }
+
+  // Called when `slot` (the state of `key`) is closed or removed.
+  void forget(std::uint32_t key, std::uint32_t slot)
+  {
+    for (recent_state& r : recent[key & (recent.size() - 1)].way) {
+      if (r.slot == slot) { r.slot = flat_index::none; }
+    }
+  }
+
+  // Keeps `recent` at least twice the open states, and larger for a large batch (whose keys
+  // are not known yet), up to a bound, so that dense keys do not collide. Only a cache: when
+  // it cannot grow, it stays as it is.
+  void size_recent(std::size_t records)
+  {
+    constexpr std::size_t max_recent = std::size_t{1} << 20;
+    std::size_t const need = std::max(2 * index.size(), std::min(records / 8, std::size_t{1} << 16));
+    std::size_t want       = recent.size();
+    while (want < max_recent && want < need) want *= 2;
+    if (want == recent.size()) { return; }
+    try {
+      std::vector<recent_states> fresh(want);
+      recent.swap(fresh);
+    } catch (std::bad_alloc const&) {
     }
   }
 
@@ -161,23 +224,42 @@ struct shard_state {
                int channels)
   {
     try {
-      std::size_t const n = todo.size();
+      std::size_t n = 0;
+      for (auto const* run : todo) n += run->size();
+      size_recent(n);
       slots.resize(n);
-      wins.resize(n);
-      hashes.resize(n);
       window_id_cache wid{window};
-      for (std::size_t j = 0; j < n; ++j) {
-        std::uint32_t const r = todo[j];
-        wins[j]               = wid(ts[r]);
-        hashes[j]             = flat_index::hash(keys[r], wins[j]);
-      }
-      // The bucket loads are the cost (random accesses): issue them ahead of their use.
-      for (std::size_t j = 0; j < n; ++j) {
-        if (j + prefetch_ahead < n) { index.prefetch_hashed(hashes[j + prefetch_ahead]); }
-        std::uint32_t const key = keys[todo[j]];
-        std::uint32_t slot      = index.find_hashed(hashes[j], key, wins[j]);
-        if (slot == flat_index::none) { slot = create(key, wins[j], channels); }
-        slots[j] = slot;
+      std::size_t const recent_mask = recent.size() - 1;
+      std::uint32_t* slot_of = slots.data();
+      for (auto const* run : todo) {
+        std::uint32_t const* const records = run->data();
+        std::size_t const m                = run->size();
+        for (std::size_t j = 0; j < m; ++j) {
+          // The cache lines are the cost (random accesses): load them ahead of their use.
+          if (j + prefetch_ahead < m) { __builtin_prefetch(&recent[keys[records[j + prefetch_ahead]] & recent_mask]); }
+          std::uint32_t const r   = records[j];
+          std::uint32_t const key = keys[r];
+          std::int64_t const win  = wid(ts[r]);
+          recent_state* const way = recent[key & recent_mask].way;
+          // Which way holds the record's window changes from key to key: select with masks,
+          // not branches. No match gives none (all ones); a forgotten way that matches gives
+          // none too, even ORed with a live copy of the same state (rare: then both ways
+          // hold it, with the same slot).
+          auto const match = [&](recent_state const& w) {
+            return std::uint32_t{0} - static_cast<std::uint32_t>((w.key == key) & (w.win == win));
+          };
+          std::uint32_t const m0 = match(way[0]), m1 = match(way[1]);
+          std::uint32_t slot     = (way[0].slot & m0) | (way[1].slot & m1) | ~(m0 | m1);
+          if (slot == flat_index::none) {
+            slot = index.find(key, win);
+            if (slot == flat_index::none) { slot = create(key, win, channels); }
+            // Replace a free way, else the older window (closed first).
+            bool const second = way[0].slot != flat_index::none &&
+                                (way[1].slot == flat_index::none || way[1].win < way[0].win);
+            way[second] = {win, key, slot};
+          }
+          *slot_of++ = slot;
+        }
       }
     } catch (...) {
       roll_back(channels);
@@ -201,20 +283,24 @@ struct shard_state {
   void accumulate(T const* values, int channels = Fixed)
   {
     if constexpr (Fixed != 0) { channels = Fixed; }
-    std::size_t const n = todo.size();
-    for (std::size_t j = 0; j < n; ++j) {
-      if (j + prefetch_ahead < n) {
-        __builtin_prefetch(&acc[std::size_t{slots[j + prefetch_ahead]} * channels], 1);
-      }
-      ops::moments* a = &acc[std::size_t{slots[j]} * channels];
-      T const* v      = values + std::size_t{todo[j]} * channels;
-      for (int c = 0; c < channels; ++c) {
-        double const x = static_cast<double>(v[c]);
-        nan_values += ops::is_nan(x);
-        ops::add(a[c], x);
+    std::size_t const n = slots.size();
+    std::size_t j       = 0;
+    for (auto const* run : todo) {
+      for (std::uint32_t const r : *run) {
+        if (j + prefetch_ahead < n) {
+          __builtin_prefetch(&acc[std::size_t{slots[j + prefetch_ahead]} * channels], 1);
+        }
+        ops::moments* a = &acc[std::size_t{slots[j]} * channels];
+        T const* v      = values + std::size_t{r} * channels;
+        for (int c = 0; c < channels; ++c) {
+          double const x = static_cast<double>(v[c]);
+          nan_values += ops::is_nan(x);
+          ops::add(a[c], x);
+        }
+        ++j;
       }
     }
-    aggregated += todo.size();
+    aggregated += n;
     todo.clear();
     created.clear();
   }
@@ -295,7 +381,7 @@ class cpu_window_engine final : public window_engine {
     if (parts_.size() < parts) { parts_.resize(parts); }
     for (std::uint32_t c = 0; c < parts; ++c) {
       parts_[c].by_shard.resize(shards);
-      parts_[c].count.assign(shards, 0);
+      parts_[c].count.assign(count_lanes * shards, 0);
       parts_[c].cursor.resize(shards);
       parts_[c].late.clear();
       parts_[c].error = nullptr;
@@ -310,9 +396,22 @@ class cpu_window_engine final : public window_engine {
       for (std::uint32_t c = tid; c < parts; c += team) {
         std::int64_t m      = std::numeric_limits<std::int64_t>::min();
         std::size_t* const count = parts_[c].count.data();
-        for (std::size_t i = chunk_begin(c), e = chunk_begin(c + 1); i < e; ++i) {
+        // Consecutive records often hit the same shard: separate counters per lane keep the
+        // increments from waiting on each other.
+        std::size_t i = chunk_begin(c);
+        std::size_t const e = chunk_begin(c + 1);
+        for (; i + count_lanes <= e; i += count_lanes) {
+          for (std::size_t l = 0; l < count_lanes; ++l) {
+            m = std::max(m, batch.timestamps[i + l]);
+            ++count[l * shards + shard_of(batch.keys[i + l], shards)];
+          }
+        }
+        for (; i < e; ++i) {
           m = std::max(m, batch.timestamps[i]);
           ++count[shard_of(batch.keys[i], shards)];
+        }
+        for (std::size_t l = 1; l < count_lanes; ++l) {
+          for (std::uint32_t s = 0; s < shards; ++s) count[s] += count[l * shards + s];
         }
         parts_[c].max = m;
       }
@@ -348,15 +447,36 @@ class cpu_window_engine final : public window_engine {
             pc.cursor[s] = lists[s].data();
           }
           std::uint32_t** const cursor = pc.cursor.data();
-          for (std::size_t i = chunk_begin(c), e = chunk_begin(c + 1); i < e; ++i) {
-            std::int64_t const t = batch.timestamps[i];
-            if (t < late_below) {
-              pc.late.push_back(static_cast<std::uint32_t>(i));
-              continue;
+          auto const split = [&](auto&& to_shard) {
+            for (std::size_t i = chunk_begin(c), e = chunk_begin(c + 1); i < e; ++i) {
+              std::int64_t const t = batch.timestamps[i];
+              if (t < late_below) {
+                pc.late.push_back(static_cast<std::uint32_t>(i));
+                continue;
+              }
+              to_shard(static_cast<std::uint32_t>(i), batch.keys[i]);
+              m = std::max(m, t);
+              if (m >= recompute) { update(); }
             }
-            *cursor[shard_of(batch.keys[i], shards)]++ = static_cast<std::uint32_t>(i);
-            m = std::max(m, t);
-            if (m >= recompute) { update(); }
+          };
+          // A cursor kept in memory makes consecutive records of one shard wait on each other
+          // (store-to-load forwarding); with one or two shards the cursors stay in registers.
+          if (shards == 1) {
+            std::uint32_t* c0 = cursor[0];
+            split([&](std::uint32_t i, std::uint32_t) { *c0++ = i; });
+            cursor[0] = c0;
+          } else if (shards == 2) {
+            std::uint32_t *c0 = cursor[0], *c1 = cursor[1];
+            split([&](std::uint32_t i, std::uint32_t key) {
+              std::uint32_t const second = shard_of(key, 2);
+              *(second ? c1 : c0) = i;
+              c0 += 1 - second;
+              c1 += second;
+            });
+            cursor[0] = c0;
+            cursor[1] = c1;
+          } else {
+            split([&](std::uint32_t i, std::uint32_t key) { *cursor[shard_of(key, shards)]++ = i; });
           }
           for (std::uint32_t s = 0; s < shards; ++s) {
             lists[s].resize(static_cast<std::size_t>(cursor[s] - lists[s].data()));
@@ -373,17 +493,7 @@ class cpu_window_engine final : public window_engine {
         for (std::uint32_t s = tid; s < shards; s += team) {
           try {
             shard_state& sh = shards_[s];
-            if (parts == 1) {
-              sh.todo.swap(parts_[0].by_shard[s]);
-            } else {
-              std::size_t total = 0;
-              for (std::uint32_t c = 0; c < parts; ++c) total += parts_[c].by_shard[s].size();
-              sh.todo.reserve(total);
-              for (std::uint32_t c = 0; c < parts; ++c) {
-                auto const& l = parts_[c].by_shard[s];
-                sh.todo.insert(sh.todo.end(), l.begin(), l.end());
-              }
-            }
+            for (std::uint32_t c = 0; c < parts; ++c) sh.todo.push_back(&parts_[c].by_shard[s]);
             sh.resolve(batch.keys, batch.timestamps, window_, channels);
           } catch (...) {
             errors[s] = std::current_exception();
@@ -479,33 +589,77 @@ class cpu_window_engine final : public window_engine {
       std::uint32_t shard;
       std::uint32_t slot;
     };
-    std::vector<ready> out;
-    for (std::uint32_t s = 0; s < shards_.size(); ++s) {
-      auto& open = shards_[s].open_by_window;
-      for (auto it = open.begin(); it != open.end() && it->first < limit; ++it) {
-        for (std::uint32_t slot : it->second) {
-          out.push_back({it->first, shards_[s].slot_key[slot], s, slot});
-        }
-      }
-    }
-    if (out.empty() && std::all_of(shards_.begin(), shards_.end(), [&](shard_state const& sh) {
+    auto const shards = static_cast<std::uint32_t>(shards_.size());
+    // Each shard's states go to its own range of `out`, sorted there (in parallel for many
+    // rows), then the ranges are merged: a (key, window) pair lives in one shard only, so the
+    // order is the same total order as one sort of everything.
+    if (std::all_of(shards_.begin(), shards_.end(), [&](shard_state const& sh) {
           return sh.open_by_window.empty() || sh.open_by_window.begin()->first >= limit;
         })) {
       return;
     }
-    std::sort(out.begin(), out.end(), [](ready const& a, ready const& b) {
+    std::vector<std::size_t> first(shards + 1, 0);
+    for (std::uint32_t s = 0; s < shards; ++s) {
+      auto const& open = shards_[s].open_by_window;
+      std::size_t rows = 0;
+      for (auto it = open.begin(); it != open.end() && it->first < limit; ++it) rows += it->second.size();
+      first[s + 1] = first[s] + rows;
+    }
+    std::vector<ready> out(first[shards]);
+    auto const by_window_then_key = [](ready const& a, ready const& b) {
       return a.win != b.win ? a.win < b.win : a.key < b.key;
-    });
+    };
+    auto const collect = [&](std::uint32_t s) {
+      shard_state const& sh = shards_[s];
+      ready* to             = out.data() + first[s];
+      for (auto it = sh.open_by_window.begin(); it != sh.open_by_window.end() && it->first < limit; ++it) {
+        for (std::uint32_t slot : it->second) *to++ = {it->first, sh.slot_key[slot], s, slot};
+      }
+      std::sort(out.begin() + first[s], out.begin() + first[s + 1], by_window_then_key);
+    };
+    bool const parallel = shards > 1 && out.size() >= parallel_emit_threshold;
+#pragma omp parallel for num_threads(shards) schedule(static, 1) if (parallel)
+    for (std::uint32_t s = 0; s < shards; ++s) collect(s);
+    for (std::uint32_t s = 1; s < shards; ++s) {
+      // (inplace_merge falls back to a slower merge, without throwing, when it gets no buffer)
+      std::inplace_merge(out.begin(), out.begin() + first[s], out.begin() + first[s + 1], by_window_then_key);
+    }
     windows_out_.reserve(out.size());
     for (auto& sh : shards_) sh.free_slots.reserve(sh.slot_key.size());
     // Nothing below allocates.
     int const channels = options_.channels;
-    for (ready const& r : out) {
-      shard_state& sh = shards_[r.shard];
-      windows_out_.append(r.key, window_.start(r.win), window_.end(r.win),
-                          &sh.acc[std::size_t{r.slot} * channels]);
-      sh.index.erase(r.key, r.win);
-      sh.free_slots.push_back(r.slot);
+    auto const append_rows = [&] {
+      for (ready const& r : out) {
+        windows_out_.append(r.key, window_.start(r.win), window_.end(r.win),
+                            &shards_[r.shard].acc[std::size_t{r.slot} * channels]);
+      }
+    };
+    // Releasing a state leaves its accumulator as it is (create() resets it), so the rows can
+    // be appended while other threads release the states (index erasures: random accesses).
+    auto const release = [&](std::uint32_t s) {
+      shard_state& sh = shards_[s];
+      for (ready const& r : out) {
+        if (r.shard != s) { continue; }
+        sh.index.erase(r.key, r.win);
+        sh.forget(r.key, r.slot);
+        sh.free_slots.push_back(r.slot);
+      }
+    };
+#pragma omp parallel num_threads(shards) if (parallel)
+    {
+#ifdef _OPENMP
+      auto const tid  = static_cast<std::uint32_t>(omp_get_thread_num());
+      auto const team = static_cast<std::uint32_t>(omp_get_num_threads());
+#else
+      std::uint32_t const tid = 0, team = 1;
+#endif
+      if (tid == 0) { append_rows(); }
+      // Thread 0 appends the rows; the others (or thread 0 alone) release the states.
+      std::uint32_t const releasers      = team > 1 ? team - 1 : 1;
+      std::uint32_t const first_releaser = team > 1 ? 1 : 0;
+      if (tid >= first_releaser) {
+        for (std::uint32_t s = tid - first_releaser; s < shards; s += releasers) release(s);
+      }
     }
     for (auto& sh : shards_) {
       sh.open_by_window.erase(sh.open_by_window.begin(), sh.open_by_window.lower_bound(limit));
