@@ -1210,6 +1210,22 @@ def _fmt_rate(x):
     return "" if x is None else f"{x / 1e6:.2f}"
 
 
+def _result_row(r: dict, cells: list, volume: str, peer_names) -> str:
+    """A markdown table row: the given leading cells, then timings (`volume` is the 4th timing
+    column: MB/s or rows out), check and speedups over each peer."""
+    if "seconds" in r:
+        cells = cells + [f"{r['seconds']:.3f}", f"{r['cpu_seconds']:.2f}", _fmt_rate(r["records_per_s"]), volume,
+                         f"{r['latency_p50_ms']:.2f}" if "latency_p50_ms" in r else "",
+                         f"{r['latency_p99_ms']:.2f}" if "latency_p99_ms" in r else "",
+                         f"{r['host_peak_mb']:.0f}"]
+    else:
+        cells = cells + [""] * 7
+    cells.append(r.get("check", ""))
+    sv = r.get("speedup_vs", {})
+    cells += [f"{sv[p]:.1f}" if p in sv else "" for p in peer_names]
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown(report: dict) -> str:
     if report["mode"] == "windows":
         return windows_markdown(report)
@@ -1235,17 +1251,8 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         cells = [r["sweep"], _si(r["records"]), _si(r["keys"]), _si(r["batch"]) if r["kind"] == "cusense" else "all",
                  str(len(r["aggs"])), r["impl"]]
-        if "seconds" in r:
-            cells += [f"{r['seconds']:.3f}", f"{r['cpu_seconds']:.2f}", _fmt_rate(r["records_per_s"]), f"{r['bytes_per_s'] / 1e6:.0f}",
-                      f"{r['latency_p50_ms']:.2f}" if "latency_p50_ms" in r else "",
-                      f"{r['latency_p99_ms']:.2f}" if "latency_p99_ms" in r else "",
-                      f"{r['host_peak_mb']:.0f}"]
-        else:
-            cells += [""] * 7
-        cells.append(r.get("check", ""))
-        sv = r.get("speedup_vs", {})
-        cells += [f"{sv[p]:.1f}" if p in sv else "" for p in peer_names]
-        lines.append("| " + " | ".join(cells) + " |")
+        volume = f"{r['bytes_per_s'] / 1e6:.0f}" if "seconds" in r else ""
+        lines.append(_result_row(r, cells, volume, peer_names))
     if report["failures"]:
         lines += ["", "**FAILURES**", ""] + [f"- {f}" for f in report["failures"]]
     lines.append("")
@@ -1337,18 +1344,7 @@ def windows_markdown(report: dict) -> str:
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["results"]:
         cells = [r["workload"], r["impl"]]
-        if "seconds" in r:
-            cells += [f"{r['seconds']:.3f}", f"{r['cpu_seconds']:.2f}", _fmt_rate(r["records_per_s"]),
-                      f"{r['rows_out']}",
-                      f"{r['latency_p50_ms']:.2f}" if "latency_p50_ms" in r else "",
-                      f"{r['latency_p99_ms']:.2f}" if "latency_p99_ms" in r else "",
-                      f"{r['host_peak_mb']:.0f}"]
-        else:
-            cells += [""] * 7
-        cells.append(r.get("check", ""))
-        sv = r.get("speedup_vs", {})
-        cells += [f"{sv[p]:.1f}" if p in sv else "" for p in peer_names]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_result_row(r, cells, f"{r.get('rows_out', '')}", peer_names))
     if report["failures"]:
         lines += ["", "**FAILURES**", ""] + [f"- {f}" for f in report["failures"]]
     lines.append("")
