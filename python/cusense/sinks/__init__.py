@@ -1,5 +1,5 @@
 """Sinks for ``cusense serve``: PostgreSQL, the Parquet archive, line protocol."""
-from .base import EpochOutput, Sink
+from .base import EpochOutput, Sink, SinkUnavailableError
 
 _LAZY = {"PostgresSink": ".postgres", "ParquetArchive": ".parquet",
          "LineProtocolSink": ".lineprotocol"}
@@ -13,4 +13,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EpochOutput", "Sink", *_LAZY]
+__all__ = ["EpochOutput", "Sink", "SinkUnavailableError", *_LAZY]

@@ -42,6 +42,12 @@ class EpochOutput:
     source_positions: dict
 
 
+class SinkUnavailableError(ConnectionError):
+    """The sink's server or storage cannot be reached. The epoch being written was rolled back;
+    the service retries ``write`` + ``commit`` of it with back-off, and the sink reconnects on
+    its own on the next call."""
+
+
 class Sink(Protocol):
     """A destination for epoch outputs. The service calls ``open()``, then per epoch
     ``write(out)`` followed by ``commit(out.epoch)``, and ``close()``. After a crash the service
