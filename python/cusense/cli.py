@@ -361,6 +361,22 @@ def cmd_demo(args) -> int:
     return int(demo.main(rest) or 0)
 
 
+def cmd_serve(args) -> int:
+    from .service import ConfigError, serve
+
+    try:
+        return serve(args.config)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_simulate(args) -> int:
+    from . import simulator
+
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return int(simulator.main(rest) or 0)
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,6 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
                        prefix_chars="+", add_help=False)
     m.add_argument("rest", nargs=argparse.REMAINDER)
     m.set_defaults(func=cmd_demo)
+    sv = sub.add_parser("serve", help="run the fleet service: broker -> cusense -> storage",
+                        description="Runs cusense as a long-lived service configured by a TOML "
+                                    "file (source, pipeline, sinks, checkpoints, metrics; see "
+                                    "docs/service.md). SIGTERM or Ctrl-C drains, takes a final "
+                                    "checkpoint and exits 0.")
+    sv.add_argument("config", help="TOML configuration file")
+    sv.set_defaults(func=cmd_serve)
+    sm = sub.add_parser("simulate", help="publish a simulated device fleet to MQTT or Kafka",
+                        description="Runs python -m cusense.simulator; arguments after 'simulate' "
+                                    "go to it (cusense simulate -- --help for its options).",
+                        prefix_chars="+", add_help=False)
+    sm.add_argument("rest", nargs=argparse.REMAINDER)
+    sm.set_defaults(func=cmd_simulate)
     ap.subcommands = sub.choices
     return ap
 
@@ -403,7 +432,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # "bench"/"demo" pass everything on, "--help" included (after "--"); their own --help/-h
     # without "--" shows the subcommand help.
-    if len(argv) >= 2 and argv[0] in ("bench", "demo") and argv[1] in ("-h", "--help"):
+    if len(argv) >= 2 and argv[0] in ("bench", "demo", "simulate") and argv[1] in ("-h", "--help"):
         parser.subcommands[argv[0]].print_help()
         return 0
     args = parser.parse_args(argv)
