@@ -100,7 +100,7 @@ def build_source(s: dict):
     if not topics:
         raise ConfigError("source.topics is required for Kafka")
     return KafkaSource(s["bootstrap_servers"], topics, group_id=s.get("group_id", "cusense"),
-                       config=s.get("config"))
+                       config=s.get("config"), topic_from_key=bool(s.get("topic_from_key", True)))
 
 
 def build_decoder(s: dict):

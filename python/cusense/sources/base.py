@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: one is built per broker message
 class Message:
     """One broker message. ``partition``/``offset`` are set where the broker has them (Kafka)."""
     topic: str

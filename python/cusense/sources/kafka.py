@@ -49,12 +49,18 @@ class KafkaSource:
     ``config`` adds librdkafka settings (security, fetch sizes, ...); ``max_buffered`` bounds the
     messages prefetched per partition (librdkafka's ``queued.min.messages``). Every
     ``metadata_refresh_s`` seconds the topics are looked up again and partitions added since are
-    assigned, starting at their earliest offset (0 disables the refresh).
+    assigned, starting at their earliest offset (0 disables the refresh). ``topic_from_key``
+    hands the record key on as the message topic, for topic templates.
     """
 
     def __init__(self, bootstrap_servers: str, topics: str | list[str], group_id: str,
                  config: dict | None = None, max_buffered: int = 100_000, *,
-                 metadata_refresh_s: float = 60.0, metadata_timeout_s: float = 30.0):
+                 metadata_refresh_s: float = 60.0, metadata_timeout_s: float = 30.0,
+                 topic_from_key: bool = False):
+        # Kafka topics usually carry a whole fleet, with the device in the record key: with
+        # topic_from_key the key (e.g. "fleet/dev-17/temp") stands for the MQTT-style topic
+        # that the topic template is matched against.
+        self.topic_from_key = bool(topic_from_key)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         if not self.topics:
             raise ValueError("KafkaSource needs at least one topic")
@@ -142,6 +148,9 @@ class KafkaSource:
                 continue
             topic, partition, offset = record.topic(), record.partition(), record.offset()
             payload = record.value() or b""  # a tombstone (null value) is an empty payload
+            if self.topic_from_key:
+                key = record.key()
+                topic = key.decode("utf-8", "replace") if key else f"{topic}/<no key>"
             messages.append(Message(topic, payload, partition, offset))
             next_offsets[(topic, partition)] = offset + 1
             payload_bytes += len(payload)
