@@ -116,3 +116,18 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.2, check=Non
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def wait_equal(value, expected, timeout: float, what: str, check=None):
+    """Polls ``value()`` until it equals ``expected``; the failure shows the last value."""
+    seen = []
+
+    def matches():
+        seen[:] = [value()]
+        return seen[0] == expected
+
+    try:
+        wait_for(matches, timeout, what, check=check)
+    except AssertionError:
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: "
+                             f"last {seen[0]!r}, expected {expected!r}") from None

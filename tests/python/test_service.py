@@ -18,7 +18,7 @@ from fleet_oracle import compare_windows, tumbling_windows
 from kafka_cluster import kafka_cluster  # noqa: F401  (fixture)
 from mqtt_broker import mqtt_broker, restart_mosquitto, start_mosquitto, stop_mosquitto  # noqa: F401
 from pg_server import postgres_dsn, restart_postgres, start_postgres, stop_postgres  # noqa: F401
-from service_harness import ServiceProcess, query, service_config, wait_for
+from service_harness import ServiceProcess, query, service_config, wait_equal, wait_for
 
 SIZE_NS = 10_000_000_000
 OOO_NS = 5_000_000_000
@@ -55,7 +55,7 @@ def _count(dsn, schema, table):
     (lambda c: c["checkpoint"].update(interval="soon"), "checkpoint.interval"),
     (lambda c: c["batch"].update(max_messages=0), "batch.max_messages"),
     (lambda c: c.update(extra={}), "unknown section"),
-    (lambda c: c["sinks"].append({"type": "mongodb"}), "sinks[1].type"),
+    (lambda c: c["sinks"].append({"type": "mongodb"}), "sinks[2].type"),
 ])
 def test_config_errors_name_the_option(tmp_path, change, message):
     cfg = service_config(tmp_path, dsn="host=127.0.0.1", schema="s", mqtt_port=1883)
@@ -77,6 +77,13 @@ def test_config_file_paths_are_relative_to_the_file(tmp_path):
 
 
 # --- end to end -------------------------------------------------------------------------------------
+
+def _raise_first(errors):
+    def check():
+        if errors:
+            raise errors[0]
+    return check
+
 
 def _run_in_thread(service: Service):
     errors = []
@@ -115,7 +122,7 @@ def test_mqtt_fleet_to_postgres_and_archive_equals_pandas(tmp_path, mqtt_broker,
         publish_mqtt(sim.messages(), "127.0.0.1", mqtt_broker.port, client_id=schema + "-pub")
         wait_for(lambda: _count(postgres_dsn, schema, "windows") == len(expected), 60,
                  f"{len(expected)} windows in PostgreSQL",
-                 check=lambda: not errors or (_ for _ in ()).throw(errors[0]))
+                 check=_raise_first(errors))
         time.sleep(0.5)
     finally:
         service.stop()
@@ -183,13 +190,14 @@ def test_bad_input_is_dead_lettered_and_the_service_keeps_running(tmp_path, mqtt
         messages.insert(pos + offset, msg)
     cfg = service_config(tmp_path, dsn=postgres_dsn, schema=schema, mqtt_port=mqtt_broker.port,
                          client_id=schema, archive=False)
+    cfg["source"]["subscribe"] = ["fleet/#"]
     service = Service(cfg)
     thread, errors = _run_in_thread(service)
     try:
         wait_for(lambda: service._pipeline is not None, 30, "service start")
         publish_mqtt(messages, "127.0.0.1", mqtt_broker.port, client_id=schema + "-pub")
-        wait_for(lambda: _count(postgres_dsn, schema, "windows") == len(expected) and
-                 _count(postgres_dsn, schema, "dead_letters") == len(bad), 60, "windows and dead letters")
+        wait_equal(lambda: (_count(postgres_dsn, schema, "windows"), _count(postgres_dsn, schema, "dead_letters")),
+                   (len(expected), len(bad)), 60, "windows and dead letters", check=_raise_first(errors))
     finally:
         service.stop()
         thread.join(60)
@@ -288,6 +296,8 @@ def test_kill_9_at_random_moments_kafka(tmp_path, kafka_cluster, postgres_dsn, r
 
 
 def test_broker_and_database_restarts_lose_nothing(tmp_path, request, rng):
+    for name in ("broker", "pg"):
+        (tmp_path / name).mkdir()
     broker = start_mosquitto(tmp_path / "broker")
     dsn, pg = start_postgres(tmp_path / "pg")
     schema = _schema(request)
@@ -310,7 +320,7 @@ def test_broker_and_database_restarts_lose_nothing(tmp_path, request, rng):
         publish_mqtt(messages[2 * third:], "127.0.0.1", broker.port, client_id=schema + "-pub")
         try:
             wait_for(lambda: _count(dsn, schema, "windows") == len(expected), 120,
-                     f"{len(expected)} windows after restarts")
+                     f"{len(expected)} windows after restarts", check=_raise_first(errors))
         finally:
             service.stop()
             thread.join(60)

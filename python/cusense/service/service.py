@@ -90,9 +90,11 @@ def build_source(s: dict):
 
     if s["type"] == "mqtt":
         from ..sources.mqtt import MqttSource
-        template = TopicTemplate(s["topic_template"])
+        # By default subscribe to exactly what the template matches; ``subscribe`` widens it
+        # (e.g. "fleet/#"), and messages on topics the template does not match are dead-lettered.
+        subscribe = s.get("subscribe") or [TopicTemplate(s["topic_template"]).subscription()]
         return MqttSource(s.get("host", "127.0.0.1"), int(s.get("port", 1883)),
-                          topics=[template.subscription()], client_id=s.get("client_id", "cusense"),
+                          topics=list(subscribe), client_id=s.get("client_id", "cusense"),
                           qos=int(s.get("qos", 1)), username=s.get("username"),
                           password=s.get("password"))
     from ..sources.kafka import KafkaSource
