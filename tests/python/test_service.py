@@ -5,6 +5,7 @@ restarts."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 
@@ -214,16 +215,19 @@ def test_bad_input_is_dead_lettered_and_the_service_keeps_running(tmp_path, mqtt
 FAULTS = ["push:3", "checkpoint:1", "sink:1", "ack:1", "checkpoint:2", "sink:2"]
 
 
-def _crash_loop(service: ServiceProcess, publisher: threading.Thread, kills: int, rng, dsn, schema):
-    """Kills the service ``kills`` times: half at random moments, half at a step of an epoch
-    (CUSENSE_FAULT), restarting it each time; then lets it finish."""
+def _crash_loop(service: ServiceProcess, publisher: threading.Thread, kills: int, rng):
+    """Kills the running service ``kills`` times: half at random moments, half at a step of an
+    epoch (CUSENSE_FAULT), restarting it each time; then starts it for good."""
     for i in range(kills):
-        fault = FAULTS[i // 2 % len(FAULTS)] if i % 2 else ""
-        service.start(env={"CUSENSE_FAULT": fault})
+        if i:
+            fault = FAULTS[i // 2 % len(FAULTS)] if i % 2 else ""
+            service.start(env={"CUSENSE_FAULT": fault})
+        else:
+            fault = ""          # the first life was started by the caller
         if fault:
             try:
-                service.proc.wait(20)      # the fault kills it; or it never got there
-            except Exception:
+                service.proc.wait(8)       # the fault kills it (or the step never came)
+            except subprocess.TimeoutExpired:
                 pass
         else:
             time.sleep(float(rng.uniform(0.3, 2.5)))
@@ -242,7 +246,7 @@ def _crash_test(tmp_path, dsn, schema, cfg, sim, deliver, rng, kills=22):
     wait_for(lambda: "event=start" in service.log_text(), 60, "service start",
              check=lambda: service.alive() or pytest.fail(service.log_text()[-3000:]))
     publisher.start()
-    _crash_loop(service, publisher, kills, rng, dsn, schema)
+    _crash_loop(service, publisher, kills, rng)
     try:
         wait_for(lambda: _count(dsn, schema, "windows") == len(expected), 120,
                  f"{len(expected)} windows after the crashes",
@@ -268,7 +272,8 @@ def test_kill_9_at_random_moments_mqtt(tmp_path, mqtt_broker, postgres_dsn, requ
                          client_id=schema, interval="200ms")
     messages = sim.messages()
     _crash_test(tmp_path, postgres_dsn, schema, cfg, sim,
-                lambda: publish_mqtt(messages, "127.0.0.1", mqtt_broker.port, rate=1500,
+                # spread over about 35 s, so that the kills fall while data flows
+                lambda: publish_mqtt(messages, "127.0.0.1", mqtt_broker.port, rate=len(messages) / 35,
                                      client_id=schema + "-pub"), rng)
 
 
@@ -288,9 +293,10 @@ def test_kill_9_at_random_moments_kafka(tmp_path, kafka_cluster, postgres_dsn, r
     messages = sim.messages()
 
     def deliver():
-        for i in range(0, len(messages), 1000):
-            produce_kafka(messages[i:i + 1000], kafka_cluster.bootstrap_servers, topic)
-            time.sleep(0.5)
+        chunk = len(messages) // 35 + 1      # about 35 s of production, while the kills happen
+        for i in range(0, len(messages), chunk):
+            produce_kafka(messages[i:i + chunk], kafka_cluster.bootstrap_servers, topic)
+            time.sleep(1.0)
 
     _crash_test(tmp_path, postgres_dsn, schema, cfg, sim, deliver, rng)
 
