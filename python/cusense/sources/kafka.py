@@ -148,10 +148,11 @@ class KafkaSource:
                 continue
             topic, partition, offset = record.topic(), record.partition(), record.offset()
             payload = record.value() or b""  # a tombstone (null value) is an empty payload
+            name = topic
             if self.topic_from_key:
                 key = record.key()
-                topic = key.decode("utf-8", "replace") if key else f"{topic}/<no key>"
-            messages.append(Message(topic, payload, partition, offset))
+                name = key.decode("utf-8", "replace") if key else f"{topic}/<no key>"
+            messages.append(Message(name, payload, partition, offset))
             next_offsets[(topic, partition)] = offset + 1
             payload_bytes += len(payload)
         self.stats["messages"] += len(messages)
