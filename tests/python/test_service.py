@@ -79,6 +79,25 @@ def test_config_file_paths_are_relative_to_the_file(tmp_path):
 
 # --- end to end -------------------------------------------------------------------------------------
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> dict:
+    """The Prometheus text endpoint as {sample name: value} (unlabelled samples)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
 def _raise_first(errors):
     def check():
         if errors:
@@ -107,6 +126,8 @@ def test_mqtt_fleet_to_postgres_and_archive_equals_pandas(tmp_path, mqtt_broker,
     readings, expected, late = _expected(sim)
     cfg = service_config(tmp_path, dsn=postgres_dsn, schema=schema, mqtt_port=mqtt_broker.port,
                          client_id=schema)
+    metrics_port = _free_port()
+    cfg["metrics"] = {"port": metrics_port}
     service = Service(cfg)
     thread, errors = _run_in_thread(service)
     # Subscribe to the fleet status the service publishes back (retained messages).
@@ -125,12 +146,20 @@ def test_mqtt_fleet_to_postgres_and_archive_equals_pandas(tmp_path, mqtt_broker,
                  f"{len(expected)} windows in PostgreSQL",
                  check=_raise_first(errors))
         time.sleep(0.5)
+        metrics = _scrape(metrics_port)
     finally:
         service.stop()
         thread.join(60)
         sub.loop_stop()
     assert not errors, errors
     compare_windows(_stored_windows(postgres_dsn, schema), expected)
+    assert metrics["cusense_records_in_total"] == len(readings)
+    assert metrics["cusense_messages_total"] == len(sim.messages())
+    assert metrics["cusense_records_late_total"] == len(late)
+    assert metrics["cusense_rows_out_total"] == len(expected)
+    assert metrics["cusense_dead_letters_total"] == 0
+    assert metrics["cusense_checkpoint_duration_seconds_count"] >= 1
+    assert 0 <= metrics["cusense_checkpoint_age_seconds"] < 30
 
     # Late readings are stored, not lost; nothing was dead-lettered.
     stored_late = query(postgres_dsn, f"select device, channel, timestamp, value from {schema}.late_records")
