@@ -139,8 +139,7 @@ def test_mqtt_fleet_to_postgres_and_archive_equals_pandas(tmp_path, mqtt_broker,
     sub.subscribe("plant/status/+", qos=1)
     sub.loop_start()
     try:
-        wait_for(lambda: service.stats.get("epoch") is not None and service._pipeline is not None, 30,
-                 "service start", check=lambda: not errors or (_ for _ in ()).throw(errors[0]))
+        wait_for(service.ready.is_set, 30, "service start", check=_raise_first(errors))
         publish_mqtt(sim.messages(), "127.0.0.1", mqtt_broker.port, client_id=schema + "-pub")
         wait_for(lambda: _count(postgres_dsn, schema, "windows") == len(expected), 60,
                  f"{len(expected)} windows in PostgreSQL",
@@ -224,7 +223,7 @@ def test_bad_input_is_dead_lettered_and_the_service_keeps_running(tmp_path, mqtt
     service = Service(cfg)
     thread, errors = _run_in_thread(service)
     try:
-        wait_for(lambda: service._pipeline is not None, 30, "service start")
+        wait_for(service.ready.is_set, 30, "service start", check=_raise_first(errors))
         publish_mqtt(messages, "127.0.0.1", mqtt_broker.port, client_id=schema + "-pub")
         wait_equal(lambda: (_count(postgres_dsn, schema, "windows"), _count(postgres_dsn, schema, "dead_letters")),
                    (len(expected), len(bad)), 60, "windows and dead letters", check=_raise_first(errors))
@@ -346,7 +345,7 @@ def test_broker_and_database_restarts_lose_nothing(tmp_path, request, rng):
         thread, errors = _run_in_thread(service)
         messages = sim.messages()
         third = len(messages) // 3
-        wait_for(lambda: service._pipeline is not None, 30, "service start")
+        wait_for(service.ready.is_set, 30, "service start", check=_raise_first(errors))
         publish_mqtt(messages[:third], "127.0.0.1", broker.port, client_id=schema + "-pub")
         time.sleep(0.5)
         broker = restart_mosquitto(broker)

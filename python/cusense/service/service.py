@@ -197,6 +197,9 @@ class Service:
         self._decoder = build_decoder(cfg.source)
         self._store = CheckpointStore(cfg.checkpoint_dir)
         self._stop = threading.Event()
+        # Set once the checkpoint is restored and the source is open (MQTT: subscribed), so a
+        # caller knows when publishing to a fresh broker session starts to be kept for it.
+        self.ready = threading.Event()
         self._metrics = None
         self._pipeline: Pipeline | None = None
         self._fleet = FleetStatus(cfg.alarm_hold_ns)
@@ -275,6 +278,7 @@ class Service:
             log.info("event=restore epoch=%d backend=%s keys=%d", latest, self._pipeline.backend,
                      len(self._decoder.keys))
         self._source.open(positions)
+        self.ready.set()
 
     # --- per micro-batch -------------------------------------------------------------------------
     def _collect(self, last_checkpoint: float) -> list:
