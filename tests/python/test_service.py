@@ -363,3 +363,15 @@ def test_broker_and_database_restarts_lose_nothing(tmp_path, request, rng):
     finally:
         stop_mosquitto(broker)
         stop_postgres(pg)
+
+
+def test_fleet_example_runs(tmp_path):
+    """README's fleet example: throwaway servers, the service, the simulator, the queries."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "examples" / "fleet" / "fleet_demo.py"
+    done = subprocess.run([sys.executable, str(script), "--devices", "8", "--duration", "2min"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "== fleet status counts ==" in done.stdout and "0 dead letters" in done.stderr
