@@ -375,3 +375,19 @@ def test_fleet_example_runs(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "== fleet status counts ==" in done.stdout and "0 dead letters" in done.stderr
+
+
+def test_stop_while_the_database_is_unreachable_returns_cleanly(tmp_path, mqtt_broker, request, caplog):
+    """SIGTERM while PostgreSQL is down: the service stops retrying and returns; nothing is
+    acknowledged, so the next start delivers everything."""
+    schema = _schema(request)
+    cfg = service_config(tmp_path, dsn=f"host=127.0.0.1 port={_free_port()} user=postgres connect_timeout=1",
+                         schema=schema, mqtt_port=mqtt_broker.port, client_id=schema, archive=False)
+    service = Service(cfg)
+    thread, errors = _run_in_thread(service)
+    time.sleep(1.5)                      # retrying the sink's open() with back-off
+    assert not service.ready.is_set()
+    service.stop()
+    thread.join(20)
+    assert not thread.is_alive() and not errors, errors
+    assert any("stopped_undelivered" in r.getMessage() for r in caplog.records)

@@ -25,6 +25,7 @@ class FleetStatus:
         self.devices: dict[str, dict] = {}        # device -> status, since, last_seen, last_alarm
         self.channels: dict[str, set] = {}        # device -> its pipeline keys
         self.silent_keys: set[int] = set()
+        self._anomalous: set[str] = set()         # devices whose alarm hold may expire
         self._touched: set[str] = set()           # devices to report in this epoch
         self._changed: set[str] = set()           # devices whose status changed in this epoch
 
@@ -39,6 +40,7 @@ class FleetStatus:
         fleet.devices = {d: dict(s) for d, s in state["devices"].items()}
         fleet.channels = {d: set(k) for d, k in state["channels"].items()}
         fleet.silent_keys = set(state["silent_keys"])
+        fleet._anomalous = {d for d, e in fleet.devices.items() if e["status"] == "anomalous"}
         return fleet
 
     # --- updates -------------------------------------------------------------------------------
@@ -47,6 +49,10 @@ class FleetStatus:
         if entry["status"] != status:
             entry["status"], entry["since"] = status, int(since)
             self._changed.add(device)
+            if status == "anomalous":
+                self._anomalous.add(device)
+            else:
+                self._anomalous.discard(device)
         self._touched.add(device)
 
     def _decide(self, device: str, at: int, watermark: int | None) -> None:
@@ -104,8 +110,9 @@ class FleetStatus:
         """Alarms older than ``alarm_hold`` expire as the watermark moves on."""
         if watermark is None:
             return
-        for device, entry in self.devices.items():
-            if entry["status"] == "anomalous" and entry["last_alarm"] + self.alarm_hold_ns <= watermark:
+        for device in list(self._anomalous):   # only these can change here: O(anomalous), not O(fleet)
+            entry = self.devices[device]
+            if entry["last_alarm"] + self.alarm_hold_ns <= watermark:
                 self._decide(device, entry["last_alarm"] + self.alarm_hold_ns, watermark)
 
     # --- epoch output --------------------------------------------------------------------------

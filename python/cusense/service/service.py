@@ -182,6 +182,11 @@ class _Metrics:
             self.watermark_lag.set(time.time() - watermark_ns / 1e9)
 
 
+class _Stopped(Exception):
+    """Stop was requested while waiting for a sink or the source: the durable checkpoint is
+    left as it is and is delivered at the next start."""
+
+
 class Service:
     """``cusense serve`` as an object: ``Service(config).run()`` blocks until :meth:`stop`
     (or SIGTERM under :func:`serve`), then drains, checkpoints and returns.
@@ -224,10 +229,10 @@ class Service:
         cfg = self.config
         self._metrics = _Metrics(cfg.metrics_port)
         progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        self._start()
-        last_checkpoint = time.monotonic()
         last_progress = time.monotonic()
         try:
+            self._start()
+            last_checkpoint = time.monotonic()
             while not self._stop.is_set():
                 messages = self._collect(last_checkpoint)
                 if messages:
@@ -245,6 +250,11 @@ class Service:
             if self._epoch_has_data():
                 self._close_epoch()
             log.info("event=stopped epoch=%d", self._epoch - 1)
+        except _Stopped:
+            # Nothing is lost: the newest checkpoint is durable and is re-sent at the next start;
+            # what came after it was never acknowledged to the broker.
+            log.warning("event=stopped_undelivered epoch=%s reason='a sink or the source was "
+                        "unreachable when asked to stop'", self._store.latest())
         finally:
             if progress:
                 sys.stderr.write("\n")
@@ -277,7 +287,7 @@ class Service:
             self._epoch = latest + 1
             log.info("event=restore epoch=%d backend=%s keys=%d", latest, self._pipeline.backend,
                      len(self._decoder.keys))
-        self._source.open(positions)
+        self._retry(self._source, lambda: self._source.open(positions), (ConnectionError, OSError))
         self.ready.set()
 
     # --- per micro-batch -------------------------------------------------------------------------
@@ -489,16 +499,19 @@ class Service:
             self._retry(sink, send)
             self._metrics.observe_sink(type(sink).__name__, time.perf_counter() - t0)
 
-    def _retry(self, sink, call) -> None:
-        """Calls ``call`` until the sink is reachable, backing off from 0.2 s to 30 s."""
+    def _retry(self, target, call, errors=(SinkUnavailableError,)) -> None:
+        """Calls ``call`` until ``target`` (a sink or the source) is reachable, backing off from
+        0.2 s to 30 s; gives up when a stop is requested (raises _Stopped)."""
         delay = 0.2
         while True:
             try:
                 return call()
-            except SinkUnavailableError as e:
-                log.warning("event=sink_unavailable sink=%s retry_in=%.1fs error=%s",
-                            type(sink).__name__, delay, e)
-                time.sleep(delay)
+            except errors as e:
+                if self._stop.is_set():
+                    raise _Stopped() from e
+                log.warning("event=unavailable target=%s retry_in=%.1fs error=%s",
+                            type(target).__name__, delay, e)
+                self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
     def _publish_status(self, devices: list[str]) -> None:
