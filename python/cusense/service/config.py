@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import copy
 import os
-import tomllib
 from dataclasses import dataclass, field
 
 from .._time import to_nanoseconds
+
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
