@@ -20,6 +20,7 @@ import sys
 import time
 
 EXIT_DATA, EXIT_USAGE = 1, 2
+QUANTILE_NAME = re.compile(r"p\d+(\.\d+)?")
 
 
 class UsageError(Exception):
@@ -78,7 +79,8 @@ def _add_run(sub):
                      help="window offset: windows are [k*size + offset, (k+1)*size + offset)")
     win.add_argument("--aggs", default="count,mean,min,max",
                      help="comma-separated aggregations: count, sum, mean, min, max, var, std, "
-                          "var_pop, std_pop, nan_count (default count,mean,min,max)")
+                          "var_pop, std_pop, nan_count, first, last, quantiles pXX (p50, p99.9; "
+                          "median = p50, column p50) (default count,mean,min,max)")
     win.add_argument("--max-out-of-orderness", "--lateness", dest="lateness", default="0s",
                      metavar="DURATION",
                      help="how far event time may go backwards before a record is late (default 0s)")
@@ -198,16 +200,17 @@ def cmd_run(args) -> int:
     import cusense
 
     from ._io import Converter, InputError, Progress, Reader, Writer, file_format
+    from ._pipeline import AGG_ALIASES
 
     window = _duration(args.window, "--window", allow_zero=False)
     offset = _duration(args.offset, "--offset")
     lateness = _duration(args.lateness, "--max-out-of-orderness")
     aggs = [a.strip() for a in args.aggs.split(",") if a.strip()]
-    known = set(cusense._core.aggregation_names())
-    unknown = [a for a in aggs if a not in known]
+    known = (set(cusense._core.aggregation_names()) - {"pXX"}) | set(AGG_ALIASES)
+    unknown = [a for a in aggs if a not in known and not QUANTILE_NAME.fullmatch(a)]
     if not aggs or unknown:
         raise UsageError(f"--aggs: unknown aggregation {', '.join(map(repr, unknown)) or '(none)'}; "
-                         f"choose from {', '.join(sorted(known))}")
+                         f"choose from {', '.join(sorted(known))} or a quantile pXX (p50, p99.9)")
     if args.batch <= 0:
         raise UsageError("--batch must be positive")
     if len(set(args.value)) != len(args.value):
@@ -340,7 +343,7 @@ def cmd_bench(args) -> int:
     import importlib.util
     import subprocess
 
-    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    rest = _passed_on(args)
     if importlib.util.find_spec("cusense.bench") is not None:
         bench = importlib.import_module("cusense.bench")
         entry = getattr(bench, "main", None)
@@ -354,11 +357,15 @@ def cmd_bench(args) -> int:
                      "directory or above (run from a cusense source checkout)")
 
 
+def _passed_on(args) -> list[str]:
+    """The arguments a pass-through command hands on (a leading "--" dropped)."""
+    return args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+
+
 def cmd_demo(args) -> int:
     from . import demo
 
-    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-    return int(demo.main(rest) or 0)
+    return int(demo.main(_passed_on(args)) or 0)
 
 
 def cmd_serve(args) -> int:
@@ -373,11 +380,17 @@ def cmd_serve(args) -> int:
 def cmd_simulate(args) -> int:
     from . import simulator
 
-    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
-    return int(simulator.main(rest) or 0)
+    return int(simulator.main(_passed_on(args)) or 0)
 
 
 # --- entry point ------------------------------------------------------------------------------
+
+def _add_passthrough(sub, name: str, func, help: str, description: str) -> None:
+    """A command whose arguments all go to another program (its own --help after "--")."""
+    p = sub.add_parser(name, help=help, description=description, prefix_chars="+", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=func)
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cusense", description=__doc__,
@@ -388,20 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("devices", help="list usable CUDA devices",
                        description="Lists the CUDA devices cusense can use, or says why there are none.")
     d.set_defaults(func=cmd_devices)
-    b = sub.add_parser("bench", help="run the benchmark suite (arguments are passed on)",
-                       description="Runs the benchmark suite: cusense.bench when installed, else "
-                                   "benchmarks/run.py of a source checkout. Arguments after "
-                                   "'bench' go to the suite (e.g. cusense bench --quick; "
-                                   "cusense bench -- --help for its options).",
-                       prefix_chars="+", add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(func=cmd_bench)
-    m = sub.add_parser("demo", help="run the synthetic fleet demo (arguments are passed on)",
-                       description="Runs python -m cusense.demo; arguments after 'demo' go to it "
-                                   "(cusense demo -- --help for its options).",
-                       prefix_chars="+", add_help=False)
-    m.add_argument("rest", nargs=argparse.REMAINDER)
-    m.set_defaults(func=cmd_demo)
+    _add_passthrough(sub, "bench", cmd_bench, "run the benchmark suite (arguments are passed on)",
+                     "Runs the benchmark suite: cusense.bench when installed, else "
+                     "benchmarks/run.py of a source checkout. Arguments after "
+                     "'bench' go to the suite (e.g. cusense bench --quick; "
+                     "cusense bench -- --help for its options).")
+    _add_passthrough(sub, "demo", cmd_demo, "run the synthetic fleet demo (arguments are passed on)",
+                     "Runs python -m cusense.demo; arguments after 'demo' go to it "
+                     "(cusense demo -- --help for its options).")
     sv = sub.add_parser("serve", help="run the fleet service: broker -> cusense -> storage",
                         description="Runs cusense as a long-lived service configured by a TOML "
                                     "file (source, pipeline, sinks, checkpoints, metrics; see "
@@ -409,12 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "checkpoint and exits 0.")
     sv.add_argument("config", help="TOML configuration file")
     sv.set_defaults(func=cmd_serve)
-    sm = sub.add_parser("simulate", help="publish a simulated device fleet to MQTT or Kafka",
-                        description="Runs python -m cusense.simulator; arguments after 'simulate' "
-                                    "go to it (cusense simulate -- --help for its options).",
-                        prefix_chars="+", add_help=False)
-    sm.add_argument("rest", nargs=argparse.REMAINDER)
-    sm.set_defaults(func=cmd_simulate)
+    _add_passthrough(sub, "simulate", cmd_simulate, "publish a simulated device fleet to MQTT or Kafka",
+                     "Runs python -m cusense.simulator; arguments after 'simulate' "
+                     "go to it (cusense simulate -- --help for its options).")
     ap.subcommands = sub.choices
     return ap
 

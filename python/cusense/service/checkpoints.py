@@ -16,23 +16,11 @@ import shutil
 
 import pandas as pd
 
+from .._durable import fsync_directory, fsync_file
 from ..sinks.base import EpochOutput
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d{12})$")
 OUTPUT_TABLES = ("windows", "alarms", "silence", "late", "dead_letters", "raw", "status")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 class CheckpointStore:
@@ -73,10 +61,10 @@ class CheckpointStore:
         for name in OUTPUT_TABLES:
             file = os.path.join(tmp, f"{name}.arrow")
             getattr(out, name).reset_index(drop=True).to_feather(file)
-            _fsync_file(file)
-        _fsync_dir(tmp)
+            fsync_file(file)
+        fsync_directory(tmp)
         os.rename(tmp, final)
-        _fsync_dir(self.directory)
+        fsync_directory(self.directory)
 
     def read(self, epoch: int) -> tuple[str, dict, EpochOutput]:
         """(pipeline checkpoint path, service state, the epoch's outputs)."""

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._durable import fsync_directory
 from .base import EpochOutput, SinkUnavailableError
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class ParquetArchive:
             os.replace(temporary, final)
         # The renames must be durable before the marker says the epoch is there.
         for directory in {final.parent for _, final in pending.files}:
-            _fsync_directory(directory)
+            fsync_directory(directory)
 
     def _write_marker(self, pending: _PendingEpoch) -> None:
         marker = self.root / MARKER
@@ -192,7 +193,7 @@ class ParquetArchive:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, marker)
-        _fsync_directory(self.root)
+        fsync_directory(self.root)
 
     def _read_marker(self) -> dict | None:
         try:
@@ -247,11 +248,3 @@ class ParquetArchive:
 def _epoch_of(path: Path) -> int:
     match = _EPOCH_FILE.fullmatch(path.name)
     return int(match.group(1)) if match else -1
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
