@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -9,9 +10,24 @@ import numpy as np
 
 from . import _core
 from ._result import Result
-from ._time import timestamps_to_ns, to_nanoseconds
+from ._time import (check_no_nulls, check_time_unit, timestamp_array, timestamps_to_ns,
+                    to_nanoseconds, warn_if_seconds_or_ms)
 
 _NAN_POLICIES = ("skip", "raise")
+
+# Aggregation names accepted as spellings of another. The pipeline runs (and checkpoints) the
+# canonical name, so the output column is the canonical one: a restored pipeline, which knows
+# only the checkpointed names, emits the same columns.
+AGG_ALIASES = {"median": "p50"}
+
+
+def canonical_aggs(aggs) -> list[str]:
+    """``aggs`` with aliases replaced by the aggregation they stand for."""
+    names = [AGG_ALIASES.get(a, a) if isinstance(a, str) else a for a in aggs]
+    for alias, target in AGG_ALIASES.items():
+        if alias in aggs and target in aggs:
+            raise ValueError(f"{alias!r} is an alias of {target!r}: give one of them")
+    return names
 
 
 @dataclass(frozen=True)
@@ -127,8 +143,29 @@ def _window_of(opts):
     return Rolling(opts.rolling_rows, None if mp < 0 else mp)
 
 
+def _length(column) -> int | None:
+    try:
+        return len(column)
+    except TypeError:  # a scalar or 0-d array
+        return None
+
+
+def _is_empty_batch(keys, timestamps, values) -> bool:
+    """All three columns empty: such a push has nothing to check (an empty list is float64
+    for numpy, which the key check would refuse)."""
+    return all(_length(c) == 0 for c in (keys, timestamps, values))
+
+
+def _batch_length(keys, timestamps, values) -> int:
+    """The records of a refused batch: the longest column (columns may disagree)."""
+    return max((_length(c) or 0) for c in (keys, timestamps, values))
+
+
 def _as_keys(keys) -> np.ndarray:
+    check_no_nulls(keys, "keys")
     k = np.asarray(keys)
+    if k.ndim != 1:
+        raise ValueError(f"keys must be 1-D (one id per record), got shape {k.shape}")
     if k.dtype == np.uint32:
         return np.ascontiguousarray(k)
     if k.dtype.kind not in "iu":
@@ -140,6 +177,7 @@ def _as_keys(keys) -> np.ndarray:
 
 
 def _as_values(values, channels: int) -> np.ndarray:
+    check_no_nulls(values, "values")
     v = np.asarray(values)
     if v.dtype.kind in "iub":
         v = v.astype(np.float64)
@@ -165,7 +203,8 @@ class Pipeline:
         var_pop, std_pop (ddof=0), nan_count, first, last (by event time, ties by arrival),
         argmin_ts, argmax_ts (event time of the min / max, int64 ns, NaT without values) and
         approximate quantiles ``pXX`` (p50, p90, p99, p99.9, ...) from a DDSketch: within
-        ``quantile_accuracy * |x|`` of ``x = np.quantile(v, q, method="lower")``. A
+        ``quantile_accuracy * |x|`` of ``x = np.quantile(v, q, method="lower")``; ``median`` is
+        an alias of ``p50`` (its column is named ``p50``, and ``aggs`` lists ``p50``). A
         ``nan_count`` column is always present.
     allowed_lateness : duration
         Tumbling, sliding and session windows are kept this long after they were emitted: a
@@ -209,6 +248,7 @@ class Pipeline:
                             f"got {type(window).__name__}")
         if isinstance(aggs, str):
             aggs = [aggs]
+        aggs = canonical_aggs(aggs)
         if nan_policy not in _NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
         opts = _core.PipelineOptions()
@@ -240,10 +280,17 @@ class Pipeline:
                 raise TypeError(f"detectors must be cusense.detectors.* objects, got {type(d).__name__}")
         opts.detectors = [d._spec() for d in self.detectors]
         self._core = _core.Pipeline(opts)
-        self._channels = opts.channels
-        self._nan_policy = nan_policy
+        self._init_python_state(opts.channels, nan_policy)
         self.window = window
         self.aggs = list(aggs)
+
+    def _init_python_state(self, channels: int, nan_policy: str) -> None:
+        self._channels = channels
+        self._nan_policy = nan_policy
+        # Records of pushes refused by the checks in Python, before the engine saw them; the
+        # engine counts the pushes it refuses itself. Not part of checkpoints.
+        self._records_rejected_in_python = 0
+        self._time_unit_warned = False
 
     @property
     def backend(self) -> str:
@@ -256,20 +303,51 @@ class Pipeline:
         (``open_windows``: (key, window) states; (key, pane) partials for sliding windows,
         sessions, held records for rolling windows), ``open_keys`` (keys holding state),
         ``state_bytes`` (approximate), current watermark (ns, None before the first record)."""
-        return {**self._core.stats(), **self._core.detector_stats()}
+        stats = {**self._core.stats(), **self._core.detector_stats()}
+        # A refused push counts as pushed and rejected, wherever it was refused.
+        stats["records_pushed"] += self._records_rejected_in_python
+        stats["records_rejected"] += self._records_rejected_in_python
+        return stats
 
-    def push(self, keys, timestamps, values) -> None:
-        """Push a micro-batch: keys (uint32 ids), timestamps (int64 ns or datetime64), values."""
+    def push(self, keys, timestamps, values, time_unit: str | None = None) -> None:
+        """Push a micro-batch of records: keys (uint32 ids), timestamps, values.
+
+        Columns may be numpy arrays, sequences, pandas Series, pyarrow arrays or polars Series.
+        Timestamps: integers in ``time_unit`` since the epoch (``"ns"``, ``"us"``, ``"ms"`` or
+        ``"s"``; default ns), datetime64 of any unit, time-zone-aware pandas timestamps
+        (converted to UTC) or ``datetime`` objects (aware ones converted to UTC, naive ones
+        taken as UTC). Without ``time_unit``, integer timestamps that look like seconds or
+        milliseconds of the present era give a :class:`TimeUnitWarning` (once per pipeline).
+        An empty batch is a no-op. A refused batch (ValueError / TypeError) changes nothing
+        but ``stats["records_rejected"]``.
+        """
+        if _is_empty_batch(keys, timestamps, values):
+            return
+        try:
+            k, t, v = self._checked_batch(keys, timestamps, values, time_unit)
+        except (TypeError, ValueError):
+            self._records_rejected_in_python += _batch_length(keys, timestamps, values)
+            raise
+        self._push_checked(k, t, v)
+
+    def _checked_batch(self, keys, timestamps, values, time_unit):
+        """The batch as the engine's arrays, or TypeError / ValueError naming the problem."""
         k = _as_keys(keys)
-        t = timestamps_to_ns(timestamps)
+        raw_times = timestamp_array(timestamps)
+        t = timestamps_to_ns(raw_times, check_time_unit(time_unit or "ns"))
         v = _as_values(values, self._channels)
-        if not (k.ndim == 1 and t.ndim == 1 and len(k) == len(t) == len(v)):
-            raise ValueError(f"length mismatch: {k.size} keys, {t.size} timestamps, {len(v)} values")
+        if not len(k) == len(t) == len(v):
+            raise ValueError(f"length mismatch: {len(k)} keys, {len(t)} timestamps, {len(v)} values")
         if self._nan_policy == "raise" and v.dtype.kind == "f":
             nan_at = np.flatnonzero(np.isnan(v).reshape(len(v), -1).any(axis=1))
             if nan_at.size:
                 raise ValueError(f"value is NaN at index {int(nan_at[0])} (nan_policy='raise'); "
                                  f"batch of {len(v)} records rejected")
+        if time_unit is None and not self._time_unit_warned and raw_times.dtype.kind in "iu":
+            self._time_unit_warned = warn_if_seconds_or_ms(t, stacklevel=3)
+        return k, t, v
+
+    def _push_checked(self, k, t, v) -> None:
         if v.dtype == np.float32:
             self._core.push_f32(k, t, v)
         else:
@@ -317,11 +395,11 @@ class Pipeline:
         opts = core.options
         self = cls.__new__(cls)
         self._core = core
-        self._channels = opts.channels
-        self._nan_policy = nan_policy
+        self._init_python_state(opts.channels, nan_policy)
         self.window = _window_of(opts)
         self.aggs = list(opts.aggs)
-        self.detectors = list(opts.detectors)
+        from .detectors import detector_of_spec
+        self.detectors = [detector_of_spec(spec) for spec in opts.detectors]
         return self
 
     def poll_silence(self) -> Result:
@@ -331,16 +409,43 @@ class Pipeline:
 
 
 def window_aggregate(keys, timestamps, values, window, aggs=("count", "sum", "mean", "min", "max"),
-                     max_out_of_orderness=0, backend: str = "auto", **kwargs) -> Result:
+                     max_out_of_orderness=None, backend: str = "auto", return_late: bool = False,
+                     time_unit: str | None = None, **kwargs):
     """Windowed aggregation of a finite stream in one call (push everything, flush).
 
-    With the default ``max_out_of_orderness=0`` a record is late when its window already ended
-    before it arrived; pass a bound (or sort by time) to aggregate out-of-order data fully.
+    With the default ``max_out_of_orderness=None`` the whole input is known, so every record is
+    aggregated whatever its order: the records are stably sorted by timestamp first (records
+    with equal timestamps keep their input order, which decides first/last/argmin_ts/argmax_ts
+    ties and Rolling's (timestamp, arrival) order). An explicit bound replays the input as a
+    stream in its order with that lateness: records late for it are not aggregated; with
+    ``return_late=True`` the result is ``(windows, late)``, otherwise a :class:`LateDataWarning`
+    says how many there were. ``time_unit`` and the other arguments are as for
+    :class:`Pipeline` and :meth:`Pipeline.push`.
     """
-    pipe = Pipeline(window, aggs=aggs, max_out_of_orderness=max_out_of_orderness,
+    whole_input = max_out_of_orderness is None
+    pipe = Pipeline(window, aggs=aggs, max_out_of_orderness=0 if whole_input else max_out_of_orderness,
                     backend=backend, **kwargs)
-    pipe.push(keys, timestamps, values)
-    return pipe.flush()
+    if not _is_empty_batch(keys, timestamps, values):
+        k, t, v = pipe._checked_batch(keys, timestamps, values, time_unit)
+        if whole_input and len(t) > 1 and np.any(t[1:] < t[:-1]):
+            order = np.argsort(t, kind="stable")
+            k, t, v = k[order], t[order], v[order]
+        pipe._push_checked(k, t, v)
+    windows = pipe.flush()
+    late = pipe.poll_late()
+    if return_late:
+        return windows, late
+    if len(late):
+        warnings.warn(f"{len(late)} of {pipe.stats['records_pushed']} records arrived after their "
+                      f"window closed (max_out_of_orderness={max_out_of_orderness!r}) and are not "
+                      f"in the windows; pass return_late=True to get them as (windows, late), or "
+                      f"max_out_of_orderness=None to aggregate the whole input",
+                      LateDataWarning, stacklevel=2)
+    return windows
+
+
+class LateDataWarning(UserWarning):
+    """window_aggregate with an explicit max_out_of_orderness left late records out."""
 
 
 def devices() -> list:

@@ -162,23 +162,46 @@ def default() -> Detector:
     return KnnDiscord()
 
 
-def score(timestamps, values, keys=None, detector: Detector | None = None, backend: str = "auto"):
+def detector_of_spec(spec) -> Detector:
+    """The detector object a ``_core.DetectorSpec`` (e.g. from a checkpoint) was built from."""
+    common = {"threshold": spec.threshold, "channel": spec.channel, "name": spec.name or None}
+    if spec.kind == "ewma":
+        return EWMA(alpha=spec.alpha, min_count=spec.min_count, **common)
+    if spec.kind in ("rolling_z", "rolling_mad"):
+        cls = RollingZ if spec.kind == "rolling_z" else RollingMAD
+        return cls(window=spec.window, min_count=spec.min_count, **common)
+    if spec.kind == "knn_discord":
+        return KnnDiscord(L=spec.L, H=spec.H, min_candidates=spec.min_candidates, H2=spec.H2,
+                          K=spec.K, **common)
+    if spec.kind == "silence":
+        return Silence(timeout=spec.timeout)
+    raise ValueError(f"unknown detector kind {spec.kind!r}")
+
+
+def score(timestamps, values, keys=None, detector: Detector | None = None, backend: str = "auto",
+          time_unit: str | None = None):
     """Scores of a finite stream by one detector, aligned with the input order (float64 array).
 
     Every record is scored from its key's earlier records in ``(timestamp, input order)``
     order; nothing is late. ``keys=None`` means one series. ``values`` is 1-D (one channel).
+    Timestamps are as for :meth:`cusense.Pipeline.push`: integers in ``time_unit`` (default
+    ns; a :class:`cusense.TimeUnitWarning` when they look like seconds or milliseconds and no
+    ``time_unit`` is given), datetime64, time-zone-aware pandas timestamps or datetimes.
     """
     import numpy as np
 
     from ._pipeline import _as_keys, _as_values
-    from ._time import timestamps_to_ns
+    from ._time import check_time_unit, timestamp_array, timestamps_to_ns, warn_if_seconds_or_ms
 
     det = default() if detector is None else detector
     if not hasattr(det, "_spec"):
         raise TypeError(f"detector must be a cusense.detectors.* object, got {type(det).__name__}")
     if isinstance(det, Silence):
         raise ValueError("score: the silence detector gives events, not scores (use a Pipeline)")
-    t = timestamps_to_ns(timestamps)
+    raw_times = timestamp_array(timestamps)
+    t = timestamps_to_ns(raw_times, check_time_unit(time_unit or "ns"))
+    if time_unit is None and raw_times.dtype.kind in "iu":
+        warn_if_seconds_or_ms(t, stacklevel=2)
     v = np.ascontiguousarray(_as_values(values, 1), dtype=np.float64)
     if keys is None:
         k = np.zeros(0, dtype=np.uint32)
@@ -190,4 +213,5 @@ def score(timestamps, values, keys=None, detector: Detector | None = None, backe
     return _core.score(k, t, v, det._spec(), backend, keys is not None)
 
 
-__all__ = ["Detector", "EWMA", "RollingZ", "RollingMAD", "KnnDiscord", "Silence", "default", "score"]
+__all__ = ["Detector", "EWMA", "RollingZ", "RollingMAD", "KnnDiscord", "Silence", "default", "score",
+           "detector_of_spec"]

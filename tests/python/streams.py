@@ -16,7 +16,9 @@ def run_windows(pipe, keys, ts, values, cuts):
     windows and the late records."""
     parts = []
     for a, b in zip(cuts[:-1], cuts[1:]):
-        pipe.push(keys[a:b], ts[a:b], values[a:b])
+        # The synthetic streams are nanoseconds near 1970: say so, or a batch whose times look
+        # like seconds or milliseconds of today would give a TimeUnitWarning.
+        pipe.push(keys[a:b], ts[a:b], values[a:b], time_unit="ns")
         parts.append(pipe.poll())
     parts.append(pipe.flush())
     return cusense.Result.concat(parts), pipe.poll_late()

@@ -229,7 +229,7 @@ def test_wrong_column_type_in_parquet(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--aggs", "mean,median"], "unknown aggregation 'median'"),
+    (["--aggs", "mean,mode"], "unknown aggregation 'mode'"),
     (["--window", "60"], "give a unit"),
     (["--window", "0s"], "must be positive"),
     (["--out", "x.xlsx"], "cannot tell the format"),
