@@ -240,7 +240,8 @@ def test_bad_input_is_dead_lettered_and_the_service_keeps_running(tmp_path, mqtt
 
 # --- crashes ----------------------------------------------------------------------------------------
 
-FAULTS = ["push:3", "checkpoint:1", "sink:1", "ack:1", "checkpoint:2", "sink:2"]
+FAULTS = ["push:3", "checkpoint_files:1", "checkpoint:1", "sink:1", "ack:1", "checkpoint_files:2",
+          "sink:2", "ack:2"]
 
 
 def _crash_loop(service: ServiceProcess, publisher: threading.Thread, kills: int, rng):

@@ -45,8 +45,10 @@ class CheckpointStore:
     def path(self, epoch: int) -> str:
         return os.path.join(self.directory, f"epoch-{epoch:012d}")
 
-    def write(self, out: EpochOutput, pipeline, state: dict) -> None:
-        """Writes the checkpoint of ``out.epoch``; durable when this returns."""
+    def write(self, out: EpochOutput, pipeline, state: dict, before_rename=None) -> None:
+        """Writes the checkpoint of ``out.epoch``; durable when this returns. ``before_rename``
+        is called once every file is written, before the directory is renamed into place (the
+        crash tests kill the process there)."""
         final = self.path(out.epoch)
         tmp = os.path.join(self.directory, f".tmp-epoch-{out.epoch:012d}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -63,6 +65,8 @@ class CheckpointStore:
             getattr(out, name).reset_index(drop=True).to_feather(file)
             fsync_file(file)
         fsync_directory(tmp)
+        if before_rename:
+            before_rename()
         os.rename(tmp, final)
         fsync_directory(self.directory)
 

@@ -39,7 +39,8 @@ from .fleet import NAT, FleetStatus
 log = logging.getLogger("cusense.service")
 
 # Crash-test hook: CUSENSE_FAULT="phase:n" kills the process with SIGKILL the n-th time it
-# reaches ``phase`` (push, checkpoint, sink, ack), so tests can crash at each step on purpose.
+# reaches ``phase`` (push; checkpoint_files: written, not yet renamed into place; checkpoint:
+# durable; sink: between a sink's write and commit; ack), so tests can crash at each step.
 _FAULT = os.environ.get("CUSENSE_FAULT", "")
 
 
@@ -470,7 +471,7 @@ class Service:
                  "counts": self._metrics.counts | {"epochs": self._metrics.counts["epochs"] + 1},
                  "status_changed": self._status_changed}
         t0 = time.perf_counter()
-        self._store.write(out, self._pipeline, state)
+        self._store.write(out, self._pipeline, state, before_rename=lambda: self._fault("checkpoint_files"))
         self._metrics.observe_checkpoint(time.perf_counter() - t0)
         self._fault("checkpoint")
         self._deliver(out)
