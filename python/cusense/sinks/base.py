@@ -21,8 +21,8 @@ class EpochOutput:
     - ``dead_letters``: topic, partition (nullable Int64), offset (nullable Int64), payload
       (bytes), reason.
     - ``raw``: device, channel, timestamp, value (every reading pushed, for the archive).
-    - ``status``: device, status ("ok" | "silent" | "anomalous"), since, last_seen: devices whose
-      fleet status changed in this epoch (last state per device).
+    - ``status``: device, status ("ok" | "silent" | "anomalous"), since, last_seen: the current
+      state of every device that sent readings or changed status in this epoch.
     - ``watermark``: the pipeline watermark (ns) after the epoch, None before any record;
       ``closed_before``: event time (ns) before which every window has been emitted for good
       (watermark minus allowed lateness and the window span), None before any record: raw
