@@ -408,6 +408,28 @@ class Pipeline:
         return Result(self._core.poll_silence())
 
 
+def window_from_config(table: dict):
+    """The window of a ``[pipeline]`` table (``cusense serve`` and ``cusense run --config``):
+    ``window`` = "tumbling" (size, offset), "sliding" (size, slide, offset), "session" (gap),
+    "rolling" (n, min_periods) or "none" (None: detectors only)."""
+    kind = table.get("window", "tumbling")
+    try:
+        if kind == "tumbling":
+            return Tumbling(table["size"], table.get("offset", 0))
+        if kind == "sliding":
+            return Sliding(table["size"], table["slide"], table.get("offset", 0))
+        if kind == "session":
+            return Session(table["gap"])
+        if kind == "rolling":
+            n = table["n"]
+            return Rolling(n, min_periods=table.get("min_periods", n))
+        if kind == "none":
+            return None
+    except KeyError as e:
+        raise ValueError(f"pipeline.{e.args[0]} is required for a {kind} window") from None
+    raise ValueError(f"pipeline.window must be tumbling, sliding, session, rolling or none, got {kind!r}")
+
+
 def window_aggregate(keys, timestamps, values, window, aggs=("count", "sum", "mean", "min", "max"),
                      max_out_of_orderness=None, backend: str = "auto", return_late: bool = False,
                      time_unit: str | None = None, **kwargs):

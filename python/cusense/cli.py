@@ -5,6 +5,8 @@
     cusense devices          usable CUDA devices (or why there are none)
     cusense bench [...]      the benchmark suite (arguments are passed on)
     cusense demo [...]       the synthetic fleet demo (arguments are passed on)
+    cusense serve FILE.toml  the fleet service: broker in, PostgreSQL and Parquet out
+    cusense simulate [...]   a simulated fleet publishing to MQTT or Kafka
 
 ``cusense <command> --help`` describes each command. Exit status: 0 on success, 1 for bad
 input data (the message names the file, the line or row, and the column), 2 for bad options
@@ -72,25 +74,40 @@ def _add_run(sub):
     cols.add_argument("--key-type", choices=["auto", "int", "string"], default="auto",
                       help="int: ids are uint32 numbers; string: map any ids to codes; "
                            "auto (default): decided by the first key")
-    win = p.add_argument_group("windows")
-    win.add_argument("--window", required=True, metavar="DURATION",
-                     help="tumbling window size, e.g. 500ms, 10s, 1min, 1h, 1d")
-    win.add_argument("--offset", default="0s", metavar="DURATION",
+    win = p.add_argument_group("windows (one of --window, --session, --count; or --config)")
+    win.add_argument("--window", metavar="DURATION",
+                     help="window size, e.g. 500ms, 10s, 1min, 1h, 1d: tumbling windows, or "
+                          "sliding ones with --slide")
+    win.add_argument("--slide", metavar="DURATION",
+                     help="sliding windows of --window size starting every DURATION")
+    win.add_argument("--offset", default=None, metavar="DURATION",
                      help="window offset: windows are [k*size + offset, (k+1)*size + offset)")
-    win.add_argument("--aggs", default="count,mean,min,max",
+    win.add_argument("--session", metavar="GAP",
+                     help="session windows: a key's records less than GAP apart share a session")
+    win.add_argument("--count", type=int, metavar="N",
+                     help="count windows: one row per record over the key's last N records")
+    win.add_argument("--min-periods", type=int, metavar="N",
+                     help="with --count: values needed for a result (default N)")
+    win.add_argument("--aggs", default=None,
                      help="comma-separated aggregations: count, sum, mean, min, max, var, std, "
                           "var_pop, std_pop, nan_count, first, last, quantiles pXX (p50, p99.9; "
                           "median = p50, column p50) (default count,mean,min,max)")
-    win.add_argument("--max-out-of-orderness", "--lateness", dest="lateness", default="0s",
+    win.add_argument("--max-out-of-orderness", dest="max_out_of_orderness", default=None,
                      metavar="DURATION",
                      help="how far event time may go backwards before a record is late (default 0s)")
+    win.add_argument("--allowed-lateness", default=None, metavar="DURATION",
+                     help="keep windows this long after they closed; late records update them "
+                          "(rows with is_update=true) (default 0s)")
+    win.add_argument("--config", metavar="FILE.toml",
+                     help="take the window, aggregations, bounds and detectors from the [pipeline] "
+                          "table of a cusense serve configuration; options given here win")
     det = p.add_argument_group("anomaly scores")
-    det.add_argument("--detector", metavar="NAME[:k=v,...]",
+    det.add_argument("--detector", metavar="NAME[:k=v,...]", action="append",
                      help="score every record with a detector from cusense.detectors, e.g. ewma, "
-                          "'ewma:alpha=0.05,threshold=0.99' or default")
+                          "'ewma:alpha=0.05,threshold=0.99' or default; repeat for several")
     det.add_argument("--scores-out", metavar="PATH", help="scores output (default OUTPUT.scores.EXT)")
     run = p.add_argument_group("execution")
-    run.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
+    run.add_argument("--backend", choices=["auto", "cpu", "cuda"], default=None,
                      help="auto (default) uses a GPU when one is usable")
     run.add_argument("--batch", type=int, default=1_000_000, metavar="N",
                      help="records per micro-batch (default 1000000)")
@@ -104,6 +121,72 @@ def _add_run(sub):
     prog.add_argument("--no-progress", dest="progress", action="store_false")
     run.add_argument("--quiet", "-q", action="store_true", help="print no summary")
     p.set_defaults(func=cmd_run)
+
+
+def _run_settings(args) -> dict:
+    """The pipeline settings of ``cusense run`` as a ``[pipeline]`` table (the format of
+    ``cusense serve`` configurations): ``--config`` first, then the options given here."""
+    table = {}
+    if args.config:
+        from .service.config import load_pipeline_table
+        try:
+            table = load_pipeline_table(args.config)
+        except ValueError as e:
+            raise UsageError(f"--config {args.config}: {e}") from None
+    kinds = [flag for flag, given in (("--window", args.window and not args.slide),
+                                      ("--window/--slide", args.window and args.slide),
+                                      ("--session", args.session),
+                                      ("--count", args.count is not None)) if given]
+    if len(kinds) > 1:
+        raise UsageError(f"give one window kind, got {' and '.join(kinds)}")
+    if args.slide and not args.window:
+        raise UsageError("--slide needs --window (the window size)")
+    if args.min_periods is not None and args.count is None:
+        raise UsageError("--min-periods goes with --count")
+    if kinds:   # a window kind given here replaces the configuration's
+        for key in ("window", "size", "slide", "gap", "n", "min_periods"):
+            table.pop(key, None)
+    if args.window:
+        table.update(window="sliding" if args.slide else "tumbling",
+                     size=_duration(args.window, "--window", allow_zero=False))
+        if args.slide:
+            table["slide"] = _duration(args.slide, "--slide", allow_zero=False)
+    elif args.session:
+        table.update(window="session", gap=_duration(args.session, "--session", allow_zero=False))
+    elif args.count is not None:
+        if args.count <= 0:
+            raise UsageError("--count must be positive")
+        table.update(window="rolling", n=args.count)
+        if args.min_periods is not None:
+            table["min_periods"] = args.min_periods
+    if "window" not in table or table["window"] == "none":
+        raise UsageError("give the window: --window SIZE [--slide S], --session GAP, --count N, "
+                         "or --config FILE with a [pipeline] window")
+    if args.offset is not None:
+        table["offset"] = _duration(args.offset, "--offset")
+    for key, option in (("max_out_of_orderness", args.max_out_of_orderness),
+                        ("allowed_lateness", args.allowed_lateness)):
+        if option is not None:
+            table[key] = _duration(option, "--" + key.replace("_", "-"))
+    if args.aggs is not None:
+        table["aggs"] = [a.strip() for a in args.aggs.split(",") if a.strip()]
+    if args.detector:
+        table["detectors"] = list(args.detector)
+    if args.backend is not None:
+        table["backend"] = args.backend
+    from ._time import to_nanoseconds
+    try:   # durations from the file may be strings ("5s"); the window classes check the rest
+        for key in ("size", "slide", "offset", "gap", "max_out_of_orderness", "allowed_lateness"):
+            if key in table:
+                table[key] = to_nanoseconds(table[key], key)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--config: {e}") from None
+    table.setdefault("aggs", ["count", "mean", "min", "max"])
+    table.setdefault("max_out_of_orderness", 0)
+    table.setdefault("allowed_lateness", 0)
+    table.setdefault("detectors", [])
+    table.setdefault("backend", "auto")
+    return table
 
 
 def sibling(path: str, tag: str) -> str:
@@ -200,12 +283,10 @@ def cmd_run(args) -> int:
     import cusense
 
     from ._io import Converter, InputError, Progress, Reader, Writer, file_format
-    from ._pipeline import AGG_ALIASES
+    from ._pipeline import AGG_ALIASES, window_from_config
 
-    window = _duration(args.window, "--window", allow_zero=False)
-    offset = _duration(args.offset, "--offset")
-    lateness = _duration(args.lateness, "--max-out-of-orderness")
-    aggs = [a.strip() for a in args.aggs.split(",") if a.strip()]
+    settings = _run_settings(args)
+    aggs = settings["aggs"]
     known = (set(cusense._core.aggregation_names()) - {"pXX"}) | set(AGG_ALIASES)
     unknown = [a for a in aggs if a not in known and not QUANTILE_NAME.fullmatch(a)]
     if not aggs or unknown:
@@ -218,9 +299,11 @@ def cmd_run(args) -> int:
     if args.time_unit and args.time_format:
         raise UsageError("--time-unit is for numeric times, --time-format for strings: give one")
     unit = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[args.time_unit or "ns"]
-    if window % unit or offset % unit:
-        raise UsageError(f"--window and --offset must be whole multiples of --time-unit {args.time_unit}")
-    detector = make_detector(args.detector) if args.detector else None
+    spans = [settings[k] for k in ("size", "slide", "offset", "gap") if k in settings]
+    if any(span % unit for span in spans):
+        raise UsageError(f"window sizes, slides, offsets and gaps must be whole multiples of "
+                         f"--time-unit {args.time_unit}")
+    detectors = [make_detector(spec) for spec in settings["detectors"]]
     try:
         out_format = file_format(args.out, args.out_format)
     except InputError as e:
@@ -237,19 +320,21 @@ def cmd_run(args) -> int:
     kwargs = {}
     if len(args.value) > 1:
         kwargs["channels"] = list(args.value)
-    if detector is not None:
-        kwargs["detectors"] = [detector]
+    if detectors:
+        kwargs["detectors"] = detectors
     try:
-        pipe = cusense.Pipeline(cusense.Tumbling(window, offset), aggs=aggs,
-                                max_out_of_orderness=lateness, backend=args.backend, **kwargs)
+        pipe = cusense.Pipeline(window_from_config(settings), aggs=aggs,
+                                max_out_of_orderness=settings["max_out_of_orderness"],
+                                allowed_lateness=settings["allowed_lateness"],
+                                backend=settings["backend"], **kwargs)
     except cusense.BackendUnavailableError as e:
-        raise UsageError(f"--backend {args.backend}: {e}") from None
+        raise UsageError(f"--backend {settings['backend']}: {e}") from None
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
 
     windows = Writer(args.out, out_format)
     late = Writer(late_path, out_format)
-    scores = Writer(scores_path, out_format) if detector is not None else None
+    scores = Writer(scores_path, out_format) if detectors else None
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = Progress(show)
     t0 = time.perf_counter()

@@ -83,7 +83,7 @@ def test_csv_round_trip_datetime_strings_string_keys(tmp_path, rng, capsys):
     # the strings keep microseconds: the oracle works on the same rounded times
     df["t_ns"] = (df["t_ns"] // 1000) * 1000
     rc = main(["run", str(csv), "--key", "sensor", "--time", "ts", "--value", "temp",
-               "--window", "10s", "--aggs", "count,mean,min,max", "--lateness", "1s",
+               "--window", "10s", "--aggs", "count,mean,min,max", "--max-out-of-orderness", "1s",
                "--batch", "3000", "--no-progress", "--out", str(tmp_path / "w.csv")])
     assert rc == 0, capsys.readouterr().err
     exp, late = oracle(df, "sensor", "t_ns", ["temp"], 10 * SEC, bound=SEC)
@@ -310,3 +310,81 @@ def test_console_script_progress(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "100.0%" in proc.stderr and "1,000 records" in proc.stdout
     assert len(read(tmp_path / "w.csv")) == 40
+
+
+# --- window kinds, allowed lateness, several detectors, --config ---------------------------------
+
+def _api_result(df, window, **kwargs):
+    """What the Python API gives for the same stream (integer keys, ns times, one channel)."""
+    pipe = cusense.Pipeline(window, **kwargs)
+    pipe.push(df["sensor"].to_numpy(np.uint32), df["t_ns"].to_numpy(np.int64),
+              df["temp"].to_numpy(np.float64))
+    return pipe.flush().to_pandas(datetimes=False)
+
+
+@pytest.mark.parametrize("options, window", [
+    (["--window", "30s", "--slide", "10s"], cusense.Sliding("30s", "10s")),
+    (["--session", "4s"], cusense.Session("4s")),
+    (["--count", "5", "--min-periods", "2"], cusense.Rolling(5, min_periods=2)),
+    (["--window", "10s", "--allowed-lateness", "5s"], cusense.Tumbling("10s")),
+])
+def test_window_kinds_match_the_python_api(tmp_path, rng, options, window):
+    df = fleet(rng, n=5_000, keys=20, shuffle_ns=4 * SEC)
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pandas(df[["sensor", "t_ns", "temp"]], preserve_index=False), src)
+    rc = main(["run", str(src), "--key", "sensor", "--time", "t_ns", "--value", "temp", *options,
+               "--aggs", "count,mean,max,p90", "--max-out-of-orderness", "1s", "--batch", "777",
+               "--no-progress", "--quiet", "--out", str(tmp_path / "w.parquet")])
+    assert rc == 0
+    got = read(tmp_path / "w.parquet")
+    lateness = "5s" if "--allowed-lateness" in options else 0
+    want = _api_result(df, window, aggs=["count", "mean", "max", "p90"], max_out_of_orderness="1s",
+                       allowed_lateness=lateness)
+    assert list(got.columns) == list(want.columns)
+    assert len(got) == len(want) > 0
+    for col in want.columns:
+        g = got[col].to_numpy()
+        g = g.astype("datetime64[ns]").view(np.int64) if g.dtype.kind == "M" else g
+        np.testing.assert_allclose(g.astype(float), want[col].to_numpy().astype(float), rtol=1e-12, err_msg=col)
+    if "--allowed-lateness" in options:
+        assert got["is_update"].any()
+
+
+def test_config_file_shares_the_serve_pipeline_table(tmp_path, rng):
+    df = fleet(rng, n=3_000, keys=10, shuffle_ns=2 * SEC)
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pandas(df[["sensor", "t_ns", "temp"]], preserve_index=False), src)
+    config = tmp_path / "serve.toml"
+    config.write_text('[source]\ntype = "mqtt"\ntopic_template = "f/{key}"\n\n'
+                      '[pipeline]\nwindow = "sliding"\nsize = "20s"\nslide = "5s"\n'
+                      'aggs = ["count", "min"]\nmax_out_of_orderness = "3s"\n'
+                      'detectors = ["ewma:alpha=0.1", "rolling_z:window=20"]\n')
+    out = tmp_path / "w.csv"
+    rc = main(["run", str(src), "--key", "sensor", "--time", "t_ns", "--value", "temp",
+               "--config", str(config), "--no-progress", "--quiet", "--out", str(out)])
+    assert rc == 0
+    want = _api_result(df, cusense.Sliding("20s", "5s"), aggs=["count", "min"], max_out_of_orderness="3s")
+    got = read(out)
+    assert len(got) == len(want) and got["count"].tolist() == want["count"].tolist()
+    scores = read(tmp_path / "w.scores.csv")
+    assert {"score_ewma", "score_rolling_z"} <= set(scores.columns)
+    # options given on the command line win over the file
+    rc = main(["run", str(src), "--key", "sensor", "--time", "t_ns", "--value", "temp",
+               "--config", str(config), "--window", "1min", "--aggs", "count",
+               "--no-progress", "--quiet", "--out", str(out)])
+    assert rc == 0 and list(read(out).columns) == ["key", "window_start", "window_end", "count", "nan_count"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--window", "10s", "--session", "5s"], "one window kind"),
+    (["--slide", "5s"], "--slide needs --window"),
+    (["--count", "0"], "--count must be positive"),
+    (["--aggs", "mean"], "give the window"),
+    (["--window", "10s", "--min-periods", "3"], "--min-periods goes with --count"),
+])
+def test_window_option_errors(tmp_path, capsys, options, message):
+    src = tmp_path / "in.csv"
+    src.write_text("k,t,v\n1,1,1.0\n")
+    rc = main(["run", str(src), "--key", "k", "--time", "t", "--value", "v", *options,
+               "--out", str(tmp_path / "w.csv")])
+    assert rc == 2 and message in capsys.readouterr().err

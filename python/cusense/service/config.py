@@ -142,3 +142,16 @@ def load_config(config) -> ServiceConfig:
         progress=service.get("progress"),
         raw=cfg,
     )
+
+
+def load_pipeline_table(path) -> dict:
+    """The ``[pipeline]`` table of a ``cusense serve`` configuration file (``cusense run
+    --config`` reads the same table)."""
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file at {os.fspath(path)!r}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(e)) from None
+    return dict(_section(cfg, "pipeline", required=True))

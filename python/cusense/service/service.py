@@ -28,7 +28,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from .._pipeline import Pipeline, Session, Sliding, Tumbling
+from .._pipeline import Pipeline, window_from_config
 from .._result import Result
 from .._time import to_nanoseconds
 from ..sinks.base import EpochOutput, SinkUnavailableError
@@ -53,20 +53,14 @@ def _str_series(values) -> pd.Series:
 
 
 def build_window(p: dict):
-    kind = p.get("window", "tumbling")
+    if p.get("window") == "rolling":
+        raise ConfigError("pipeline.window 'rolling' is not offered by the service: count-window "
+                          "rows have no window identity to upsert on (tumbling, sliding, session "
+                          "or none)")
     try:
-        if kind == "tumbling":
-            return Tumbling(p["size"], p.get("offset", 0))
-        if kind == "sliding":
-            return Sliding(p["size"], p["slide"], p.get("offset", 0))
-        if kind == "session":
-            return Session(p["gap"])
-        if kind == "none":
-            return None
-    except KeyError as e:
-        raise ConfigError(f"pipeline.{e.args[0]} is required for a {kind} window") from None
-    raise ConfigError(f"pipeline.window {kind!r} is not supported by the service "
-                      "(tumbling, sliding, session or none)")
+        return window_from_config(p)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_pipeline(p: dict) -> Pipeline:
