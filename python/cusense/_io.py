@@ -9,8 +9,8 @@ message naming the file, the line (CSV) or row (Parquet) and the column.
 from __future__ import annotations
 
 import csv
-import io
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -20,6 +20,10 @@ import numpy as np
 from ._time import to_nanoseconds
 
 TIME_UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+# The parts of an ISO 8601 time that make its form: date/time separator, fraction, zone offset.
+_ISO_FORM = re.compile(r"\s*\d{4}-\d{2}-\d{2}(?P<sep>[T ])?[\d:]*(?:[.,](?P<fraction>\d+))?"
+                       r"\s*(?P<zone>Z|[+-]\d{2}:?\d{2}|[+-]\d{2})?\s*$")
+_FRACTION = re.compile(r"\d:\d{2}[.,](\d+)")
 _MAX_TIMESTAMP = 1 << 62
 
 
@@ -50,24 +54,7 @@ def file_format(path: str, explicit: str | None = None) -> str:
 
 # --- reading ----------------------------------------------------------------------------------
 
-class _CountingFile(io.RawIOBase):
-    """A read-only file that counts the bytes read (for the progress bar)."""
-
-    def __init__(self, path: str):
-        self._f = open(path, "rb")
-        self.bytes_read = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        n = self._f.readinto(b)
-        self.bytes_read += n or 0
-        return n
-
-    def close(self):
-        self._f.close()
-        super().close()
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -77,24 +64,34 @@ class Batch:
     data: object            # pyarrow.RecordBatch
     first_row: int          # 0-based index of its first data row in the file
     index: int              # 0-based batch number
+    first_line: int = 0     # CSV: the file line (1-based) where the batch's text starts
+    text: bytes = b""       # CSV: the batch's text, kept to locate a bad row's line
 
 
 class Reader:
-    """Streams the needed columns of a CSV or Parquet file in micro-batches of about ``batch`` rows."""
+    """Streams the needed columns of a CSV or Parquet file in micro-batches of about ``batch`` rows.
+
+    CSV files are cut into blocks of whole lines here and each block is parsed by pyarrow, so
+    the progress (bytes of the blocks handed out) and the line numbers of errors are exact;
+    pyarrow's own streaming reader reads ahead of what it has handed out and skips blank lines
+    without saying where they were."""
 
     def __init__(self, path: str, columns: list[str], batch: int, fmt: str | None = None,
-                 delimiter: str | None = None):
+                 delimiter: str | None = None, na_values: list[str] | None = None):
         require_pyarrow()
         self.path = path
         self.format = file_format(path, fmt)
         self.columns = list(dict.fromkeys(columns))
         self.batch = max(1, int(batch))
+        # the empty cell is always missing; any other token only when asked for, so that a
+        # stray "n/a" is reported instead of silently becoming NaN
+        self.na_values = [""] + [v for v in (na_values or []) if v]
         if not os.path.exists(path):
             raise InputError(f"{path}: no such file")
         if os.path.isdir(path):
             raise InputError(f"{path}: is a directory, expected a CSV or Parquet file")
         self.size = os.path.getsize(path)
-        self._raw = None
+        self._done = 0          # bytes (CSV) or rows (Parquet) of the batches handed out
         if self.format == "csv":
             self.delimiter = delimiter or ("\t" if path.lower().endswith(".tsv") else ",")
             self._open_csv()
@@ -102,32 +99,75 @@ class Reader:
             self._open_parquet()
 
     # CSV: the header is read with the csv module to check the columns first; every needed column
-    # is then read as strings and converted by the functions below, which locate bad values.
+    # is then read as strings and converted by the Converter, which locates bad values.
     def _open_csv(self):
+        with open(self.path, "rb") as f:
+            first = f.readline()
+            sample = f.read(1 << 16)
+        self._header_bytes = len(first)
+        first = first[len(_UTF8_BOM):] if first.startswith(_UTF8_BOM) else first
+        text = first.decode("utf-8", "replace").rstrip("\r\n")
+        if not text.strip():
+            raise InputError(f"{self.path}: the file is empty (expected a header line)")
+        self.header = next(csv.reader([text], delimiter=self.delimiter))
+        self._check_columns(self.header, "header line 1")
+        bytes_per_row = max(8, len(sample) // max(1, sample.count(b"\n")))
+        self._block = int(min(1 << 30, max(1 << 16, self.batch * bytes_per_row)))
+
+    def _parse_csv(self, text: bytes):
+        """A RecordBatch of the needed columns (all strings) of whole CSV lines (no header)."""
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
-        with open(self.path, "r", newline="", encoding="utf-8", errors="replace") as f:
-            head = f.read(1 << 16)
-        if not head.strip():
-            raise InputError(f"{self.path}: the file is empty (expected a header line)")
-        header = next(csv.reader(io.StringIO(head), delimiter=self.delimiter))
-        self._check_columns(header, "header line 1")
-        lines = max(1, head.count("\n"))
-        bytes_per_row = max(8, len(head.encode("utf-8", "replace")) // lines)
-        block = int(min(1 << 30, max(1 << 16, self.batch * bytes_per_row)))
-        self._raw = _CountingFile(self.path)
         try:
-            self._reader = pacsv.open_csv(
-                self._raw,
-                read_options=pacsv.ReadOptions(block_size=block, use_threads=True),
+            table = pacsv.read_csv(
+                pa.BufferReader(text),
+                read_options=pacsv.ReadOptions(column_names=self.header, use_threads=True),
                 parse_options=pacsv.ParseOptions(delimiter=self.delimiter),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=self.columns,
                     column_types={c: pa.string() for c in self.columns},
+                    null_values=self.na_values,
                     strings_can_be_null=True, quoted_strings_can_be_null=False))
         except pa.ArrowInvalid as e:
             raise self._csv_error(e) from None
+        batches = table.combine_chunks().to_batches()
+        return batches[0] if batches else None
+
+    def _csv_blocks(self):
+        """(text, file line of its start) of blocks of whole lines, about ``_block`` bytes each."""
+        line, rest = 2, b""
+        with open(self.path, "rb") as f:
+            f.seek(self._header_bytes)
+            while True:
+                block = f.read(self._block)
+                data = rest + block
+                if block:
+                    cut = data.rfind(b"\n") + 1
+                    if cut == 0:        # no line ends in it yet: read on
+                        rest = data
+                        continue
+                    data, rest = data[:cut], data[cut:]
+                if data:
+                    yield data, line
+                    line += data.count(b"\n")
+                if not block:
+                    return
+
+    def _parsed_csv_blocks(self):
+        """(RecordBatch or None, text, line) of each block; the next block is parsed in the
+        background while the caller works on the current one (pyarrow releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = None
+            for text, line in self._csv_blocks():
+                parsing = pool.submit(self._parse_csv, text)
+                if ahead is not None:
+                    yield ahead[0].result(), ahead[1], ahead[2]
+                ahead = (parsing, text, line)
+            if ahead is not None:
+                yield ahead[0].result(), ahead[1], ahead[2]
 
     def _csv_error(self, err) -> InputError:
         """An InputError for a pyarrow CSV parse error, with the line found by a rescan (pyarrow
@@ -135,7 +175,7 @@ class Reader:
         msg = str(err).splitlines()[0]
         line = None
         if "Expected" in msg and "columns" in msg:
-            with open(self.path, "r", newline="", encoding="utf-8", errors="replace") as f:
+            with open(self.path, "r", newline="", encoding="utf-8-sig", errors="replace") as f:
                 rows = csv.reader(f, delimiter=self.delimiter)
                 header = next(rows, [])
                 for row in rows:
@@ -164,40 +204,41 @@ class Reader:
                              f"not found ({where} has {', '.join(repr(n) for n in names)})")
 
     def progress(self) -> tuple[int, int]:
-        """(done, total) in bytes for CSV, rows for Parquet."""
-        if self.format == "csv":
-            return (self._raw.bytes_read if self._raw else 0), self.size
-        return self._rows_done, self.num_rows
+        """(done, total) of the batches handed out so far: bytes for CSV, rows for Parquet."""
+        return self._done, (self.size if self.format == "csv" else self.num_rows)
 
-    def location(self, row: int) -> str:
-        """Where data row ``row`` (0-based) is: a line for CSV (header = line 1), a row for Parquet."""
-        if self.format == "csv":
-            return f"line {row + 2}"
-        return f"row {row + 1}"
+    def location(self, batch: Batch, i: int) -> str:
+        """Where row ``i`` of ``batch`` is: its file line for CSV, its row (1-based) for Parquet."""
+        if self.format != "csv":
+            return f"row {batch.first_row + i + 1}"
+        # pyarrow skips blank lines, so count the non-blank ones (only on the error path)
+        row = -1
+        for offset, text in enumerate(batch.text.split(b"\n")):
+            if text not in (b"", b"\r"):
+                row += 1
+                if row == i:
+                    return f"line {batch.first_line + offset}"
+        return f"line {batch.first_line}"
 
     def __iter__(self):
         import pyarrow as pa
 
         first, index = 0, 0
-        self._rows_done = 0
         if self.format == "csv":
-            while True:
-                try:
-                    rb = self._reader.read_next_batch()
-                except StopIteration:
-                    break
-                except pa.ArrowInvalid as e:
-                    raise self._csv_error(e) from None
-                yield Batch(rb, first, index)
+            self._done = self._header_bytes
+            for rb, text, line in self._parsed_csv_blocks():
+                self._done += len(text)
+                if rb is None:          # only blank lines
+                    continue
+                yield Batch(rb, first, index, first_line=line, text=text)
                 first += rb.num_rows
                 index += 1
-            self._raw.close()
         else:
             try:
                 for rb in self._pf.iter_batches(batch_size=self.batch, columns=self.columns):
+                    self._done = first + rb.num_rows
                     yield Batch(rb, first, index)
                     first += rb.num_rows
-                    self._rows_done = first
                     index += 1
             except (pa.ArrowInvalid, OSError) as e:
                 raise InputError(f"{self.path}: Parquet error after row {first}: {e}") from None
@@ -214,8 +255,14 @@ class Converter:
 
     def __init__(self, reader: Reader, key: str, time_col: str, values: list[str],
                  time_unit: str | None = None, time_format: str | None = None,
-                 key_type: str = "auto"):
+                 key_type: str = "auto", spans=(), out_format: str = "csv"):
         self.reader, self.key, self.time_col, self.value_cols = reader, key, time_col, list(values)
+        self.spans = [int(span) for span in spans]   # window sizes etc. in ns
+        self.out_format = out_format
+        # Datetime outputs keep the input's form, decided by its first batch: the unit (finer
+        # when a window bound needs it), the zone, and for CSV the text layout.
+        self.out_unit, self.out_tz, self.text_format = "ns", None, None
+        self.value_types: dict = {}     # value column -> the input's type (for late records)
         self.unit = TIME_UNITS[time_unit or "ns"]
         self.unit_name = time_unit or "ns"
         self.time_format = time_format
@@ -226,7 +273,7 @@ class Converter:
 
     # errors
     def _fail(self, batch: Batch, i: int, column: str, what: str):
-        raise InputError(f"{self.reader.path}, {self.reader.location(batch.first_row + i)}, "
+        raise InputError(f"{self.reader.path}, {self.reader.location(batch, i)}, "
                          f"column '{column}': {what}")
 
     def _column(self, batch: Batch, name: str):
@@ -309,6 +356,10 @@ class Converter:
         t = arr.type
         if pa.types.is_timestamp(t) or pa.types.is_date(t):
             self.time_mode = "datetime"
+            if pa.types.is_timestamp(t):
+                self._set_datetime_form(t.unit, t.tz, " ", "%Ez" if t.tz else "")
+            else:
+                self._set_datetime_form("s", None, " ", "")
             return self._check_range(batch, pc.cast(arr, pa.timestamp("ns")).to_numpy().view(np.int64))
         if pa.types.is_integer(t):
             self.time_mode = self.time_mode or "int"
@@ -321,6 +372,7 @@ class Converter:
                                                 f"the column has type {t}")
         if self.time_format:
             self.time_mode = "datetime"
+            self._set_datetime_form("s", None, " ", "")
             try:
                 ts = pc.strptime(arr, format=self.time_format, unit="ns", error_is_null=True)
             except pa.ArrowInvalid as e:
@@ -350,8 +402,40 @@ class Converter:
                 self._fail(batch, i, self.time_col, f"cannot parse {arr[i].as_py()!r} as a number "
                                                     f"({self.unit_name} since the epoch)")
             return self._scale_floats(batch, floats)
+        self._detect_iso_form(arr)
         return self._check_range(batch, self._parse_datetimes(batch, arr))
 
+    def _set_datetime_form(self, unit: str, tz, sep: str, zone: str):
+        if self.text_format is not None:      # decided by the first batch
+            return
+        # the input's unit, or a finer one when window bounds fall between its ticks
+        names = [u for u in TIME_UNITS if TIME_UNITS[u] <= TIME_UNITS[unit]]
+        self.out_unit = next(u for u in names if all(span % TIME_UNITS[u] == 0 for span in self.spans))
+        self.out_tz = tz
+        self.text_format = f"%Y-%m-%d{sep}%H:%M:%S{zone}"
+
+    def _detect_iso_form(self, arr):
+        """The form of ISO 8601 input times: separator and zone of the first, and the most
+        fraction digits in the first batch (rounded up to 3, 6 or 9)."""
+        if self.text_format is not None or len(arr) == 0:
+            return
+        sample = [v for v in arr.slice(0, 10_000).to_pylist() if v]
+        match = _ISO_FORM.match(sample[0]) if sample else None
+        if match is None:       # not ISO 8601 (the parser reports it): the default layout
+            self._set_datetime_form("ns", None, " ", "")
+            return
+        digits = max((len(m.group(1)) for m in map(_FRACTION.search, sample) if m), default=0)
+        unit = "s" if digits == 0 else "ms" if digits <= 3 else "us" if digits <= 6 else "ns"
+        zone = match.group("zone")
+        if zone is None:
+            tz, style = None, ""
+        elif zone == "Z":
+            tz, style = "UTC", "Z"
+        else:   # a fixed offset: +02, +0200 or +02:00 (the first form is written as +02:00)
+            digits_only = zone[1:].replace(":", "")
+            tz = f"{zone[0]}{digits_only[:2]}:{digits_only[2:4] or '00'}"
+            style = "%z" if len(zone) == 5 else "%Ez"
+        self._set_datetime_form(unit, tz, match.group("sep") or " ", style)
     def _parse_datetimes(self, batch, arr) -> np.ndarray:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -402,9 +486,15 @@ class Converter:
         (floats when the input had fractional numbers)."""
         import pyarrow as pa
 
+        import pyarrow.compute as pc
+
         ns = np.asarray(ns, dtype=np.int64)
         if self.time_mode == "datetime":
-            return pa.array(ns.view("datetime64[ns]"), type=pa.timestamp("ns"))
+            utc = pa.array(ns).cast(pa.timestamp("ns", tz=self.out_tz))
+            times = utc.cast(pa.timestamp(self.out_unit, tz=self.out_tz), safe=False)
+            if self.out_format == "csv" and self.text_format:
+                return pc.strftime(times, format=self.text_format)
+            return times
         if self.time_mode == "float":
             return pa.array(ns / self.unit, type=pa.float64())
         return pa.array(ns // self.unit, type=pa.int64())
@@ -420,6 +510,8 @@ class Converter:
 
         arr = _decoded(batch.data.column(batch.data.schema.get_field_index(name)))
         t = arr.type
+        numeric = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+        self.value_types.setdefault(name, t if numeric else pa.float64())
         if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t):
             return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
         if pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -452,6 +544,20 @@ class Converter:
                 arr = pa.array(col)
             cols.append(arr)
             names.append(name)
+        return pa.Table.from_arrays(cols, names=names)
+
+    def late_table(self, res, names: list[str]):
+        """Late records as the input had them: its column names and value types (float32 stays
+        float32, integers integers)."""
+        import pyarrow as pa
+
+        cols = list(self.result_table(res).columns)   # key, timestamp, one column per value
+        for j, name in enumerate(self.value_cols):
+            target = self.value_types.get(name, pa.float64())
+            col = cols[2 + j]
+            if not pa.types.is_floating(target):      # NaN stands for a missing int or bool
+                col = pa.array(col.to_numpy(), from_pandas=True)
+            cols[2 + j] = col.cast(target, safe=False)
         return pa.Table.from_arrays(cols, names=names)
 
 
@@ -535,11 +641,16 @@ class _quiet_warnings:
 # --- writing ----------------------------------------------------------------------------------
 
 class Writer:
-    """Appends pyarrow Tables to a CSV or Parquet file (the format from the extension)."""
+    """Appends pyarrow Tables to a CSV or Parquet file (the format from the extension).
+
+    The rows go to ``PATH.partial`` in the same directory, renamed to ``PATH`` by
+    :meth:`commit`: a run that fails midway never leaves a truncated file that looks complete,
+    and an earlier ``PATH`` stays as it was."""
 
     def __init__(self, path: str, fmt: str | None = None):
         require_pyarrow()
         self.path = path
+        self.temp_path = path + ".partial"
         self.format = file_format(path, fmt)
         self.rows = 0
         self._writer = None
@@ -553,20 +664,37 @@ class Writer:
             self._schema = table.schema
             if self.format == "csv":
                 import pyarrow.csv as pacsv
-                self._writer = pacsv.CSVWriter(self.path, table.schema)
+                self._writer = pacsv.CSVWriter(self.temp_path, table.schema)
             else:
                 import pyarrow.parquet as pq
-                self._writer = pq.ParquetWriter(self.path, table.schema)
+                self._writer = pq.ParquetWriter(self.temp_path, table.schema)
         elif table.schema != self._schema:
             table = table.cast(self._schema)
         if table.num_rows or self.rows == 0:
             self._writer.write_table(table)
         self.rows += table.num_rows
 
-    def close(self):
+    def _close(self):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def commit(self):
+        """Closes the output and gives it its final name (replacing an earlier file)."""
+        self._close()
+        if os.path.exists(self.temp_path):
+            os.replace(self.temp_path, self.path)
+
+    def discard(self, keep: bool = False) -> str | None:
+        """Closes an incomplete output and removes it, or with ``keep`` leaves it under its
+        temporary name and returns that name."""
+        self._close()
+        if not os.path.exists(self.temp_path):
+            return None
+        if keep:
+            return self.temp_path
+        os.remove(self.temp_path)
+        return None
 
 
 # --- progress ---------------------------------------------------------------------------------

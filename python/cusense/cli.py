@@ -24,6 +24,23 @@ import time
 EXIT_DATA, EXIT_USAGE = 1, 2
 QUANTILE_NAME = re.compile(r"p\d+(\.\d+)?")
 
+# The top-level --help (plain text: argparse prints it as it is).
+MAIN_HELP = """\
+cusense: stream analytics for sensor data.
+
+  cusense run INPUT --key COL --time COL --value COL [--value COL ...] --window 1min
+                    --aggs mean,max [--max-out-of-orderness 5s] [--detector ewma] --out OUTPUT
+  cusense devices          usable CUDA devices (or why there are none)
+  cusense bench [...]      the benchmark suite (arguments are passed on)
+  cusense demo [...]       the synthetic fleet demo (arguments are passed on)
+  cusense serve FILE.toml  the fleet service: broker in, PostgreSQL and Parquet out
+  cusense simulate [...]   a simulated fleet publishing to MQTT or Kafka
+
+'cusense COMMAND --help' describes each command. Exit status: 0 on success, 1 for bad
+input data (the message names the file, the line or row, and the column), 2 for bad options
+or a missing feature.
+"""
+
 
 class UsageError(Exception):
     """Bad options or a feature this installation lacks (exit status 2)."""
@@ -115,6 +132,12 @@ def _add_run(sub):
     run.add_argument("--format", choices=["csv", "parquet"], help="input format (default: extension)")
     run.add_argument("--out-format", choices=["csv", "parquet"], help="output format (default: extension)")
     run.add_argument("--delimiter", metavar="CHAR", help="CSV field delimiter (default ',' or tab for .tsv)")
+    run.add_argument("--na-values", metavar="LIST", default="",
+                     help="comma-separated CSV tokens read as missing (NaN values), e.g. "
+                          "'NA,n/a,null' (default: only the empty cell; other tokens are errors)")
+    run.add_argument("--keep-partial", action="store_true",
+                     help="when the run fails, keep the incomplete outputs as OUTPUT.partial "
+                          "(default: remove them)")
     prog = run.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="show a progress bar on stderr (default: when stderr is a terminal)")
@@ -314,9 +337,12 @@ def cmd_run(args) -> int:
         raise UsageError("--out must not be the input file")
 
     columns = ([args.key] if args.key else []) + [args.time] + list(args.value)
-    reader = Reader(args.input, columns, args.batch, fmt=args.format, delimiter=args.delimiter)
+    na_values = [token.strip() for token in args.na_values.split(",") if token.strip()]
+    reader = Reader(args.input, columns, args.batch, fmt=args.format, delimiter=args.delimiter,
+                    na_values=na_values)
     conv = Converter(reader, args.key, args.time, args.value, time_unit=args.time_unit,
-                     time_format=args.time_format, key_type=args.key_type)
+                     time_format=args.time_format, key_type=args.key_type,
+                     spans=spans, out_format=out_format)
     kwargs = {}
     if len(args.value) > 1:
         kwargs["channels"] = list(args.value)
@@ -346,11 +372,12 @@ def cmd_run(args) -> int:
     def drain(final: bool):
         res = pipe.flush() if final else pipe.poll()
         windows.write(conv.result_table(res))
-        late.write(conv.result_table(pipe.poll_late()).rename_columns(late_names))
+        late.write(conv.late_table(pipe.poll_late(), late_names))
         if scores is not None:
             for part in _poll_scores(pipe):
                 scores.write(conv.result_table(part))
 
+    outputs = [w for w in (windows, late, scores) if w is not None]
     try:
         for batch in reader:
             if batch.data.num_rows == 0:
@@ -364,19 +391,23 @@ def cmd_run(args) -> int:
             try:
                 pipe.push(keys, ts, vals)
             except (TypeError, ValueError) as e:
-                raise InputError(f"{args.input}, rows {reader.location(batch.first_row)} to "
-                                 f"{reader.location(batch.first_row + batch.data.num_rows - 1)}: {e}") from None
+                raise InputError(f"{args.input}, rows {reader.location(batch, 0)} to "
+                                 f"{reader.location(batch, batch.data.num_rows - 1)}: {e}") from None
             records += batch.data.num_rows
             drain(final=False)
             progress.update(*reader.progress(), records)
         drain(final=True)
         progress.update(1, 1, records, final=True)
-    finally:
+    except BaseException:
         progress.close()
-        windows.close()
-        late.close()
-        if scores is not None:
-            scores.close()
+        kept = [name for name in (w.discard(keep=args.keep_partial) for w in outputs) if name]
+        if kept:
+            print(f"cusense run: the run failed; incomplete outputs kept: {', '.join(kept)}",
+                  file=sys.stderr)
+        raise
+    progress.close()
+    for w in outputs:
+        w.commit()
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         st = pipe.stats
@@ -478,7 +509,7 @@ def _add_passthrough(sub, name: str, func, help: str, description: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cusense", description=__doc__,
+    ap = argparse.ArgumentParser(prog="cusense", description=MAIN_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)

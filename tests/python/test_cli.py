@@ -388,3 +388,199 @@ def test_window_option_errors(tmp_path, capsys, options, message):
     rc = main(["run", str(src), "--key", "k", "--time", "t", "--value", "v", *options,
                "--out", str(tmp_path / "w.csv")])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+def test_csv_progress_follows_the_records(tmp_path):
+    """The bar shows the bytes of the batches handed out, not how far pyarrow has read ahead."""
+    from cusense._io import Reader
+
+    n = 200_000
+    path = write_csv(tmp_path, "id,t,v\n" + "".join(f"{i % 7},{1_000_000 + i},{i % 10}.5\n" for i in range(n)))
+    reader = Reader(str(path), ["id", "t", "v"], 10_000)
+    rows, fractions = 0, []
+    for batch in reader:
+        rows += batch.data.num_rows
+        done, total = reader.progress()
+        fractions.append(done / total)
+        assert abs(done / total - rows / n) < 0.01, (rows, done, total)
+    assert rows == n and len(fractions) > 5
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_parquet_progress_follows_the_row_groups(tmp_path):
+    from cusense._io import Reader
+
+    n = 60_000
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": np.arange(n) % 5, "t": np.arange(n), "v": np.ones(n)}), path,
+                   row_group_size=10_000)
+    reader = Reader(str(path), ["id", "t", "v"], 3000)
+    rows = 0
+    for batch in reader:
+        rows += batch.data.num_rows
+        assert reader.progress() == (rows, n)
+    assert rows == n
+
+
+# --- outputs appear only when complete ------------------------------------------------------------
+
+def _bad_near_the_end(tmp_path):
+    rows = "".join(f"{i % 3},{i * 10**8},{i * 0.5}\n" for i in range(5000))
+    return write_csv(tmp_path, "id,t,v\n" + rows + "1,500000000000,oops\n")
+
+
+def test_failed_run_leaves_no_partial_output(tmp_path, capsys):
+    path = _bad_near_the_end(tmp_path)
+    out = tmp_path / "w.csv"
+    out.write_text("previous result\n")
+    detector = ["--detector", "ewma"] if hasattr(cusense, "detectors") else []
+    rc, err = run_err(capsys, path, "--batch", "500", *detector, out=out)
+    assert rc == 1 and "line 5002" in err, err
+    assert out.read_text() == "previous result\n"          # the old output is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "w.csv"]
+
+
+def test_keep_partial_keeps_the_temporary_files(tmp_path, capsys):
+    path = _bad_near_the_end(tmp_path)
+    out = tmp_path / "w.csv"
+    rc, err = run_err(capsys, path, "--batch", "500", "--keep-partial", out=out)
+    assert rc == 1
+    assert not out.exists()
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name != "in.csv")
+    assert kept == ["w.csv.partial", "w.late.csv.partial"]
+    assert "incomplete" in err and str(tmp_path / "w.csv.partial") in err, err
+    assert len(read(tmp_path / "w.csv.partial")) > 100
+
+
+def test_successful_run_leaves_no_temporary_files(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,t,v\n1,100,1\n2,200,2\n")
+    assert main(["run", str(path), "--key", "id", "--time", "t", "--value", "v", "--window", "1s",
+                 "--no-progress", "--quiet", "--out", str(tmp_path / "w.parquet")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "w.late.parquet", "w.parquet"]
+
+
+# --- missing values, BOM, blank lines ---------------------------------------------------------------
+
+@pytest.mark.parametrize("token", ["n/a", "NA", "null", "N/A", "#N/A"])
+def test_missing_value_tokens_are_errors_by_default(tmp_path, capsys, token):
+    path = write_csv(tmp_path, f"id,t,v\n1,100,1\n2,200,{token}\n")
+    rc, err = run_err(capsys, path)
+    assert rc == 1 and f"line 3, column 'v': value '{token}' is not a number" in err, err
+
+
+def test_na_values_option(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,t,v\n1,100,1\n1,200,n/a\n1,300,NA\n1,400,null\n1,500,\n1,600,3\n")
+    out = tmp_path / "w.csv"
+    rc = main(["run", str(path), "--key", "id", "--time", "t", "--value", "v", "--window", "1s",
+               "--aggs", "count,mean", "--na-values", "NA,n/a,null", "--no-progress", "--quiet",
+               "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    got = read(out)
+    assert got["count"].tolist() == [2] and got["nan_count"].tolist() == [4] and got["mean"].tolist() == [2.0]
+
+
+def test_na_values_for_a_missing_time(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,t,v\n1,100,1\n1,NA,2\n")
+    rc, err = run_err(capsys, path, "--na-values", "NA")
+    assert rc == 1 and "line 3, column 't': missing time" in err, err
+
+
+def test_utf8_bom_before_the_header(tmp_path, capsys):
+    path = tmp_path / "in.csv"
+    path.write_bytes("\ufeffid,t,v\n1,100,1.5\n2,200,2.5\n".encode("utf-8"))
+    rc = main(["run", str(path), "--key", "id", "--time", "t", "--value", "v", "--window", "1s",
+               "--no-progress", "--quiet", "--out", str(tmp_path / "w.csv")])
+    assert rc == 0, capsys.readouterr().err
+    assert read(tmp_path / "w.csv")["key"].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_blank_lines_do_not_shift_line_numbers(tmp_path, capsys, newline):
+    text = newline.join(["id,t,v", "1,100,1", "", "", "2,200,abc", ""])
+    path = tmp_path / "in.csv"
+    path.write_bytes(text.encode())
+    rc, err = run_err(capsys, path)
+    assert rc == 1 and "line 5, column 'v'" in err, err
+
+
+def test_blank_lines_in_a_later_batch(tmp_path, capsys):
+    lines = ["id,t,v"]
+    for i in range(5000):
+        lines.append(f"{i % 3},{i},{i * 0.5}")
+        if i % 100 == 0:
+            lines.append("")
+    lines.append("1,5000,oops")
+    path = write_csv(tmp_path, "\n".join(lines) + "\n")
+    rc, err = run_err(capsys, path, "--batch", "500")
+    assert f"line {len(lines)}, column 'v'" in err and "'oops'" in err, err
+
+
+# --- output times and values keep the input's form ----------------------------------------------
+
+def _run_strings(tmp_path, capsys, times, *extra, values=None, window="10s"):
+    values = values or [f"{i}.5" for i in range(len(times))]
+    path = write_csv(tmp_path, "id,t,v\n" + "".join(f"1,{t},{v}\n" for t, v in zip(times, values)))
+    rc = main(["run", str(path), "--key", "id", "--time", "t", "--value", "v", "--window", window,
+               "--aggs", "count", "--no-progress", "--quiet", "--out", str(tmp_path / "w.csv"), *extra])
+    assert rc == 0, capsys.readouterr().err
+    windows = pd.read_csv(tmp_path / "w.csv", dtype=str)
+    late = pd.read_csv(tmp_path / "w.late.csv", dtype=str)
+    return windows, late
+
+
+@pytest.mark.parametrize("times, starts, late_time", [
+    (["2026-03-01T00:00:01", "2026-03-01T00:00:12", "2026-03-01T00:00:03"],
+     ["2026-03-01T00:00:00", "2026-03-01T00:00:10"], "2026-03-01T00:00:03"),
+    (["2026-03-01 00:00:01.250", "2026-03-01 00:00:12.5", "2026-03-01 00:00:03.125"],
+     ["2026-03-01 00:00:00.000", "2026-03-01 00:00:10.000"], "2026-03-01 00:00:03.125"),
+    (["2026-03-01T00:00:01+02:00", "2026-03-01T00:00:12+02:00", "2026-03-01T00:00:03+02:00"],
+     ["2026-03-01T00:00:00+02:00", "2026-03-01T00:00:10+02:00"], "2026-03-01T00:00:03+02:00"),
+    (["2026-03-01T00:00:01.5Z", "2026-03-01T00:00:12.5Z", "2026-03-01T00:00:03.5Z"],
+     ["2026-03-01T00:00:00.000Z", "2026-03-01T00:00:10.000Z"], "2026-03-01T00:00:03.500Z"),
+    (["2026-03-01 00:00:01-0500", "2026-03-01 00:00:12-0500", "2026-03-01 00:00:03-0500"],
+     ["2026-03-01 00:00:00-0500", "2026-03-01 00:00:10-0500"], "2026-03-01 00:00:03-0500"),
+])
+def test_iso_times_come_out_in_the_input_form(tmp_path, capsys, times, starts, late_time):
+    windows, late = _run_strings(tmp_path, capsys, times)
+    assert windows["window_start"].tolist() == starts
+    # late records are written back as they were read (fractions padded to 3, 6 or 9 digits)
+    assert late["t"].tolist() == [late_time]
+
+
+def test_iso_times_get_the_digits_the_window_needs(tmp_path, capsys):
+    windows, _ = _run_strings(tmp_path, capsys, ["2026-03-01T00:00:01", "2026-03-01T00:00:02"],
+                              window="500ms")
+    assert windows["window_start"].tolist() == ["2026-03-01T00:00:01.000", "2026-03-01T00:00:02.000"]
+
+
+def test_parquet_zone_unit_and_value_dtype_are_kept(tmp_path, capsys):
+    times = pa.array(np.array([1_000, 12_000, 3_000, 25_000], dtype=np.int64) + 1_772_323_200_000,
+                     type=pa.timestamp("ms", tz="Europe/Berlin"))
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": pa.array([1, 1, 1, 1], pa.int32()), "t": times,
+                             "v": pa.array([1.5, 2.5, 3.5, 4.5], pa.float32()),
+                             "n": pa.array([1, 2, 3, 4], pa.int64())}), src)
+    for out in ("w.parquet", "w.csv"):
+        rc = main(["run", str(src), "--key", "id", "--time", "t", "--value", "v", "--value", "n",
+                   "--window", "10s", "--no-progress", "--quiet", "--out", str(tmp_path / out)])
+        assert rc == 0, capsys.readouterr().err
+    windows = pq.read_table(tmp_path / "w.parquet")
+    late = pq.read_table(tmp_path / "w.late.parquet")
+    assert windows.schema.field("window_start").type == pa.timestamp("ms", tz="Europe/Berlin")
+    assert late.schema.field("t").type == pa.timestamp("ms", tz="Europe/Berlin")
+    assert late.schema.field("v").type == pa.float32() and late.schema.field("n").type == pa.int64()
+    assert late.column("t").to_pylist() == [times[2].as_py()] and late.column("n").to_pylist() == [3]
+    csv_windows = pd.read_csv(tmp_path / "w.csv", dtype=str)
+    assert csv_windows["window_start"].tolist()[0] == "2026-03-01 01:00:00.000+01:00"
+
+
+# --- help -------------------------------------------------------------------------------------------
+
+def test_top_level_help_is_plain_text():
+    proc = subprocess.run([sys.executable, "-m", "cusense.cli", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "``" not in proc.stdout and ":class:" not in proc.stdout
+    assert "cusense run" in proc.stdout and "Exit status" in proc.stdout
