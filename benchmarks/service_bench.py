@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/service_bench.py [--quick] [--scale F] [--out DIR]
 
 It starts its own mosquitto, PostgreSQL server and librdkafka mock Kafka cluster (the test
-helpers in tests/python) and measures, in one run:
+modules in tests/python) and measures, in one run:
 
 1. Ingest from a backlog queued in the broker: a bare client that only counts (paho-mqtt loop,
    QoS 1, MQTT 5, auto-acknowledge; confluent-kafka ``consume`` loop) against the Service
