@@ -52,11 +52,13 @@ RUN_HELP = """\
 Streams a CSV or Parquet file through a windowing pipeline in micro-batches and writes the
 emitted windows (CSV or Parquet, by the extension of --out). Records whose window had already
 closed when they arrived (see --max-out-of-orderness) go to a sibling file OUTPUT.late.EXT;
-with --detector, per-record anomaly scores go to OUTPUT.scores.EXT.
+with --detector, per-record anomaly scores go to OUTPUT.scores.EXT. Outputs are written as
+NAME.partial and renamed when the run succeeds; a failed run removes them (or keeps them with
+--keep-partial).
 
 Times: integer columns are read as --time-unit since the epoch (default ns); strings as
 ISO 8601 datetimes (or with --time-format); Parquet timestamps as they are. Output times keep
-the input's form. Keys: integer ids are used as they are (0..2^32-1); other ids (strings) are
+the input's form (ISO layout, fraction digits and zone; Parquet unit and zone). Keys: integer ids are used as they are (0..2^32-1); other ids (strings) are
 mapped to codes and written back as the original ids.
 """
 
