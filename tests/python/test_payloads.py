@@ -640,3 +640,21 @@ def test_decode_rate_report(capsys):
     with capsys.disabled():
         print(f"\ndecode: {n} single-reading JSON messages: {rates['json'][0] / 1e3:.0f}k msg/s; "
               f"1000 binary batches of 1000: {rates['binary'][1] / 1e6:.1f}M readings/s")
+
+
+def test_plain_arrays_take_the_fast_path_with_the_same_readings(rng):
+    """Arrays of plain {"ts", "value"} objects (the fast path) decode exactly like the same
+    readings sent one per message (the general path), ints and floats, any unit."""
+    n = 300
+    ts = (1_764_547_200 + np.sort(rng.integers(0, 10**6, n))).tolist()
+    values = [float(v) if i % 3 else int(v) for i, v in enumerate(rng.integers(-10**6, 10**6, n))]
+    elements = [{"ts": t, "value": v} for t, v in zip(ts, values)]
+    batched = Decoder("f/{key}/{channel}", timestamp_unit="s").decode(
+        [Message("f/d1/temp", json.dumps(elements).encode())])
+    single = Decoder("f/{key}/{channel}", timestamp_unit="s").decode(
+        [Message("f/d1/temp", json.dumps(e).encode()) for e in elements])
+    assert not batched.dead_letters and not single.dead_letters
+    np.testing.assert_array_equal(batched.timestamps, single.timestamps)
+    np.testing.assert_array_equal(batched.values, single.values)
+    np.testing.assert_array_equal(batched.keys, single.keys)
+    np.testing.assert_array_equal(batched.timestamps, np.array(ts, dtype=np.int64) * 10**9)

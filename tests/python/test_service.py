@@ -168,6 +168,7 @@ def test_mqtt_fleet_to_postgres_and_archive_equals_pandas(tmp_path, mqtt_broker,
     # Every reading is in the Parquet archive (raw, partitioned by date and hour).
     import pyarrow.dataset as ds
     raw = ds.dataset(tmp_path / "archive" / "raw", partitioning="hive").to_table().to_pandas()
+    raw = raw.astype({"device": object, "channel": object})   # archived as dictionaries (categoricals)
     assert len(raw) == len(readings)
     key = ["device", "channel", "timestamp"]
     raw_ts = pd.to_datetime(raw["timestamp"], utc=True).dt.tz_localize(None).astype("datetime64[ns]").astype(np.int64)
@@ -261,8 +262,13 @@ def _crash_loop(service: ServiceProcess, publisher: threading.Thread, kills: int
         else:
             time.sleep(float(rng.uniform(0.3, 2.5)))
         service.kill()
+    lives = service.log_text().count("event=ready")
     service.start()
     publisher.join()
+    # SIGTERM before the service installed its handler would kill it (nothing lost, but not the
+    # clean stop this test checks): wait until the last life is up.
+    wait_for(lambda: service.log_text().count("event=ready") > lives, 60, "the last start",
+             check=lambda: service.alive() or pytest.fail(service.log_text()[-3000:]))
 
 
 def _crash_test(tmp_path, dsn, schema, cfg, sim, deliver, rng, kills=22):

@@ -284,6 +284,7 @@ class Service:
                      len(self._decoder.keys))
         self._retry(self._source, lambda: self._source.open(positions), (ConnectionError, OSError))
         self.ready.set()
+        log.info("event=ready epoch=%d", self._epoch)
 
     # --- per micro-batch -------------------------------------------------------------------------
     def _collect(self, last_checkpoint: float) -> list:
@@ -425,10 +426,7 @@ class Service:
              "back": np.zeros(0, bool)}), ("last_seen", "silent_since", "back_at"))
         late = keyed(Result.concat(self._late) if self._late else Result(
             {"key": np.zeros(0, np.uint32), "timestamp": np.zeros(0, np.int64), "value": np.zeros(0)}))
-        raw_parts = self._raw or [(np.zeros(0, np.uint32), np.zeros(0, np.int64), np.zeros(0))]
-        raw = keyed(Result({"key": np.concatenate([p[0] for p in raw_parts]),
-                            "timestamp": np.concatenate([p[1] for p in raw_parts]),
-                            "value": np.concatenate([p[2] for p in raw_parts]).astype(np.float64)}))
+        raw = self._raw_frame()
         dead = pd.DataFrame({
             "topic": _str_series([d.topic for d in self._dead]),
             "partition": pd.array([d.partition for d in self._dead], dtype="Int64"),
@@ -442,6 +440,22 @@ class Service:
                            late=late, dead_letters=dead, raw=raw, status=status,
                            watermark=watermark, closed_before=self._closed_before(watermark),
                            source_positions=self._source.positions())
+
+    def _raw_frame(self) -> pd.DataFrame:
+        """Every reading of the epoch, for the archive. Device and channel are categoricals
+        built from the key dictionary once per epoch: the readings carry codes, not strings
+        (the raw table is the largest by far)."""
+        parts = self._raw or [(np.zeros(0, np.uint32), np.zeros(0, np.int64), np.zeros(0))]
+        keys = np.concatenate([p[0] for p in parts])
+        devices, channels = self._decoder.keys.lookup(np.arange(len(self._decoder.keys), dtype=np.uint32))
+        device_codes, device_names = pd.factorize(devices)
+        channel_codes, channel_names = pd.factorize(channels)
+        return pd.DataFrame({
+            "device": pd.Categorical.from_codes(device_codes[keys], device_names),
+            "channel": pd.Categorical.from_codes(channel_codes[keys], channel_names),
+            "timestamp": _utc(np.concatenate([p[1] for p in parts])),
+            "value": np.concatenate([p[2] for p in parts]).astype(np.float64),
+        })
 
     def _update_seqs(self, windows: Result, watermark: int | None) -> pd.Series:
         """0 for a window's first emission, then 1, 2, ... for its updates (allowed lateness)."""

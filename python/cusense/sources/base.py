@@ -7,7 +7,9 @@ from typing import Protocol
 import numpy as np
 
 
-@dataclass(frozen=True, slots=True)   # slots: one is built per broker message
+# slots and not frozen: one is built per broker message, and a frozen dataclass's __init__ sets
+# each field through object.__setattr__, twice as slow.
+@dataclass(slots=True)
 class Message:
     """One broker message. ``partition``/``offset`` are set where the broker has them (Kafka)."""
     topic: str

@@ -470,6 +470,8 @@ class Decoder:
         self._decode_json_value(batch, m, message, obj, pair)
 
     def _decode_json_value(self, batch, m, message, obj, pair):
+        if type(obj) is list and obj and self._plain_readings(batch, m, obj, pair):
+            return
         before = batch.produced()
         if type(obj) is list:
             for i, element in enumerate(obj):
@@ -483,6 +485,35 @@ class Decoder:
                 self._dead(batch, m, -1, message, message.payload, reason)
         if batch.produced() == before:
             self._dead(batch, m, -1, message, message.payload, "no readings in payload")
+
+    def _plain_readings(self, batch, m, elements: list, pair) -> bool:
+        """Fast path for the common batched payload, an array of ``{"ts": int, "value": number}``
+        objects: the readings are added with list operations instead of one call per element.
+        Returns False (nothing added) when any element is anything else; the caller then takes
+        the general path, which finds and explains the odd ones."""
+        # set(map(type, ...)) runs in C: a fraction of a generator's cost per element.
+        if set(map(type, elements)) != {dict} or set(map(len, elements)) != {2}:
+            return False
+        try:
+            stamps = [e["ts"] for e in elements]
+            readings = [e["value"] for e in elements]
+        except KeyError:
+            return False
+        if set(map(type, stamps)) != {int}:
+            return False
+        value_types = set(map(type, readings))
+        if not value_types <= {float, int}:
+            return False
+        if int in value_types and not all(-_FLOAT64_MAX_INT <= v <= _FLOAT64_MAX_INT
+                                          for v in readings if type(v) is int):
+            return False
+        n = len(elements)
+        batch.ts_raw.extend(stamps)
+        batch.values.extend(readings)
+        batch.pair_codes.extend([batch.code(pair)] * n)
+        batch.message.extend([m] * n)
+        batch.item.extend(range(n))
+        return True
 
     def _decode_json_object(self, batch, m, item, obj, pair) -> str | None:
         """Adds the readings of one JSON object, or returns why it has none (nothing added)."""
