@@ -398,3 +398,47 @@ def test_stop_while_the_database_is_unreachable_returns_cleanly(tmp_path, mqtt_b
     thread.join(20)
     assert not thread.is_alive() and not errors, errors
     assert any("stopped_undelivered" in r.getMessage() for r in caplog.records)
+
+
+def test_allowed_lateness_updates_get_update_sequences(tmp_path, mqtt_broker, postgres_dsn, request, rng):
+    """With allowed lateness a window is emitted again for each late record within it: each
+    emission is its own row, update_seq 0, 1, 2, ... (as the pipeline emitted them, in the same
+    arrival order), and windows_latest holds the last one."""
+    import cusense
+    schema = _schema(request)
+    sim = FleetSimulator(devices=6, duration="3min", format="json", seed=int(rng.integers(1 << 30)),
+                         straggler_fraction=0.03, silent_fraction=0.0)
+    readings = sim.readings()
+    cfg = service_config(tmp_path, dsn=postgres_dsn, schema=schema, mqtt_port=mqtt_broker.port,
+                         client_id=schema, archive=False, detectors=())
+    cfg["pipeline"]["allowed_lateness"] = "5min"
+    # The same stream through a Pipeline: the emissions the service must store.
+    keys = pd.factorize(readings["device"] + "/" + readings["channel"])[0].astype(np.uint32)
+    pipe = cusense.Pipeline(cusense.Tumbling("10s"), aggs=["count", "mean", "min", "max"],
+                            max_out_of_orderness="5s", allowed_lateness="5min")
+    pipe.push(keys, readings["timestamp"].to_numpy(np.int64), readings["value"].to_numpy())
+    emitted = pipe.poll().to_pandas(datetimes=False)
+    assert emitted["is_update"].any(), "the stream has no late records within the lateness"
+    emitted["update_seq"] = emitted.groupby(["key", "window_start"]).cumcount()
+    service = Service(cfg)
+    thread, errors = _run_in_thread(service)
+    try:
+        wait_for(service.ready.is_set, 30, "service start", check=_raise_first(errors))
+        publish_mqtt(sim.messages(), "127.0.0.1", mqtt_broker.port, client_id=schema + "-pub")
+        wait_equal(lambda: _count(postgres_dsn, schema, "windows"), len(emitted), 60,
+                   "every emission stored", check=_raise_first(errors))
+    finally:
+        service.stop()
+        thread.join(60)
+    stored = query(postgres_dsn, f"select device, channel, window_start, update_seq, count from {schema}.windows")
+    pair = stored["device"] + "/" + stored["channel"]
+    names = pd.factorize(readings["device"] + "/" + readings["channel"])[1]
+    stored["key"] = pd.Index(names).get_indexer(pair)
+    stored["window_start"] = (pd.to_datetime(stored["window_start"], utc=True).dt.tz_localize(None)
+                              .astype("datetime64[ns]").astype(np.int64))
+    got = stored.sort_values(["key", "window_start", "update_seq"]).reset_index(drop=True)
+    want = emitted.sort_values(["key", "window_start", "update_seq"]).reset_index(drop=True)
+    for col in ("key", "window_start", "update_seq", "count"):
+        np.testing.assert_array_equal(got[col].to_numpy(np.int64), want[col].to_numpy(np.int64), err_msg=col)
+    latest = query(postgres_dsn, f"select count(*) as n from {schema}.windows_latest")["n"][0]
+    assert latest == emitted.groupby(["key", "window_start"]).ngroups
