@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cusense/cusense.hpp>
+#include <cusense/detail/checkpoint.hpp>
 
 #include "array_adapters.hpp"
 
@@ -75,6 +76,13 @@ PYBIND11_MODULE(_core, m)
     return names;
   });
   m.attr("MAX_TIMESTAMP") = max_timestamp;
+  m.attr("MAX_DURATION")  = max_duration;
+  m.attr("MAX_CHANNELS")  = max_channels;
+  m.attr("MAX_CPU_THREADS") = max_cpu_threads;
+  m.attr("MAX_STAGING_SLOTS") = max_staging_slots;
+  // Tests only: make checkpoint file writes fail like a full disk (see detail/checkpoint.hpp).
+  m.def("_fail_checkpoint_writes_for_testing", &detail::fail_checkpoint_writes_for_testing,
+        py::arg("errno"), py::arg("after_bytes") = 0);
 
   py::class_<pipeline_options>(m, "PipelineOptions")
     .def(py::init<>())
@@ -123,6 +131,9 @@ PYBIND11_MODULE(_core, m)
       "backend", [](pipeline_options const& o) { return to_string(o.where); },
       [](pipeline_options& o, std::string const& b) { o.where = parse_backend(b); })
     .def_readwrite("channels", &pipeline_options::channels)
+    .def_property(
+      "nan_policy", [](pipeline_options const& o) { return to_string(o.on_nan); },
+      [](pipeline_options& o, std::string const& p) { o.on_nan = parse_nan_policy(p); })
     .def_readwrite("channel_names", &pipeline_options::channel_names)
     .def_readwrite("staging_records", &pipeline_options::staging_records)
     .def_readwrite("staging_slots", &pipeline_options::staging_slots)
@@ -164,6 +175,11 @@ PYBIND11_MODULE(_core, m)
       d["open_keys"]          = s.open_keys;
       d["state_bytes"]        = s.state_bytes;
       d["watermark"]          = s.has_watermark ? py::object(py::int_(s.watermark)) : py::object(py::none());
+      // The detector totals come from the same snapshot (a second stats() call could see a
+      // later one when another thread is pushing).
+      d["records_scored"]         = s.records_scored;
+      d["records_score_late"]     = s.records_score_late;
+      d["records_score_buffered"] = s.records_score_buffered;
       return d;
     })
     .def_property_readonly("backend", [](pipeline const& p) { return to_string(p.where()); })

@@ -11,22 +11,28 @@
 //   24 P bytes  payload: sections "options", "pipeline", "engine", "detectors", "outputs", "end"
 //   24+P u32    CRC-32 (IEEE, as zlib's crc32) of bytes [0, 24 + P)
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <istream>
 #include <iterator>
 #include <limits>
 #include <ostream>
+#include <random>
 #include <sstream>
 #include <string>
 
+#include <cusense/detail/call_guard.hpp>
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/detector_engine.hpp>
 #include <cusense/detail/engine.hpp>
@@ -110,6 +116,7 @@ void write_options(state_writer& w, pipeline_options const& o)
     w.i64(d.timeout);
   }
   w.boolean(o.windowed);
+  w.u8(static_cast<std::uint8_t>(o.on_nan));  // since format version 2
 }
 
 template <typename E>
@@ -120,7 +127,9 @@ E read_enum(state_reader& r, int count, char const* what)
   return static_cast<E>(v);
 }
 
-pipeline_options read_options(state_reader& r)
+// Reads the options as written; the ranges are checked by the pipeline constructor, as for
+// options given by a caller (restore turns its refusal into a checkpoint_error).
+pipeline_options read_options(state_reader& r, std::uint32_t version)
 {
   pipeline_options o;
   o.window.type        = read_enum<window_spec::kind>(r, 4, "window kind");
@@ -135,15 +144,17 @@ pipeline_options read_options(state_reader& r)
   o.max_out_of_orderness = r.i64();
   o.where                = read_enum<backend>(r, 3, "backend");
   o.channels             = r.i32();
-  state_reader::check(o.channels >= 1 && o.channels <= 4096, "channels out of range");
+  // Checked here too: the list lengths below and the engine state depend on it.
+  state_reader::check(o.channels >= 1 && o.channels <= max_channels,
+                      "channels " + std::to_string(o.channels) + " out of range");
   o.channel_names.resize(r.count(8));
   for (auto& n : o.channel_names) n = r.str();
   o.staging_records = static_cast<std::size_t>(r.u64());
   o.staging_slots   = r.i32();
   o.cpu_threads     = r.i32();
-  state_reader::check(o.staging_slots >= 1 && o.staging_slots <= 1024 && o.cpu_threads >= 0 &&
-                        o.cpu_threads <= 4096,
-                      "staging_slots or cpu_threads out of range");
+  // Checked here as well as by the constructor, which checks them only for windowed pipelines.
+  state_reader::check(o.staging_slots >= 1 && o.staging_slots <= max_staging_slots,
+                      "staging_slots " + std::to_string(o.staging_slots) + " out of range");
   o.max_open_windows = static_cast<std::size_t>(r.u64());
   o.quantiles.resize(r.count(8));
   for (double& q : o.quantiles) q = r.f64();
@@ -168,6 +179,9 @@ pipeline_options read_options(state_reader& r)
     d.timeout        = r.i64();
   }
   o.windowed = r.boolean();
+  // Version 1 did not store the NaN policy: those pipelines skipped NaN values (the policy
+  // lived in the Python layer, which restored "skip" unless told otherwise).
+  o.on_nan = version >= 2 ? read_enum<nan_policy>(r, 2, "nan_policy") : nan_policy::skip;
   return o;
 }
 
@@ -213,7 +227,7 @@ std::string frame_checkpoint(std::string const& payload)
   return std::move(w.data());
 }
 
-std::string unframe_checkpoint(std::string const& file)
+std::string unframe_checkpoint(std::string const& file, std::uint32_t* version_out)
 {
   if (file.empty()) { throw checkpoint_error("checkpoint is empty (0 bytes)"); }
   if (file.size() < header_bytes + trailer_bytes) {
@@ -225,11 +239,13 @@ std::string unframe_checkpoint(std::string const& file)
     throw checkpoint_error("not a cusense checkpoint (wrong magic bytes)");
   }
   std::uint32_t const version = read_le32(file.data() + 8);
-  if (version != checkpoint_format_version) {
+  if (version < oldest_checkpoint_format_version || version > checkpoint_format_version) {
     throw checkpoint_error("checkpoint format version " + std::to_string(version) +
-                           " is not supported (this build reads version " +
+                           " is not supported (this build reads versions " +
+                           std::to_string(oldest_checkpoint_format_version) + " to " +
                            std::to_string(checkpoint_format_version) + ")");
   }
+  if (version_out) { *version_out = version; }
   std::uint64_t const len = read_le64(file.data() + 16);
   std::size_t const have  = file.size() - header_bytes - trailer_bytes;
   if (len != have) {
@@ -442,71 +458,137 @@ void detector_runner::load_state(state_reader& r)
   engine_->import_state(static_cast<std::uint32_t>(slots), d, i);
 }
 
+namespace {
+// Set by fail_checkpoint_writes_for_testing: errno to fail with (0 = off) and after how many
+// bytes.
+std::atomic<int> injected_write_errno{0};
+std::atomic<std::size_t> injected_write_after{0};
+}  // namespace
+
+void fail_checkpoint_writes_for_testing(int err, std::size_t after_bytes)
+{
+  injected_write_after.store(after_bytes);
+  injected_write_errno.store(err);
+}
+
 }  // namespace detail
 
 // ----- pipeline
 
 namespace {
 
-// Refuses a checkpoint while another thread is inside a call on the pipeline (see pipeline).
-class checkpoint_use {
- public:
-  explicit checkpoint_use(detail::busy_flag& f) : f_(f)
-  {
-    if (f_.busy.exchange(true, std::memory_order_acquire)) {
-      throw concurrent_use(
-        "cusense.Pipeline is being used from another thread; serialise calls or use one "
-        "pipeline per thread");
-    }
-  }
-  ~checkpoint_use() { f_.busy.store(false, std::memory_order_release); }
-  checkpoint_use(checkpoint_use const&)            = delete;
-  checkpoint_use& operator=(checkpoint_use const&) = delete;
-
- private:
-  detail::busy_flag& f_;
-};
-
 [[noreturn]] void fail_io(std::string const& what, std::string const& path, int err)
 {
   throw checkpoint_error("checkpoint: cannot " + what + " '" + path + "': " + std::strerror(err));
 }
 
-// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename
-// over `path`, fsync of the directory. A crash at any point leaves either the old file or the
-// new one at `path`, never a mix.
+// Temporary files of a checkpoint at dir/name are dir/.name.tmp-<pid>-<n>-<random>: unique per
+// write (process id, a per-process counter and random bits), so concurrent writers of one path,
+// in one process or several, never share a temporary file.
+std::string temporary_prefix(std::filesystem::path const& target)
+{
+  return "." + target.filename().string() + ".tmp-";
+}
+
+std::string unique_temporary_name(std::filesystem::path const& target)
+{
+  static std::atomic<std::uint64_t> counter{0};
+  static std::uint64_t const salt = [] {
+    std::random_device rd;
+    return (std::uint64_t{rd()} << 32) ^ rd();
+  }();
+  std::uint64_t const n = counter.fetch_add(1, std::memory_order_relaxed);
+  // Mixing the counter into the salt keeps names distinct even if the salt repeats.
+  std::uint64_t const bits = (salt ^ (n * 0x9E3779B97F4A7C15ull)) & 0xFFFFFFFFull;
+  char random_hex[9];
+  std::snprintf(random_hex, sizeof random_hex, "%08llx", static_cast<unsigned long long>(bits));
+  return temporary_prefix(target) + std::to_string(::getpid()) + "-" + std::to_string(n) + "-" +
+         random_hex;
+}
+
+// Whether the temporary file `entry` (named <prefix><pid>...) was left by a writer that died:
+// its process no longer exists, or the file was not touched for stale_temporary_seconds (a
+// live writer writes the whole file at once, then renames it). Files of this process count
+// only by age: another thread may be writing them.
+bool left_by_dead_writer(std::filesystem::directory_entry const& entry, std::size_t prefix_size)
+{
+  std::string const name = entry.path().filename().string();
+  std::size_t end = prefix_size;
+  while (end < name.size() && name[end] >= '0' && name[end] <= '9') ++end;
+  if (end == prefix_size || end - prefix_size > 9 || (end < name.size() && name[end] != '-')) {
+    return false;  // not a name this library writes
+  }
+  auto const pid = static_cast<pid_t>(std::stol(name.substr(prefix_size, end - prefix_size)));
+  if (pid > 0 && pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) { return true; }
+  struct stat st{};
+  if (::lstat(entry.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) { return false; }
+  return ::time(nullptr) - st.st_mtime > stale_temporary_seconds;
+}
+
+// Removes the temporary files of a checkpoint at `path` left by writers that died (killed
+// mid-write). Best effort: a directory that cannot be listed is left alone.
+void remove_stale_temporaries(std::string const& path)
+{
+  namespace fs = std::filesystem;
+  fs::path const target(path);
+  fs::path dir = target.parent_path();
+  if (dir.empty()) { dir = "."; }
+  std::string const prefix = temporary_prefix(target);
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string const name = it->path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) == 0 && left_by_dead_writer(*it, prefix.size())) {
+      ::unlink(it->path().c_str());
+    }
+  }
+}
+
+// Writes `bytes` to `path` atomically: a temporary file of its own in the same directory,
+// written fully, fsync'ed, renamed over `path`, then the directory fsync'ed. A crash or a failure
+// at any point leaves either the old file or the new one at `path`, never a short one; a
+// failure removes the temporary file.
 void write_atomically(std::string const& path, std::string const& bytes)
 {
   namespace fs = std::filesystem;
   fs::path const target(path);
   fs::path dir = target.parent_path();
   if (dir.empty()) { dir = "."; }
-  std::string const tmp =
-    (dir / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()))).string();
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) { fail_io("create a temporary file for", path, errno); }
-  auto fail = [&](char const* what) {
-    int const err = errno;
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    tmp = (dir / unique_temporary_name(target)).string();
+    fd  = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0 && (errno != EEXIST || attempt == 8)) {
+      fail_io("create a temporary file for", path, errno);
+    }
+  }
+  auto fail = [&](char const* what, int err) {
     if (fd >= 0) { ::close(fd); }
     ::unlink(tmp.c_str());
-    fail_io(what, path, err);
+    throw checkpoint_error("checkpoint: cannot " + std::string(what) + " '" + path + "': " +
+                           std::strerror(err) + "; the previous checkpoint there is unchanged");
   };
   std::size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t const k = ::write(fd, bytes.data() + done, bytes.size() - done);
+    std::size_t chunk = bytes.size() - done;
+    int const injected = detail::injected_write_errno.load();
+    if (injected != 0) {
+      std::size_t const allowed = detail::injected_write_after.load();
+      if (done >= allowed) { fail("write", injected); }
+      chunk = std::min(chunk, allowed - done);
+    }
+    ssize_t const k = ::write(fd, bytes.data() + done, chunk);
     if (k < 0) {
       if (errno == EINTR) { continue; }
-      fail("write");
+      fail("write", errno);
     }
     done += static_cast<std::size_t>(k);
   }
-  if (::fsync(fd) != 0) { fail("fsync"); }
-  if (::close(fd) != 0) {
-    fd = -1;
-    fail("close");
-  }
-  fd = -1;
-  if (::rename(tmp.c_str(), path.c_str()) != 0) { fail("rename the temporary file onto"); }
+  if (::fsync(fd) != 0) { fail("fsync", errno); }
+  int const closed = ::close(fd);
+  fd               = -1;
+  if (closed != 0) { fail("close", errno); }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) { fail("rename the temporary file onto", errno); }
   int const dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     (void)::fsync(dfd);  // makes the rename durable; some file systems refuse: not an error
@@ -518,7 +600,6 @@ void write_atomically(std::string const& path, std::string const& bytes)
 
 std::string pipeline::checkpoint_bytes()
 {
-  checkpoint_use use(busy_);
   // Outputs emitted but not yet polled move into the pipeline's held tables (the next poll
   // returns them first) so that the engines' state below holds no output.
   if (engine_) {
@@ -557,11 +638,16 @@ std::string pipeline::checkpoint_bytes()
 
 void pipeline::checkpoint(std::string const& path)
 {
+  // The guard covers the write too: a second checkpoint of this pipeline from another thread
+  // is refused (concurrent_use) instead of racing for the file.
+  call_guard use(*this);
+  remove_stale_temporaries(path);
   write_atomically(path, checkpoint_bytes());
 }
 
 void pipeline::checkpoint(std::ostream& out)
 {
+  call_guard use(*this);
   std::string const bytes = checkpoint_bytes();
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   out.flush();
@@ -570,12 +656,24 @@ void pipeline::checkpoint(std::ostream& out)
 
 pipeline pipeline::restore_bytes(std::string const& file, backend where)
 {
-  std::string const payload = detail::unframe_checkpoint(file);
+  std::uint32_t version      = 0;
+  std::string const payload = detail::unframe_checkpoint(file, &version);
   detail::state_reader r(payload.data(), payload.size());
   r.expect("options");
-  pipeline_options o = detail::read_options(r);
+  pipeline_options o = detail::read_options(r, version);
   o.where            = where;
-  pipeline p(std::move(o));
+  // The options get the constructor's checks: a file with a valid checksum may still hold
+  // options no caller could give (edited by hand, or written by a buggy tool).
+  auto construct = [&]() -> pipeline {
+    try {
+      return pipeline(std::move(o));
+    } catch (checkpoint_error const&) {
+      throw;
+    } catch (invalid_argument const& e) {
+      throw checkpoint_error(std::string("checkpoint holds invalid options: ") + e.what());
+    }
+  };
+  pipeline p = construct();
   r.expect("pipeline");
   (void)r.u8();  // backend the checkpoint was taken on (informational)
   p.pushed_   = r.u64();
@@ -614,6 +712,7 @@ pipeline pipeline::restore_bytes(std::string const& file, backend where)
   detail::check_schema(p.held_silence_, want_silence, "silence");
   r.expect("end");
   detail::state_reader::check(r.at_end(), std::to_string(r.left()) + " unexpected bytes after the end");
+  p.publish_stats(p.current_stats());
   return p;
 }
 
@@ -626,6 +725,7 @@ pipeline pipeline::restore(std::istream& in, backend where)
 
 pipeline pipeline::restore(std::string const& path, backend where)
 {
+  remove_stale_temporaries(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) { fail_io("open", path, errno); }
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

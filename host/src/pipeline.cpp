@@ -5,6 +5,7 @@
 #include <string>
 
 #include <cusense/backend.hpp>
+#include <cusense/detail/call_guard.hpp>
 #include <cusense/detail/detector_engine.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/host_parallel.hpp>
@@ -65,7 +66,14 @@ void validate_stream(pipeline_options const& o)
   CUSENSE_EXPECTS(o.max_out_of_orderness >= 0 && o.max_out_of_orderness <= max_duration,
                   "max_out_of_orderness must lie in [0, 2^61] ns, got " +
                     std::to_string(o.max_out_of_orderness));
-  CUSENSE_EXPECTS(o.channels >= 1, "channels must be >= 1");
+  CUSENSE_EXPECTS(o.channels >= 1 && o.channels <= max_channels,
+                  "channels must lie in [1, " + std::to_string(max_channels) + "], got " +
+                    std::to_string(o.channels));
+  CUSENSE_EXPECTS(o.cpu_threads >= 0 && o.cpu_threads <= max_cpu_threads,
+                  "cpu_threads must lie in [1, " + std::to_string(max_cpu_threads) +
+                    "] (0 = automatic), got " + std::to_string(o.cpu_threads));
+  CUSENSE_EXPECTS(o.on_nan == nan_policy::skip || o.on_nan == nan_policy::raise,
+                  "nan_policy must be skip or raise");
   CUSENSE_EXPECTS(o.channel_names.empty() ||
                     o.channel_names.size() == static_cast<std::size_t>(o.channels),
                   "channel_names has " + std::to_string(o.channel_names.size()) +
@@ -82,31 +90,14 @@ void validate(pipeline_options const& o)
   validate_window(o);
   CUSENSE_EXPECTS(!o.aggs.empty(), "at least one aggregation is required");
   CUSENSE_EXPECTS(o.staging_records >= 1, "staging_records must be >= 1");
-  CUSENSE_EXPECTS(o.staging_slots >= 1, "staging_slots must be >= 1");
+  CUSENSE_EXPECTS(o.staging_slots >= 1 && o.staging_slots <= max_staging_slots,
+                  "staging_slots must lie in [1, " + std::to_string(max_staging_slots) + "], got " +
+                    std::to_string(o.staging_slots));
   auto names = detail::value_column_names(o);
   std::sort(names.begin(), names.end());
   auto dup = std::adjacent_find(names.begin(), names.end());
   CUSENSE_EXPECTS(dup == names.end(), "duplicate output column '" + (dup == names.end() ? "" : *dup) + "'");
 }
-
-// Holds the pipeline's busy flag for the duration of one call; refuses concurrent calls.
-class scoped_use {
- public:
-  explicit scoped_use(detail::busy_flag& f) : f_(f)
-  {
-    if (f_.busy.exchange(true, std::memory_order_acquire)) {
-      throw concurrent_use(
-        "cusense.Pipeline is being used from another thread; serialise calls or use one "
-        "pipeline per thread");
-    }
-  }
-  ~scoped_use() { f_.busy.store(false, std::memory_order_release); }
-  scoped_use(scoped_use const&)            = delete;
-  scoped_use& operator=(scoped_use const&) = delete;
-
- private:
-  detail::busy_flag& f_;
-};
 
 // Moves the rows of `held` (outputs kept by a checkpoint or restore) to the end of `t`.
 void take_held(table& t, table& held)
@@ -215,7 +206,7 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
 {
   if (n == 0) { return; }
   CUSENSE_EXPECTS(keys && timestamps && values, "push: null data pointer");
-  scoped_use use(busy_);
+  call_guard use(*this);
   pushed_ += n;
   // Range check: a branch-free pass over the values; positions only on the error path.
   std::int64_t tmin = 0, tmax = 0;
@@ -230,6 +221,17 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
       " ns (valid: +-2^62 ns around the epoch, years 1824..2116" +
       (bad == std::numeric_limits<std::int64_t>::min() ? "; NaT is not a valid time" : "") +
       "); the batch of " + std::to_string(n) + " records was rejected");
+  }
+  if (options_.on_nan == nan_policy::raise) {
+    std::size_t const count = n * static_cast<std::size_t>(options_.channels);
+    T const* nan = std::find_if(values, values + count, [](T v) { return v != v; });
+    if (nan != values + count) {
+      rejected_ += n;
+      throw invalid_argument("value is NaN at index " +
+                             std::to_string((nan - values) / options_.channels) +
+                             " (nan_policy='raise'); batch of " + std::to_string(n) +
+                             " records rejected");
+    }
   }
   detail::record_batch batch;
   batch.keys       = keys;
@@ -268,7 +270,7 @@ void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps,
 
 table pipeline::poll()
 {
-  scoped_use use(busy_);
+  call_guard use(*this);
   table t = detail::empty_window_table(options_);
   take_held(t, held_windows_);
   if (engine_) { engine_->drain(&t, nullptr); }
@@ -277,7 +279,7 @@ table pipeline::poll()
 
 table pipeline::poll_late()
 {
-  scoped_use use(busy_);
+  call_guard use(*this);
   table t;
   take_held(t, held_late_);
   if (engine_) { engine_->drain(nullptr, &t); }
@@ -286,7 +288,7 @@ table pipeline::poll_late()
 
 table pipeline::poll_scores()
 {
-  scoped_use use(busy_);
+  call_guard use(*this);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_scorers(),
                   "poll_scores: the pipeline has no scoring detector (options.detectors)");
   return held_then(held_scores_, detectors_->drain_scores());
@@ -294,7 +296,7 @@ table pipeline::poll_scores()
 
 table pipeline::poll_silence()
 {
-  scoped_use use(busy_);
+  call_guard use(*this);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_silence(),
                   "poll_silence: the pipeline has no silence detector (options.detectors)");
   return held_then(held_silence_, detectors_->drain_silence());
@@ -303,16 +305,15 @@ table pipeline::poll_silence()
 table pipeline::flush()
 {
   {
-    scoped_use use(busy_);
+    call_guard use(*this);
     if (engine_) { engine_->flush(); }
     if (detectors_) { detectors_->flush(); }
   }
   return poll();
 }
 
-pipeline_stats pipeline::stats()
+pipeline_stats pipeline::current_stats()
 {
-  scoped_use use(busy_);
   detail::engine_counters const c = engine_ ? engine_->counters() : detail::engine_counters{};
   pipeline_stats s;
   s.records_aggregated = c.aggregated;
@@ -336,6 +337,42 @@ pipeline_stats pipeline::stats()
       s.watermark     = d.watermark;
     }
   }
+  return s;
+}
+
+void pipeline::publish_stats(pipeline_stats const& s)
+{
+  std::lock_guard<std::mutex> lock(usage_.published_mutex);
+  usage_.published = s;
+}
+
+void pipeline::publish_after_call() noexcept
+{
+  // The CPU engines keep their totals at hand; the CUDA engines would have to wait for the
+  // device (and copy state back), which would undo the overlap of copy and compute, so on
+  // the CUDA backend only stats() publishes.
+  if (backend_ != backend::cpu) { return; }
+  try {
+    publish_stats(current_stats());
+  } catch (...) {  // the previous snapshot stays: it is consistent, only older
+  }
+}
+
+pipeline_stats pipeline::stats()
+{
+  int seen = detail::usage_state::idle;
+  if (!usage_.state.compare_exchange_strong(seen, detail::usage_state::in_stats,
+                                            std::memory_order_acquire)) {
+    // Another thread is inside a call (or computing stats): the totals it published last.
+    std::lock_guard<std::mutex> lock(usage_.published_mutex);
+    return usage_.published;
+  }
+  struct release {
+    std::atomic<int>& state;
+    ~release() { state.store(detail::usage_state::idle, std::memory_order_release); }
+  } const done{usage_.state};
+  pipeline_stats const s = current_stats();
+  publish_stats(s);
   return s;
 }
 

@@ -43,6 +43,15 @@ backend parse_backend(std::string const& name)
   throw invalid_argument("unknown backend '" + name + "' (expected 'auto', 'cpu' or 'cuda')");
 }
 
+std::string to_string(nan_policy p) { return p == nan_policy::raise ? "raise" : "skip"; }
+
+nan_policy parse_nan_policy(std::string const& name)
+{
+  if (name == "skip") { return nan_policy::skip; }
+  if (name == "raise") { return nan_policy::raise; }
+  throw invalid_argument("unknown nan_policy '" + name + "' (expected 'skip' or 'raise')");
+}
+
 std::string to_string(agg a)
 {
   for (auto const& [value, name] : agg_names) {

@@ -315,7 +315,9 @@ class cpu_window_engine final : public window_engine {
       late_out_(options)
   {
     int threads = options.cpu_threads;
-    if (threads <= 0) { threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+    if (threads <= 0) {
+      threads = std::min(max_cpu_threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    }
     shards_.resize(static_cast<std::size_t>(threads));
   }
 

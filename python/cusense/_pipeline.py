@@ -14,6 +14,28 @@ from ._time import (check_no_nulls, check_time_unit, timestamp_array, timestamps
                     to_nanoseconds, warn_if_seconds_or_ms)
 
 _NAN_POLICIES = ("skip", "raise")
+_UINT64_MAX = 2**64 - 1
+
+
+def _checked_int(value, name: str, low: int, high: int, note: str = "") -> int:
+    """``value`` as an int within [low, high], or an error naming the parameter and the range
+    (the native layer would only say its argument types did not match)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}]{note}, got {value}")
+    return value
+
+
+def _checked_duration(value, name: str, low: int, shown=None) -> int:
+    """A duration in int ns within [low, 2**61] (about 73 years), the bound of the engines'
+    window arithmetic."""
+    ns = to_nanoseconds(value, name)
+    if not low <= ns <= _core.MAX_DURATION:
+        raise ValueError(f"{name} must lie in [{low}, 2**61] ns (about 73 years), "
+                         f"got {value if shown is None else shown!r}")
+    return ns
 
 # Aggregation names accepted as spellings of another. The pipeline runs (and checkpoints) the
 # canonical name, so the output column is the canonical one: a restored pipeline, which knows
@@ -30,6 +52,13 @@ def canonical_aggs(aggs) -> list[str]:
     return names
 
 
+def _window_offset(offset) -> int:
+    ns = to_nanoseconds(offset, "window offset")
+    if not -_core.MAX_DURATION <= ns <= _core.MAX_DURATION:
+        raise ValueError(f"window offset must lie within +-2**61 ns (about 73 years), got {offset!r}")
+    return ns
+
+
 @dataclass(frozen=True)
 class Tumbling:
     """Tumbling event-time windows ``[k*size + offset, (k+1)*size + offset)``.
@@ -44,8 +73,8 @@ class Tumbling:
         size = to_nanoseconds(self.size, "window size")
         if size <= 0:
             raise ValueError(f"window size must be positive, got {self.size!r}")
-        object.__setattr__(self, "size", size)
-        object.__setattr__(self, "offset", to_nanoseconds(self.offset, "window offset"))
+        object.__setattr__(self, "size", _checked_duration(size, "window size", 1, self.size))
+        object.__setattr__(self, "offset", _window_offset(self.offset))
 
 
 @dataclass(frozen=True)
@@ -65,9 +94,9 @@ class Sliding:
             raise ValueError(f"window size must be positive, got {self.size!r}")
         if not 0 < slide <= size:
             raise ValueError(f"window slide must lie in (0, size], got {self.slide!r} for size {self.size!r}")
-        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "size", _checked_duration(size, "window size", 1, self.size))
         object.__setattr__(self, "slide", slide)
-        object.__setattr__(self, "offset", to_nanoseconds(self.offset, "window offset"))
+        object.__setattr__(self, "offset", _window_offset(self.offset))
 
 
 @dataclass(frozen=True)
@@ -83,7 +112,7 @@ class Session:
         gap = to_nanoseconds(self.gap, "session gap")
         if gap <= 0:
             raise ValueError(f"session gap must be positive, got {self.gap!r}")
-        object.__setattr__(self, "gap", gap)
+        object.__setattr__(self, "gap", _checked_duration(gap, "session gap", 1, self.gap))
 
 
 @dataclass(frozen=True)
@@ -100,6 +129,7 @@ class Rolling:
     def __post_init__(self):
         if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n <= 0:
             raise ValueError(f"rolling window n must be a positive int, got {self.n!r}")
+        _checked_int(self.n, "rolling window n", 1, 2**24)
         mp = self.n if self.min_periods is None else self.min_periods
         if isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or not 0 <= mp <= self.n:
             raise ValueError(f"min_periods must be an int in [0, n], got {self.min_periods!r}")
@@ -226,6 +256,9 @@ class Pipeline:
     nan_policy : "skip" | "raise"
         ``"skip"`` leaves NaN values out of the aggregations and counts them (``nan_count``);
         ``"raise"`` rejects a batch holding NaN with a ValueError.
+    cpu_threads : int
+        Worker threads of the CPU backend, 1 to 256; 0 (the default) = one per hardware thread
+        (at most 256).
     max_open_windows : int
         Cap on the (key, window) states held at once (0 = unlimited), counted while a batch is
         applied. A push that would exceed it raises :class:`cusense.CapacityError` (a
@@ -233,7 +266,8 @@ class Pipeline:
 
     A pipeline is not thread-safe: a call made while another thread is inside a call on the
     same pipeline raises :class:`cusense.ConcurrentUseError` and changes nothing. Use one
-    pipeline per thread or serialise the calls.
+    pipeline per thread or serialise the calls. :attr:`stats` is the exception: it can be read
+    at any time from any thread.
     """
 
     def __init__(self, window=None, aggs: Sequence[str] = ("count", "sum", "mean", "min", "max", "var", "std"),
@@ -257,36 +291,40 @@ class Pipeline:
         else:
             _set_window(opts, window)
         opts.aggs = list(aggs)
-        opts.allowed_lateness = to_nanoseconds(allowed_lateness, "allowed_lateness")
+        opts.nan_policy = nan_policy
+        # Every integer is range-checked here: the native layer takes fixed-width integers and
+        # would refuse larger ones with a message about argument types.
+        opts.allowed_lateness = _checked_duration(allowed_lateness, "allowed_lateness", 0)
         opts.quantile_accuracy = float(quantile_accuracy)
-        opts.max_out_of_orderness = to_nanoseconds(max_out_of_orderness, "max_out_of_orderness")
+        opts.max_out_of_orderness = _checked_duration(max_out_of_orderness, "max_out_of_orderness", 0)
         opts.backend = backend
         if channels is None:
             opts.channels = 1
         elif isinstance(channels, (int, np.integer)):
-            opts.channels = int(channels)
+            opts.channels = _checked_int(channels, "channels", 1, _core.MAX_CHANNELS)
         else:
-            opts.channel_names = [str(c) for c in channels]
-            opts.channels = len(opts.channel_names)
+            names = [str(c) for c in channels]
+            _checked_int(len(names), "the number of channels", 1, _core.MAX_CHANNELS)
+            opts.channel_names = names
+            opts.channels = len(names)
         if staging_records is not None:
-            opts.staging_records = int(staging_records)
-        opts.cpu_threads = int(cpu_threads)
-        if int(max_open_windows) < 0:
-            raise ValueError(f"max_open_windows must be >= 0 (0 = unlimited), got {max_open_windows!r}")
-        opts.max_open_windows = int(max_open_windows)
+            opts.staging_records = _checked_int(staging_records, "staging_records", 1, _UINT64_MAX)
+        opts.cpu_threads = _checked_int(cpu_threads, "cpu_threads", 0, _core.MAX_CPU_THREADS,
+                                        " (0 = automatic)")
+        opts.max_open_windows = _checked_int(max_open_windows, "max_open_windows", 0, _UINT64_MAX,
+                                             " (0 = unlimited)")
         self.detectors = list(detectors or [])
         for d in self.detectors:
             if not hasattr(d, "_spec"):
                 raise TypeError(f"detectors must be cusense.detectors.* objects, got {type(d).__name__}")
         opts.detectors = [d._spec() for d in self.detectors]
         self._core = _core.Pipeline(opts)
-        self._init_python_state(opts.channels, nan_policy)
+        self._init_python_state(opts.channels)
         self.window = window
         self.aggs = list(aggs)
 
-    def _init_python_state(self, channels: int, nan_policy: str) -> None:
+    def _init_python_state(self, channels: int) -> None:
         self._channels = channels
-        self._nan_policy = nan_policy
         # Records of pushes refused by the checks in Python, before the engine saw them; the
         # engine counts the pushes it refuses itself. Not part of checkpoints.
         self._records_rejected_in_python = 0
@@ -302,8 +340,13 @@ class Pipeline:
         """Records pushed / aggregated / late / rejected, NaN values, windows emitted and open
         (``open_windows``: (key, window) states; (key, pane) partials for sliding windows,
         sessions, held records for rolling windows), ``open_keys`` (keys holding state),
-        ``state_bytes`` (approximate), current watermark (ns, None before the first record)."""
-        stats = {**self._core.stats(), **self._core.detector_stats()}
+        ``state_bytes`` (approximate), current watermark (ns, None before the first record).
+
+        Readable at any time, also while another thread is inside a call on the pipeline: it
+        then gives the totals as of the end of an earlier call (on the CPU backend the last
+        one; on the CUDA backend the last ``stats`` that found the pipeline idle), in which
+        ``records_pushed == records_aggregated + records_late + records_rejected`` holds."""
+        stats = self._core.stats()  # one consistent snapshot, also while another thread pushes
         # A refused push counts as pushed and rejected, wherever it was refused.
         stats["records_pushed"] += self._records_rejected_in_python
         stats["records_rejected"] += self._records_rejected_in_python
@@ -338,11 +381,6 @@ class Pipeline:
         v = _as_values(values, self._channels)
         if not len(k) == len(t) == len(v):
             raise ValueError(f"length mismatch: {len(k)} keys, {len(t)} timestamps, {len(v)} values")
-        if self._nan_policy == "raise" and v.dtype.kind == "f":
-            nan_at = np.flatnonzero(np.isnan(v).reshape(len(v), -1).any(axis=1))
-            if nan_at.size:
-                raise ValueError(f"value is NaN at index {int(nan_at[0])} (nan_policy='raise'); "
-                                 f"batch of {len(v)} records rejected")
         if time_unit is None and not self._time_unit_warned and raw_times.dtype.kind in "iu":
             self._time_unit_warned = warn_if_seconds_or_ms(t, stacklevel=3)
         return k, t, v
@@ -379,23 +417,29 @@ class Pipeline:
         self._core.checkpoint(os.fspath(path))
 
     @classmethod
-    def restore(cls, path, backend: str = "auto", nan_policy: str = "skip") -> "Pipeline":
+    def restore(cls, path, backend: str = "auto", nan_policy: str | None = None) -> "Pipeline":
         """A pipeline in exactly the state saved by :meth:`checkpoint` at ``path``, with its
         options, on ``backend`` (either backend can restore a checkpoint from the other).
         Pushing the records that followed the checkpoint gives exactly the output of an
         uninterrupted run. Raises FileNotFoundError for a missing file and ValueError
         (:class:`cusense.CheckpointError`) naming the problem for an empty, truncated,
-        corrupt (checksum) or wrong-version file."""
+        corrupt (checksum) or wrong-version file, or one holding options the constructor would
+        refuse. Every option is restored, ``nan_policy`` included (``nan_policy``, when given,
+        must match the checkpoint's: a restored pipeline keeps its options)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no checkpoint at {path!r}")
-        if nan_policy not in _NAN_POLICIES:
+        if nan_policy is not None and nan_policy not in _NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
         core = _core.Pipeline.restore(path, backend)
         opts = core.options
+        if nan_policy is not None and nan_policy != opts.nan_policy:
+            raise ValueError(f"nan_policy={nan_policy!r} does not match the checkpoint's "
+                             f"nan_policy={opts.nan_policy!r} (a restored pipeline keeps the "
+                             f"options it was checkpointed with)")
         self = cls.__new__(cls)
         self._core = core
-        self._init_python_state(opts.channels, nan_policy)
+        self._init_python_state(opts.channels)
         self.window = _window_of(opts)
         self.aggs = list(opts.aggs)
         from .detectors import detector_of_spec

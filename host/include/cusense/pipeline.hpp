@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <cusense/error.hpp>
@@ -16,15 +17,29 @@ namespace detail {
 class window_engine;
 class detector_runner;
 
-/// Marks a pipeline as in use by a call, to refuse concurrent calls (see pipeline). Moving a
-/// pipeline gives the target a fresh, idle flag.
-struct busy_flag {
-  busy_flag() = default;
-  busy_flag(busy_flag&&) noexcept {}
-  busy_flag& operator=(busy_flag&&) noexcept { return *this; }
-  std::atomic<bool> busy{false};
+/// Who is inside a call on a pipeline, and the totals last published for stats(). Calls (push,
+/// poll, flush, checkpoint, ...) refuse each other with concurrent_use; a call waits for a
+/// stats() that is computing fresh totals (a short wait); stats() made during a call returns
+/// the published totals instead of waiting or refusing. Moving a pipeline gives the target an
+/// idle state and the published totals.
+struct usage_state {
+  enum : int { idle, in_call, in_stats };
+  usage_state() = default;
+  usage_state(usage_state&& o) noexcept : published(o.published) {}
+  usage_state& operator=(usage_state&& o) noexcept
+  {
+    published = o.published;
+    return *this;
+  }
+  std::atomic<int> state{idle};
+  std::mutex published_mutex;  // guards `published` (written by calls, read by stats())
+  pipeline_stats published;
 };
 }  // namespace detail
+
+/// Seconds after which a checkpoint's temporary file that nobody touched counts as left by a
+/// dead writer (see pipeline::checkpoint).
+constexpr int stale_temporary_seconds = 600;
 
 /// A keyed event-time windowing pipeline over a stream of (key, timestamp, value) records.
 ///
@@ -56,9 +71,10 @@ struct busy_flag {
 /// sums and moments.
 ///
 /// Thread safety: a pipeline is not safe for concurrent use. Calls from several threads must be
-/// serialised by the caller; a call (push, poll, poll_late, flush, stats) made while another
-/// thread is inside a call on the same pipeline is detected and refused with
-/// cusense::concurrent_use, changing nothing. Distinct pipelines are independent.
+/// serialised by the caller; a call (push, poll, poll_late, flush, checkpoint, ...) made while
+/// another thread is inside a call on the same pipeline is detected and refused with
+/// cusense::concurrent_use, changing nothing. stats() is the exception: it may be called at any
+/// time from any thread (see stats()). Distinct pipelines are independent.
 ///
 /// Failures: a push that fails (invalid_argument, capacity_error when options.max_open_windows
 /// would be exceeded, out_of_memory when an allocation fails) leaves the pipeline as it was,
@@ -121,7 +137,11 @@ class pipeline {
   /// back_at, key) within each call. Late records do not count as signs of life.
   table poll_silence();
 
-  /// Running totals (see pipeline_stats); waits for pushed batches like poll().
+  /// Running totals (see pipeline_stats); waits for pushed batches like poll(). Never refused:
+  /// called while another thread is inside a call on the pipeline, it returns the totals as of
+  /// the end of an earlier call, a consistent snapshot (records_pushed == aggregated + late +
+  /// rejected). On the CPU backend every call publishes its totals when it ends; on the CUDA
+  /// backend (where the totals need the device) a stats() that finds the pipeline idle does.
   pipeline_stats stats();
   backend where() const;  ///< cpu or cuda, never automatic; never throws
   /// The options as given (backend::automatic is kept; where() tells the backend chosen).
@@ -134,7 +154,13 @@ class pipeline {
   /// fsync'ed and renamed over `path`, so a crash leaves the previous checkpoint intact. The
   /// pipeline is unchanged (waits for pushed batches like poll()). The format is
   /// backend-neutral: a checkpoint from one backend restores on the other. Throws
-  /// checkpoint_error when the file cannot be written.
+  /// checkpoint_error naming the path and the cause when the file cannot be written (disk
+  /// full, read-only directory, ...); the previous checkpoint at `path` is then left as it was
+  /// and the pipeline stays usable. Each write uses its own temporary file, so pipelines (and
+  /// processes) writing the same path never see each other's partial files; the last rename
+  /// wins. Temporary files of `path` left by a writer that died (its process is gone, or the
+  /// file has not been touched for stale_temporary_seconds) are removed by the next checkpoint
+  /// or restore of `path`.
   void checkpoint(std::string const& path);
   /// As checkpoint(path), to a stream (not atomic: the caller owns the stream).
   void checkpoint(std::ostream& out);
@@ -142,15 +168,20 @@ class pipeline {
   /// `where` (backend::automatic: CUDA when usable and the options run there). Pushing the
   /// records that followed the checkpoint gives exactly the outputs of an uninterrupted run.
   /// Throws checkpoint_error (an invalid_argument) naming the problem for a missing, empty,
-  /// truncated, corrupt (checksum) or wrong-version file, or one that is not a checkpoint.
+  /// truncated, corrupt (checksum) or wrong-version file, one that is not a checkpoint, or one
+  /// whose options the constructor would refuse (the message names the option).
   static pipeline restore(std::string const& path, backend where = backend::automatic);
   static pipeline restore(std::istream& in, backend where = backend::automatic);
 
  private:
   template <typename T>
   void push_impl(std::uint32_t const*, std::int64_t const*, T const*, std::size_t);
-  std::string checkpoint_bytes();
+  class call_guard;  // holds usage_ for one call (detail/call_guard.hpp)
+  std::string checkpoint_bytes();  // the caller holds a call_guard
   static pipeline restore_bytes(std::string const& file, backend where);
+  pipeline_stats current_stats();  // from the engines; the caller has the pipeline to itself
+  void publish_stats(pipeline_stats const& s);
+  void publish_after_call() noexcept;
 
   pipeline_options options_;
   backend backend_;
@@ -161,7 +192,7 @@ class pipeline {
   // Outputs taken out of the engines by checkpoint() (or read by restore) that the next
   // poll / poll_late / poll_scores / poll_silence returns first.
   table held_windows_, held_late_, held_scores_, held_silence_;
-  detail::busy_flag busy_;
+  detail::usage_state usage_;
 };
 
 /// One-shot windowed aggregation of a whole (finite) stream: push everything, flush. Same

@@ -21,6 +21,13 @@ constexpr std::int64_t max_timestamp = std::int64_t{1} << 62;
 constexpr std::int64_t max_duration = std::int64_t{1} << 61;
 /// Upper bound for the number of sliding windows a record lies in (ceil(size / slide)).
 constexpr std::int64_t max_windows_per_record = std::int64_t{1} << 16;
+/// Upper bound for pipeline_options::channels (values per record).
+constexpr int max_channels = 4096;
+/// Upper bound for pipeline_options::cpu_threads: more threads than this only cost memory and
+/// start-up time (each worker has its own stack and scratch).
+constexpr int max_cpu_threads = 256;
+/// Upper bound for pipeline_options::staging_slots.
+constexpr int max_staging_slots = 1024;
 
 /// Keyed windows.
 ///  - tumbling: [k*size + offset, (k+1)*size + offset)
@@ -88,18 +95,30 @@ double parse_quantile(std::string const& name);
 /// The column name of quantile q: "p50", "p99.9", ...
 std::string quantile_name(double q);
 
+/// What a push does with NaN values: skip them (leave them out of the aggregations and count
+/// them), or refuse the whole batch with invalid_argument.
+enum class nan_policy { skip, raise };
+
+std::string to_string(nan_policy p);
+/// Parses "skip" or "raise"; throws cusense::invalid_argument otherwise.
+nan_policy parse_nan_policy(std::string const& name);
+
 /// Everything that defines a pipeline.
 struct pipeline_options {
   window_spec window;
   std::vector<agg> aggs = {agg::count, agg::sum, agg::mean, agg::min, agg::max, agg::var, agg::std};
   std::int64_t max_out_of_orderness = 0;  ///< nanoseconds the watermark trails the largest event time
   backend where                     = backend::automatic;
-  int channels                      = 1;  ///< values per record
+  int channels                      = 1;  ///< values per record, in [1, max_channels]
+  nan_policy on_nan                 = nan_policy::skip;  ///< NaN values: skipped or refused
   std::vector<std::string> channel_names;  ///< optional; default "0", "1", ... when channels > 1
   /// Records per staging slot on the CUDA backend; larger pushes are split into slots.
   std::size_t staging_records = std::size_t{1} << 22;
-  int staging_slots           = 3;   ///< pinned staging slots (>= 2 overlaps copy with compute)
-  int cpu_threads             = 0;   ///< CPU backend worker threads; 0 = all hardware threads
+  /// Pinned staging slots, in [1, max_staging_slots] (>= 2 overlaps copy with compute).
+  int staging_slots = 3;
+  /// CPU backend worker threads, in [1, max_cpu_threads]; 0 = all hardware threads (at most
+  /// max_cpu_threads).
+  int cpu_threads = 0;
   /// Cap on the (key, window) states held at once, counted while a batch is applied (before
   /// the windows it closes are emitted); 0 = unlimited. A push that would exceed it throws
   /// cusense::capacity_error and changes nothing but the rejected count. It also bounds the

@@ -290,15 +290,24 @@ inline tumbling_state read_tumbling_state(state_reader& r, pipeline_options cons
   return s;
 }
 
-/// Version of the checkpoint file format written and read by this build.
-constexpr std::uint32_t checkpoint_format_version = 1;
+/// Version of the checkpoint file format written by this build. Version 2 added the NaN policy
+/// at the end of the options; version 1 files are still read (as nan_policy::skip).
+constexpr std::uint32_t checkpoint_format_version = 2;
+/// The oldest format version this build reads.
+constexpr std::uint32_t oldest_checkpoint_format_version = 1;
 /// CRC-32 (IEEE 802.3, as zlib's crc32).
 std::uint32_t crc32(char const* data, std::size_t n);
 /// A checkpoint file from a payload: magic, version, length, payload, CRC-32.
 std::string frame_checkpoint(std::string const& payload);
-/// The payload of a checkpoint file; throws checkpoint_error naming what is wrong (empty,
-/// truncated, wrong magic, unsupported version, checksum mismatch).
-std::string unframe_checkpoint(std::string const& file);
+/// The payload of a checkpoint file (and its format version in `*version`, when given); throws
+/// checkpoint_error naming what is wrong (empty, truncated, wrong magic, unsupported version,
+/// checksum mismatch).
+std::string unframe_checkpoint(std::string const& file, std::uint32_t* version = nullptr);
+
+/// Testing only: while `err` is not 0, writes of checkpoint files (pipeline::checkpoint(path))
+/// fail with errno `err` after `after_bytes` bytes of the temporary file, as a full disk
+/// (ENOSPC) or a file system turned read-only (EROFS) would make them fail. 0 turns it off.
+void fail_checkpoint_writes_for_testing(int err, std::size_t after_bytes = 0);
 
 /// Tables (emitted but not yet polled outputs): name, type and values of each column.
 void write_table(state_writer& w, table const& t);
