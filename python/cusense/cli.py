@@ -1,17 +1,4 @@
-"""The ``cusense`` command line.
-
-    cusense run INPUT --key COL --time COL --value COL [--value COL ...] --window 1min
-                      --aggs mean,max [--max-out-of-orderness 5s] [--detector ewma] --out OUTPUT
-    cusense devices          usable CUDA devices (or why there are none)
-    cusense bench [...]      the benchmark suite (arguments are passed on)
-    cusense demo [...]       the synthetic fleet demo (arguments are passed on)
-    cusense serve FILE.toml  the fleet service: broker in, PostgreSQL and Parquet out
-    cusense simulate [...]   a simulated fleet publishing to MQTT or Kafka
-
-``cusense <command> --help`` describes each command. Exit status: 0 on success, 1 for bad
-input data (the message names the file, the line or row, and the column), 2 for bad options
-or a missing feature.
-"""
+"""The ``cusense`` command line: ``MAIN_HELP`` below lists the commands and exit statuses."""
 from __future__ import annotations
 
 import argparse

@@ -79,13 +79,7 @@ def load_config(config) -> ServiceConfig:
     base = os.getcwd()
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
-        try:
-            with open(path, "rb") as f:
-                cfg = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"no configuration file at {path!r}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from None
+        cfg = _read_toml(path)
         base = os.path.dirname(os.path.abspath(path))
     elif isinstance(config, dict):
         cfg = copy.deepcopy(config)
@@ -144,14 +138,18 @@ def load_config(config) -> ServiceConfig:
     )
 
 
+def _read_toml(path) -> dict:
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file at {path!r}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def load_pipeline_table(path) -> dict:
     """The ``[pipeline]`` table of a ``cusense serve`` configuration file (``cusense run
     --config`` reads the same table)."""
-    try:
-        with open(path, "rb") as f:
-            cfg = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"no configuration file at {os.fspath(path)!r}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(e)) from None
-    return dict(_section(cfg, "pipeline", required=True))
+    return dict(_section(_read_toml(path), "pipeline", required=True))
