@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import cusense
-from cusense.bench import WINDOW_NS, make_stream
+from suite.workloads import WINDOW_NS, make_stream  # benchmarks/suite, next to this script
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ cusense: stream analytics for sensor data.
   cusense run INPUT --key COL --time COL --value COL [--value COL ...] --window 1min
                     --aggs mean,max [--max-out-of-orderness 5s] [--detector ewma] --out OUTPUT
   cusense devices          usable CUDA devices (or why there are none)
-  cusense bench [...]      the benchmark suite (arguments are passed on)
+  cusense bench [...]      the benchmark suite of a source checkout (arguments are passed on)
   cusense demo [...]       the synthetic fleet demo (arguments are passed on)
   cusense serve FILE.toml  the fleet service: broker in, PostgreSQL and Parquet out
   cusense simulate [...]   a simulated fleet publishing to MQTT or Kafka
@@ -444,21 +444,13 @@ def _find_upwards(relative: str):
 
 
 def cmd_bench(args) -> int:
-    import importlib
-    import importlib.util
     import subprocess
 
-    rest = _passed_on(args)
-    if importlib.util.find_spec("cusense.bench") is not None:
-        bench = importlib.import_module("cusense.bench")
-        entry = getattr(bench, "main", None)
-        if callable(entry):
-            return int(entry(rest) or 0)
+    # the suite lives in the source tree (benchmarks/), not in the installed package
     script = _find_upwards(os.path.join("benchmarks", "run.py"))
     if script:
-        return subprocess.call([sys.executable, script, *rest])
-    raise UsageError("the benchmark suite is not available: this installation has no "
-                     "cusense.bench module and no benchmarks/run.py was found in the current "
+        return subprocess.call([sys.executable, script, *_passed_on(args)])
+    raise UsageError("the benchmark suite is not available: no benchmarks/run.py in the current "
                      "directory or above (run from a cusense source checkout)")
 
 
@@ -507,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Lists the CUDA devices cusense can use, or says why there are none.")
     d.set_defaults(func=cmd_devices)
     _add_passthrough(sub, "bench", cmd_bench, "run the benchmark suite (arguments are passed on)",
-                     "Runs the benchmark suite: cusense.bench when installed, else "
-                     "benchmarks/run.py of a source checkout. Arguments after "
+                     "Runs the benchmark suite, benchmarks/run.py of the source checkout "
+                     "that holds the current directory. Arguments after "
                      "'bench' go to the suite (e.g. cusense bench --quick; "
                      "cusense bench -- --help for its options).")
     _add_passthrough(sub, "demo", cmd_demo, "run the synthetic fleet demo (arguments are passed on)",
