@@ -176,6 +176,13 @@ class _Metrics:
         if self._prom and watermark_ns is not None:
             self.watermark_lag.set(time.time() - watermark_ns / 1e9)
 
+    def close(self) -> None:
+        """Stops the HTTP endpoint, freeing its port (a service restarted in-process binds it
+        again)."""
+        if self._prom:
+            self.server.shutdown()
+            self.server.server_close()
+
 
 class _Stopped(Exception):
     """Stop was requested while waiting for a sink or the source: the durable checkpoint is
@@ -256,6 +263,7 @@ class Service:
             self._source.close()
             for sink in self._sinks:
                 sink.close()
+            self._metrics.close()
 
     # --- start: restore the latest checkpoint ----------------------------------------------------
     def _start(self) -> None:
