@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import _core
 from ._time import to_nanoseconds
 
@@ -27,6 +29,22 @@ from ._time import to_nanoseconds
 def _check_threshold(threshold):
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
+
+
+# Upper bounds on the integer parameters: state per key grows with them (a KnnDiscord key holds
+# H values; a rolling key, ``window``), so an absurd value fails here, with its name, instead of
+# allocating gigabytes per key or overflowing the native integer types.
+MAX_WINDOW = 1 << 20          # rolling detectors: records per key (8 MiB of values per key)
+MAX_HISTORY = 1 << 20         # KnnDiscord H, H2, K, min_candidates
+MAX_SUBSEQUENCE = 1024        # KnnDiscord L
+MAX_CHANNEL = 4095            # channels are capped at 4096 per pipeline
+
+
+def _check_int(name: str, value, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
 
 
 class Detector:
@@ -73,6 +91,8 @@ class EWMA(Detector):
         if not 0.0 < float(self.alpha) <= 1.0:
             raise ValueError(f"alpha must lie in (0, 1], got {self.alpha!r}")
         _check_threshold(self.threshold)
+        _check_int("min_count", self.min_count, 0, MAX_WINDOW)
+        _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
     def _fill(self, spec):
         spec.alpha = float(self.alpha)
@@ -93,9 +113,10 @@ class RollingZ(Detector):
     kind = "rolling_z"
 
     def __post_init__(self):
-        if int(self.window) < 2:
-            raise ValueError(f"window must be >= 2 records, got {self.window!r}")
+        _check_int("window", self.window, 2, MAX_WINDOW)
         _check_threshold(self.threshold)
+        _check_int("min_count", self.min_count, 0, MAX_WINDOW)
+        _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
     def _fill(self, spec):
         spec.window = int(self.window)
@@ -132,6 +153,10 @@ class KnnDiscord(Detector):
 
     def __post_init__(self):
         _check_threshold(self.threshold)
+        _check_int("L", self.L, 1, MAX_SUBSEQUENCE)
+        for name in ("H", "H2", "K", "min_candidates"):
+            _check_int(name, getattr(self, name), 1, MAX_HISTORY)
+        _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
     def _fill(self, spec):
         spec.L, spec.H, spec.min_candidates = int(self.L), int(self.H), int(self.min_candidates)

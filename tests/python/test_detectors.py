@@ -385,3 +385,20 @@ def test_bad_parameters_checked_in_cpp():
         cusense.Pipeline(detectors=[D.EWMA(channel=3)])
     with pytest.raises(TypeError):
         cusense.Pipeline()
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: D.EWMA(min_count=2**63), "min_count"),
+    (lambda: D.RollingZ(window=2**63), "window"),
+    (lambda: D.RollingMAD(window=2**21), "window"),
+    (lambda: D.KnnDiscord(H=2**24), "H"),
+    (lambda: D.KnnDiscord(L=2**40), "L"),
+    (lambda: D.KnnDiscord(K=0), "K"),
+    (lambda: D.EWMA(channel=-1), "channel"),
+    (lambda: D.RollingZ(window=2.5), "window"),
+])
+def test_integer_parameters_are_bounded_with_their_name(make, name):
+    """Absurd sizes fail at construction, naming the parameter, instead of surfacing the native
+    layer's type error or allocating gigabytes per key."""
+    with pytest.raises((ValueError, TypeError), match=rf"^{name} must"):
+        make()
