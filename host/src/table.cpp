@@ -21,6 +21,13 @@ column& table::operator[](std::string const& name)
   return const_cast<column&>(static_cast<table const&>(*this)[name]);
 }
 
+std::vector<bool> table::flags(std::string const& name) const
+{
+  auto const* values = std::get_if<std::vector<std::uint8_t>>(&(*this)[name].data);
+  CUSENSE_EXPECTS(values != nullptr, "table::flags: column '" + name + "' is not a flag column");
+  return std::vector<bool>(values->begin(), values->end());
+}
+
 void table::append(table&& other)
 {
   if (columns.empty()) {

@@ -639,3 +639,13 @@ TEST(ops, ddsketch_relative_error_bound)
 
 }  // namespace
 }  // namespace cusense::test
+
+TEST(Table, FlagsGivesBoolsOfAFlagColumnAndRefusesOthers)
+{
+  cusense::table t;
+  t.columns.push_back({"is_update", std::vector<std::uint8_t>{0, 1, 1}});
+  t.columns.push_back({"count", std::vector<std::int64_t>{1, 2, 3}});
+  EXPECT_EQ(t.flags("is_update"), (std::vector<bool>{false, true, true}));
+  EXPECT_THROW(t.flags("count"), cusense::invalid_argument);
+  EXPECT_THROW(t.flags("missing"), cusense::invalid_argument);
+}

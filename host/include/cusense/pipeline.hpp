@@ -59,9 +59,9 @@ constexpr int stale_temporary_seconds = 600;
 /// record, columns key, timestamp (instead of window_start, window_end), in (timestamp, key,
 /// arrival) order. argmin_ts/argmax_ts are int64 columns (INT64_MIN when no value). With
 /// options.allowed_lateness > 0 a bool `is_update` column follows; updates are emitted right
-/// after the record that caused them. The CUDA backend runs tumbling and sliding windows with
-/// every aggregation but quantiles; sessions, rolling windows, quantiles, allowed_lateness and
-/// max_open_windows run on the CPU backend only for now.
+/// after the record that caused them. The CUDA backend runs every window type with every
+/// aggregation but quantiles, allowed_lateness and max_open_windows included; quantiles run on
+/// the CPU backend only for now.
 ///
 /// Backends: the CUDA backend copies each push into a ring of pinned staging slots and
 /// enqueues the host-to-device copy and the kernels on its own streams; push() returns once

@@ -2,6 +2,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -38,8 +39,15 @@ class table {
   template <typename T>
   std::vector<T> const& get(std::string const& name) const
   {
+    // Without this, get<bool> fails deep inside std::variant with pages of template errors.
+    static_assert(!std::is_same_v<T, bool>,
+                  "flag columns (is_update, late, back, is_anomaly_*) hold std::uint8_t: use "
+                  "table::flags(name) for std::vector<bool>, or get<std::uint8_t>(name)");
     return std::get<std::vector<T>>((*this)[name].data);
   }
+  /// A flag column (is_update, late, back, is_anomaly_*) as bools. Throws
+  /// cusense::invalid_argument when there is no such column or it is not a flag column.
+  std::vector<bool> flags(std::string const& name) const;
   /// Appends the rows of `other`, which must have the same columns (an empty table adopts them).
   void append(table&& other);
 };
