@@ -331,6 +331,11 @@ class Pipeline:
         self._time_unit_warned = False
 
     @property
+    def allowed_lateness(self) -> int:
+        """How long (ns) windows are kept for updates after they closed (0: none)."""
+        return self._core.options.allowed_lateness
+
+    @property
     def backend(self) -> str:
         """``"cuda"`` or ``"cpu"``."""
         return self._core.backend

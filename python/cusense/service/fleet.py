@@ -22,17 +22,22 @@ NAT = np.iinfo(np.int64).min
 class FleetStatus:
     def __init__(self, alarm_hold_ns: int):
         self.alarm_hold_ns = int(alarm_hold_ns)
-        self.devices: dict[str, dict] = {}        # device -> status, since, last_seen, last_alarm
+        self.devices: dict[str, dict] = {}        # device -> status, since, last_alarm
         self.channels: dict[str, set] = {}        # device -> its pipeline keys
+        # Per pipeline key (keys are dense: 0, 1, ...): its device and largest event time, kept
+        # as arrays so that a push costs numpy work, not a Python step per key.
+        self.key_device: list[str | None] = []
+        self.key_last_seen = np.zeros(0, dtype=np.int64)
+        self._key_touched = np.zeros(0, dtype=bool)   # keys with records in this epoch
         self.silent_keys: set[int] = set()
         self._anomalous: set[str] = set()         # devices whose alarm hold may expire
-        self._touched: set[str] = set()           # devices to report in this epoch
+        self._touched: set[str] = set()           # devices whose status was decided in this epoch
         self._changed: set[str] = set()           # devices whose status changed in this epoch
 
     # --- state ---------------------------------------------------------------------------------
     def to_json(self) -> dict:
         return {"devices": self.devices, "channels": {d: sorted(k) for d, k in self.channels.items()},
-                "silent_keys": sorted(self.silent_keys)}
+                "silent_keys": sorted(self.silent_keys), "key_last_seen": self.key_last_seen.tolist()}
 
     @classmethod
     def from_json(cls, state: dict, alarm_hold_ns: int) -> "FleetStatus":
@@ -40,6 +45,12 @@ class FleetStatus:
         fleet.devices = {d: dict(s) for d, s in state["devices"].items()}
         fleet.channels = {d: set(k) for d, k in state["channels"].items()}
         fleet.silent_keys = set(state["silent_keys"])
+        fleet.key_last_seen = np.array(state["key_last_seen"], dtype=np.int64)
+        fleet._key_touched = np.zeros(len(fleet.key_last_seen), dtype=bool)
+        fleet.key_device = [None] * len(fleet.key_last_seen)
+        for device, keys in fleet.channels.items():
+            for key in keys:
+                fleet.key_device[key] = device
         fleet._anomalous = {d for d, e in fleet.devices.items() if e["status"] == "anomalous"}
         return fleet
 
@@ -70,21 +81,29 @@ class FleetStatus:
         """Records pushed: new devices start ``ok``; ``last_seen`` moves forward."""
         if not len(keys):
             return
-        uniq, inverse = np.unique(keys, return_inverse=True)
-        latest = np.full(len(uniq), NAT, dtype=np.int64)
-        np.maximum.at(latest, inverse, timestamps)
-        devices, _ = devices_of_keys(uniq)
-        for key, device, t in zip(uniq.tolist(), devices.tolist(), latest.tolist()):
-            entry = self.devices.get(device)
-            if entry is None:
-                entry = self.devices[device] = {"status": "ok", "since": t, "last_seen": t,
-                                                "last_alarm": NAT}
-                self.channels[device] = set()
-                self._changed.add(device)
-            self.channels[device].add(key)
-            if t > entry["last_seen"]:
-                entry["last_seen"] = t
-            self._touched.add(device)
+        top = int(keys.max()) + 1
+        if top > len(self.key_last_seen):
+            grow = top - len(self.key_last_seen)
+            self.key_last_seen = np.concatenate([self.key_last_seen, np.full(grow, NAT, np.int64)])
+            self._key_touched = np.concatenate([self._key_touched, np.zeros(grow, bool)])
+            self.key_device.extend([None] * grow)
+        # Event times are never NaT, so NaT marks a key seen for the first time.
+        new_keys = np.unique(keys[self.key_last_seen[keys] == NAT])
+        np.maximum.at(self.key_last_seen, keys, timestamps)
+        self._key_touched[keys] = True
+        if len(new_keys):
+            devices, _ = devices_of_keys(new_keys)
+            for key, device in zip(new_keys.tolist(), devices.tolist()):
+                if device not in self.devices:
+                    self.devices[device] = {"status": "ok", "since": int(self.key_last_seen[key]),
+                                            "last_alarm": NAT}
+                    self.channels[device] = set()
+                    self._changed.add(device)
+                self.channels[device].add(key)
+                self.key_device[key] = device
+
+    def last_seen(self, device: str) -> int:
+        return int(max(self.key_last_seen[key] for key in self.channels[device]))
 
     def silence(self, keys, last_seen, silent_since, back_at, back, devices_of_keys, watermark) -> None:
         """Silence detector events, in event-time order."""
@@ -118,14 +137,16 @@ class FleetStatus:
     # --- epoch output --------------------------------------------------------------------------
     def take_epoch(self) -> tuple[pd.DataFrame, list[str]]:
         """(status rows of every device seen or changed in this epoch, devices that changed)."""
-        rows = sorted(self._touched | self._changed)
+        seen = {self.key_device[key] for key in np.flatnonzero(self._key_touched).tolist()}
+        rows = sorted(seen | self._touched | self._changed)
         changed = sorted(self._changed)
         self._touched, self._changed = set(), set()
+        self._key_touched[:] = False
         frame = pd.DataFrame({
             "device": pd.Series(rows, dtype=object),
             "status": pd.Series([self.devices[d]["status"] for d in rows], dtype=object),
             "since": _utc([self.devices[d]["since"] for d in rows]),
-            "last_seen": _utc([self.devices[d]["last_seen"] for d in rows]),
+            "last_seen": _utc([self.last_seen(d) for d in rows]),
         })
         return frame, changed
 
@@ -134,7 +155,7 @@ class FleetStatus:
         import json
         e = self.devices[device]
         return json.dumps({"device": device, "status": e["status"], "since": int(e["since"]),
-                           "last_seen": int(e["last_seen"])}).encode()
+                           "last_seen": self.last_seen(device)}).encode()
 
 
 def _utc(values) -> pd.Series:

@@ -28,9 +28,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from .._pipeline import Pipeline, window_from_config
+from .._pipeline import Pipeline, Sliding, Tumbling, window_from_config
 from .._result import Result
-from .._time import to_nanoseconds
 from ..sinks.base import EpochOutput, SinkUnavailableError
 from .checkpoints import CheckpointStore
 from .config import ConfigError, ServiceConfig, load_config
@@ -387,16 +386,15 @@ class Service:
         return bool(self._raw or self._dead or self._windows or self._silence or self._alarms)
 
     def _closed_before(self, watermark: int | None) -> int | None:
-        """Event time before which every window containing a reading has been emitted for good."""
+        """Event time before which every window containing a reading has been emitted for good.
+        Read from the pipeline, whose options come from the checkpoint after a restore."""
         if watermark is None:
             return None
-        p = self.config.pipeline
-        window = p.get("window", "tumbling")
-        lateness = to_nanoseconds(p.get("allowed_lateness", 0))
-        if window in ("tumbling", "sliding"):
-            return watermark - lateness - to_nanoseconds(p["size"])
-        if window == "none":
+        window = self._pipeline.window
+        if window is None:
             return watermark
+        if isinstance(window, (Tumbling, Sliding)):
+            return watermark - self._pipeline.allowed_lateness - window.size
         return None   # sessions have no bounded span: raw readings wait for retention alone
 
     def _epoch_output(self) -> EpochOutput:
@@ -476,7 +474,7 @@ class Service:
             entry[1] += 1
             seqs[i] = entry[1]
         if watermark is not None:   # windows past their lateness get no more updates
-            lateness = to_nanoseconds(self.config.pipeline.get("allowed_lateness", 0))
+            lateness = self._pipeline.allowed_lateness
             self._updates = {k: v for k, v in self._updates.items() if v[0] + lateness > watermark}
         return pd.Series(seqs)
 
