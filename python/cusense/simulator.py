@@ -157,7 +157,7 @@ def publish_mqtt(messages, host: str, port: int, rate: float | None = None, clie
         client.disconnect()
 
 
-def produce_kafka(messages, bootstrap_servers: str, topic: str, partitions: int | None = None) -> None:
+def produce_kafka(messages, bootstrap_servers: str, topic: str) -> None:
     """Produces each message to ``topic`` with the MQTT-style topic as the record key (so one
     device-channel always lands in one partition, in order)."""
     from confluent_kafka import Producer

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .._time import to_nanoseconds
 
@@ -28,7 +28,7 @@ _WINDOWS = ("tumbling", "sliding", "session", "rolling", "none")
 
 @dataclass
 class ServiceConfig:
-    """The parsed configuration. ``raw`` keeps the sections as given (for the sinks' options)."""
+    """The parsed configuration."""
     source: dict
     pipeline: dict
     sinks: list[dict]
@@ -41,7 +41,6 @@ class ServiceConfig:
     alarm_hold_ns: int = 300_000_000_000
     metrics_port: int | None = None
     progress: bool | None = None
-    raw: dict = field(default_factory=dict)
 
 
 def _section(cfg: dict, name: str, required: bool = False) -> dict:
@@ -134,7 +133,6 @@ def load_config(config) -> ServiceConfig:
         alarm_hold_ns=_duration("status", status, "alarm_hold", "5min"),
         metrics_port=port,
         progress=service.get("progress"),
-        raw=cfg,
     )
 
 
