@@ -20,11 +20,12 @@ namespace {
 detector_kind parse_kind(std::string const& name)
 {
   for (auto k : {detector_kind::ewma, detector_kind::rolling_z, detector_kind::rolling_mad,
-                 detector_kind::knn_discord, detector_kind::silence}) {
+                 detector_kind::knn_discord, detector_kind::silence, detector_kind::multiscale_z,
+                 detector_kind::joint_z}) {
     if (to_string(k) == name) return k;
   }
   throw invalid_argument("unknown detector kind '" + name +
-                         "' (ewma, rolling_z, rolling_mad, knn_discord, silence)");
+                         "' (ewma, rolling_z, rolling_mad, knn_discord, multiscale_z, joint_z, silence)");
 }
 
 }  // namespace
@@ -48,6 +49,12 @@ void bind_detectors(py::module_& m)
     .def_readwrite("H2", &detector_spec::H2)
     .def_readwrite("K", &detector_spec::K)
     .def_readwrite("timeout", &detector_spec::timeout)
+    .def_readwrite("beta", &detector_spec::beta)
+    .def_readwrite("gamma", &detector_spec::gamma)
+    .def_readwrite("trend", &detector_spec::trend)
+    .def_readwrite("clip", &detector_spec::clip)
+    .def_readwrite("freeze", &detector_spec::freeze)
+    .def_readwrite("channels", &detector_spec::channels)
     .def_property_readonly("column_name", &detector_spec::column_name)
     .def("validate", [](detector_spec const& s, int channels) { validate(s, channels); },
          py::arg("channels") = 1);
@@ -95,10 +102,13 @@ void bind_detectors(py::module_& m)
        carray<std::int64_t> const& ts,
        carray<double> const& values, detector_spec const& spec,
        std::string const& where, bool has_keys) {
-      auto const n = static_cast<std::size_t>(ts.size());
-      if (ts.ndim() != 1 || values.ndim() != 1 || static_cast<std::size_t>(values.size()) != n ||
+      auto const n      = static_cast<std::size_t>(ts.size());
+      int const channels = values.ndim() == 2 ? static_cast<int>(values.shape(1)) : 1;
+      if (ts.ndim() != 1 || values.ndim() < 1 || values.ndim() > 2 || channels < 1 ||
+          static_cast<std::size_t>(values.shape(0)) != n ||
           (has_keys && static_cast<std::size_t>(keys.size()) != n)) {
-        throw invalid_argument("score: timestamps, values (and keys) must be 1-D of equal length");
+        throw invalid_argument(
+          "score: timestamps and keys must be 1-D, values (n,) or (n, channels), of equal length");
       }
       backend const b            = parse_backend(where);
       std::uint32_t const* k     = has_keys ? keys.data() : nullptr;
@@ -107,7 +117,7 @@ void bind_detectors(py::module_& m)
       std::vector<double> scores;
       {
         py::gil_scoped_release release;
-        scores = score(k, t, v, n, spec, b);
+        scores = score(k, t, v, n, channels, spec, b);
       }
       return to_numpy(std::move(scores));
     },

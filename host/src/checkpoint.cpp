@@ -117,6 +117,14 @@ void write_options(state_writer& w, pipeline_options const& o)
   }
   w.boolean(o.windowed);
   w.u8(static_cast<std::uint8_t>(o.on_nan));  // since format version 2
+  for (detector_spec const& d : o.detectors) {  // since format version 3
+    w.f64(d.beta);
+    w.f64(d.gamma);
+    w.f64(d.trend);
+    w.f64(d.clip);
+    w.f64(d.freeze);
+    w.i32(d.channels);
+  }
 }
 
 template <typename E>
@@ -164,7 +172,7 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
   o.allowed_lateness  = r.i64();
   o.detectors.resize(r.count(90));
   for (detector_spec& d : o.detectors) {
-    d.kind           = read_enum<detector_kind>(r, 5, "detector kind");
+    d.kind           = read_enum<detector_kind>(r, version >= 3 ? 7 : 5, "detector kind");
     d.name           = r.str();
     d.threshold      = r.f64();
     d.channel        = r.i32();
@@ -182,6 +190,16 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
   // Version 1 did not store the NaN policy: those pipelines skipped NaN values (the policy
   // lived in the Python layer, which restored "skip" unless told otherwise).
   o.on_nan = version >= 2 ? read_enum<nan_policy>(r, 2, "nan_policy") : nan_policy::skip;
+  if (version >= 3) {
+    for (detector_spec& d : o.detectors) {
+      d.beta     = r.f64();
+      d.gamma    = r.f64();
+      d.trend    = r.f64();
+      d.clip     = r.f64();
+      d.freeze   = r.f64();
+      d.channels = r.i32();
+    }
+  }
   return o;
 }
 

@@ -20,6 +20,8 @@ std::string to_string(detector_kind k)
     case detector_kind::rolling_mad: return "rolling_mad";
     case detector_kind::knn_discord: return "knn_discord";
     case detector_kind::silence: return "silence";
+    case detector_kind::multiscale_z: return "multiscale_z";
+    case detector_kind::joint_z: return "joint_z";
   }
   return "unknown";
 }
@@ -58,6 +60,30 @@ void validate(detector_spec const& s, int channels)
       CUSENSE_EXPECTS(s.H2 >= 1 && s.H2 <= (std::int64_t{1} << 24), who + "H2 must lie in [1, 2^24]");
       CUSENSE_EXPECTS(s.K >= 1 && s.K <= (std::int64_t{1} << 24), who + "K must lie in [1, 2^24]");
       break;
+    case detector_kind::multiscale_z:
+    case detector_kind::joint_z: {
+      auto const weight = [&](double w, char const* name, bool zero_ok) {
+        CUSENSE_EXPECTS((zero_ok ? w >= 0.0 : w > 0.0) && w <= 1.0,
+                        who + name + (zero_ok ? " must lie in [0, 1], got " : " must lie in (0, 1], got ") +
+                          std::to_string(w));
+      };
+      weight(s.alpha, "alpha", false);
+      weight(s.beta, "beta", false);
+      weight(s.gamma, "gamma", false);
+      CUSENSE_EXPECTS(s.min_count >= 1 && s.min_count <= (std::int64_t{1} << 24),
+                      who + "min_count must lie in [1, 2^24]");
+      if (s.kind == detector_kind::multiscale_z) {
+        weight(s.trend, "trend", true);
+        CUSENSE_EXPECTS(s.clip > 0.0 && s.clip <= 1e6, who + "clip must lie in (0, 1e6]");
+      } else {
+        CUSENSE_EXPECTS(s.freeze > 0.0 && s.freeze <= 1e6, who + "freeze must lie in (0, 1e6]");
+        CUSENSE_EXPECTS(s.channels >= 0 && s.channel + s.channels <= channels,
+                        who + "channels " + std::to_string(s.channel) + " .. " +
+                          std::to_string(s.channel + s.channels - 1) + " do not exist (" +
+                          std::to_string(channels) + " channel(s))");
+      }
+      break;
+    }
     case detector_kind::silence:
       CUSENSE_EXPECTS(s.timeout > 0 && s.timeout <= max_duration,
                       who + "timeout must lie in (0, 2^61] ns, got " + std::to_string(s.timeout));
@@ -75,6 +101,8 @@ ops::detector_params to_params(detector_spec const& s)
     case detector_kind::rolling_z: p.kind = ops::detector_kind_id::rolling_z; break;
     case detector_kind::rolling_mad: p.kind = ops::detector_kind_id::rolling_mad; break;
     case detector_kind::knn_discord: p.kind = ops::detector_kind_id::knn_discord; break;
+    case detector_kind::multiscale_z: p.kind = ops::detector_kind_id::multiscale_z; break;
+    case detector_kind::joint_z: p.kind = ops::detector_kind_id::joint_z; break;
     case detector_kind::silence: throw invalid_argument("the silence detector gives no scores");
   }
   p.channel        = s.channel;
@@ -86,6 +114,12 @@ ops::detector_params to_params(detector_spec const& s)
   p.min_candidates = s.min_candidates;
   p.H2             = s.H2;
   p.K              = s.K;
+  p.beta           = s.beta;
+  p.gamma          = s.gamma;
+  p.trend          = s.trend;
+  p.clip           = s.clip;
+  p.freeze         = s.freeze;
+  p.channels       = s.channels;  // resolved by the runner (0 = all from `channel` on)
   return p;
 }
 
@@ -121,8 +155,23 @@ detector_runner::detector_runner(pipeline_options const& o, backend where)
     }
     names.push_back(s.column_name());
     scorers_.push_back(s);
+    if (s.kind == detector_kind::joint_z && s.channels == 0) {
+      scorers_.back().channels = o.channels - s.channel;
+    }
     thresholds_.push_back(s.threshold);
-    params.push_back(to_params(s));
+    params.push_back(to_params(scorers_.back()));
+  }
+  // multiscale_z and joint_z have no CUDA scorer yet: an explicit backend="cuda" is refused,
+  // automatic runs the detectors on the CPU (the windows keep their backend).
+  for (detector_spec const& s : scorers_) {
+    if (where == backend::cuda &&
+        (s.kind == detector_kind::multiscale_z || s.kind == detector_kind::joint_z)) {
+      if (o.where == backend::cuda) {
+        throw backend_unavailable("detector '" + to_string(s.kind) +
+                                  "' is not yet supported on the CUDA backend; use backend='cpu'");
+      }
+      where = backend::cpu;
+    }
   }
   std::sort(names.begin(), names.end());
   auto dup = std::adjacent_find(names.begin(), names.end());
@@ -545,6 +594,13 @@ std::vector<double> score(std::uint32_t const* keys, std::int64_t const* timesta
                           double const* values, std::size_t n, detector_spec const& detector,
                           backend where)
 {
+  return score(keys, timestamps, values, n, 1, detector, where);
+}
+
+std::vector<double> score(std::uint32_t const* keys, std::int64_t const* timestamps,
+                          double const* values, std::size_t n, int channels,
+                          detector_spec const& detector, backend where)
+{
   CUSENSE_EXPECTS(detector.kind != detector_kind::silence,
                   "score: the silence detector gives events, not scores (use a pipeline)");
   pipeline_options o;
@@ -552,6 +608,7 @@ std::vector<double> score(std::uint32_t const* keys, std::int64_t const* timesta
   o.detectors            = {detector};
   o.max_out_of_orderness = max_duration;  // a finite stream: everything is scored in time order
   o.where                = where;
+  o.channels             = channels;
   pipeline p(o);
   std::vector<std::uint32_t> zeros;
   if (keys == nullptr) {

@@ -36,8 +36,8 @@ class cpu_detector_engine final : public detector_engine {
         for (std::size_t r = 0; r < n; ++r) {
           std::uint32_t const s = slots[r];
           if (parts > 1 && s % parts != part) continue;
-          out[r] = ops::detector_step(p, d_[d].data() + s * ds, i_[d].data() + s * is,
-                                      values[r * ch + static_cast<std::size_t>(p.channel)]);
+          out[r] = ops::detector_step_row(p, d_[d].data() + s * ds, i_[d].data() + s * is,
+                                          values + r * ch + static_cast<std::size_t>(p.channel));
         }
       };
       if (threads <= 1) {

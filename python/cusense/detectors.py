@@ -163,6 +163,100 @@ class KnnDiscord(Detector):
         spec.H2, spec.K = int(self.H2), int(self.K)
 
 
+def _check_weight(name: str, value, zero_ok: bool = False) -> None:
+    ok = (0.0 <= float(value) if zero_ok else 0.0 < float(value)) and float(value) <= 1.0
+    if not ok:
+        raise ValueError(f"{name} must lie in {'[0, 1]' if zero_ok else '(0, 1]'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MultiScaleZ(Detector):
+    """The default detector: residual z-scores at three time scales. State per key (7 doubles
+    and a count): Holt's linear trend (level, slope) predicts each value; the residual ``e``,
+    and its short-scale EWMAs with weights ``beta`` and ``beta / 3``, are each divided by the
+    root of an EWMA (weight ``gamma``) of their own squares, and ``z`` is the largest of the
+    three (a spike shows in ``e``, a level shift in the short means). Updates clip residuals at
+    ``clip`` spreads; every weight is ``max(w, 1/count)`` early on, so the estimates are plain
+    averages at the end of the warm-up. Scores are 0 while the key has fewer than ``min_count``
+    earlier values. The default threshold 0.7691 is ``|z| = 3.5``."""
+
+    threshold: float = 0.7691
+    alpha: float = 0.05
+    trend: float = 0.01
+    beta: float = 0.3
+    gamma: float = 0.01
+    clip: float = 4.0
+    min_count: int = 30
+    channel: int = 0
+    name: str | None = None
+    kind = "multiscale_z"
+
+    def __post_init__(self):
+        _check_threshold(self.threshold)
+        for n in ("alpha", "beta", "gamma"):
+            _check_weight(n, getattr(self, n))
+        _check_weight("trend", self.trend, zero_ok=True)
+        if not 0.0 < float(self.clip) <= 1e6:
+            raise ValueError(f"clip must lie in (0, 1e6], got {self.clip!r}")
+        _check_int("min_count", self.min_count, 1, MAX_WINDOW)
+        _check_int("channel", self.channel, 0, MAX_CHANNEL)
+
+    def _fill(self, spec):
+        spec.alpha, spec.trend, spec.beta = float(self.alpha), float(self.trend), float(self.beta)
+        spec.gamma, spec.clip = float(self.gamma), float(self.clip)
+        spec.min_count = int(self.min_count)
+
+
+@dataclass(frozen=True)
+class JointZ(Detector):
+    """Multivariate: scores ``channels`` channels of each record jointly (from ``channel`` on;
+    0 = all the pipeline's channels from ``channel`` on). State per key: mean ``m``, smoothed
+    residual ``a`` and spread ``s`` per channel (3 doubles per channel) and a count. For each
+    record ``a = (1-beta) a + beta (x - m)``, ``d2 = sum(a^2 / s)`` and ``z`` is its normal
+    equivalent as a chi-square with one degree per channel (Wilson-Hilferty, >= 0). ``m``
+    (weight ``alpha``) and ``s`` (EWMA of ``a^2``, weight ``gamma``) adapt only while
+    ``z < freeze``, so a lasting fault does not become the new normal; weights are
+    ``max(w, 1/count)`` early on. Scores are 0 while fewer than ``min_count`` earlier records;
+    a record with a NaN in a read channel scores NaN. The default threshold 0.8076 is z = 4."""
+
+    threshold: float = 0.8076
+    alpha: float = 0.01
+    beta: float = 0.2
+    gamma: float = 0.002
+    freeze: float = 4.0
+    min_count: int = 50
+    channel: int = 0
+    channels: int = 0
+    name: str | None = None
+    kind = "joint_z"
+
+    def __post_init__(self):
+        _check_threshold(self.threshold)
+        for n in ("alpha", "beta", "gamma"):
+            _check_weight(n, getattr(self, n))
+        if not 0.0 < float(self.freeze) <= 1e6:
+            raise ValueError(f"freeze must lie in (0, 1e6], got {self.freeze!r}")
+        _check_int("min_count", self.min_count, 1, MAX_WINDOW)
+        _check_int("channel", self.channel, 0, MAX_CHANNEL)
+        _check_int("channels", self.channels, 0, MAX_CHANNEL + 1)
+
+    def _spec(self):
+        spec = _core.DetectorSpec()
+        spec.kind = self.kind
+        if self.name:
+            spec.name = str(self.name)
+        spec.threshold = float(self.threshold)
+        spec.channel = int(self.channel)
+        self._fill(spec)
+        spec.validate(max(spec.channel + max(spec.channels, 1), 1))
+        return spec
+
+    def _fill(self, spec):
+        spec.alpha, spec.beta, spec.gamma = float(self.alpha), float(self.beta), float(self.gamma)
+        spec.freeze, spec.min_count = float(self.freeze), int(self.min_count)
+        spec.channels = int(self.channels)
+
+
 @dataclass(frozen=True)
 class Silence(Detector):
     """A key that sends nothing for longer than ``timeout`` (measured by the watermark) is
@@ -183,8 +277,9 @@ class Silence(Detector):
 
 def default() -> Detector:
     """The configuration recommended for unknown data (one setting for every stream):
-    ``KnnDiscord()`` with its defaults, threshold 0.5365 (the NAB standard-profile sweep)."""
-    return KnnDiscord()
+    ``MultiScaleZ()`` with its defaults (threshold 0.7691, ``|z| = 3.5``). For several
+    channels of one device scored jointly, use :class:`JointZ`."""
+    return MultiScaleZ()
 
 
 def detector_of_spec(spec) -> Detector:
@@ -198,6 +293,12 @@ def detector_of_spec(spec) -> Detector:
     if spec.kind == "knn_discord":
         return KnnDiscord(L=spec.L, H=spec.H, min_candidates=spec.min_candidates, H2=spec.H2,
                           K=spec.K, **common)
+    if spec.kind == "multiscale_z":
+        return MultiScaleZ(alpha=spec.alpha, trend=spec.trend, beta=spec.beta, gamma=spec.gamma,
+                           clip=spec.clip, min_count=spec.min_count, **common)
+    if spec.kind == "joint_z":
+        return JointZ(alpha=spec.alpha, beta=spec.beta, gamma=spec.gamma, freeze=spec.freeze,
+                      min_count=spec.min_count, channels=spec.channels, **common)
     if spec.kind == "silence":
         return Silence(timeout=spec.timeout)
     raise ValueError(f"unknown detector kind {spec.kind!r}")
@@ -208,7 +309,9 @@ def score(timestamps, values, keys=None, detector: Detector | None = None, backe
     """Scores of a finite stream by one detector, aligned with the input order (float64 array).
 
     Every record is scored from its key's earlier records in ``(timestamp, input order)``
-    order; nothing is late. ``keys=None`` means one series. ``values`` is 1-D (one channel).
+    order; nothing is late. ``keys=None`` means one series. ``values`` is 1-D (one channel), or
+    ``(n, channels)`` (a univariate detector reads its ``channel``; :class:`JointZ` reads its
+    channels).
     Timestamps are as for :meth:`cusense.Pipeline.push`: integers in ``time_unit`` (default
     ns; a :class:`cusense.TimeUnitWarning` when they look like seconds or milliseconds and no
     ``time_unit`` is given), datetime64, time-zone-aware pandas timestamps or datetimes.
@@ -227,7 +330,9 @@ def score(timestamps, values, keys=None, detector: Detector | None = None, backe
     t = timestamps_to_ns(raw_times, check_time_unit(time_unit or "ns"))
     if time_unit is None and raw_times.dtype.kind in "iu":
         warn_if_seconds_or_ms(t, stacklevel=2)
-    v = np.ascontiguousarray(_as_values(values, 1), dtype=np.float64)
+    raw_values = np.asarray(values)
+    channels = raw_values.shape[1] if raw_values.ndim == 2 else 1
+    v = np.ascontiguousarray(_as_values(values, channels), dtype=np.float64)
     if keys is None:
         k = np.zeros(0, dtype=np.uint32)
     else:
@@ -238,5 +343,5 @@ def score(timestamps, values, keys=None, detector: Detector | None = None, backe
     return _core.score(k, t, v, det._spec(), backend, keys is not None)
 
 
-__all__ = ["Detector", "EWMA", "RollingZ", "RollingMAD", "KnnDiscord", "Silence", "default", "score",
-           "detector_of_spec"]
+__all__ = ["Detector", "EWMA", "RollingZ", "RollingMAD", "KnnDiscord", "MultiScaleZ", "JointZ",
+           "Silence", "default", "score", "detector_of_spec"]

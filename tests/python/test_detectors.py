@@ -204,11 +204,13 @@ def test_matches_nab_reference_detectors(backend, rng):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=det.kind)
 
 
-def test_default_is_the_nab_best_detector():
+def test_default_is_multiscale_z():
     d = D.default()
-    assert isinstance(d, D.KnnDiscord)
-    assert (d.L, d.H, d.min_candidates, d.H2, d.K) == (4, 3000, 50, 500, 50)
-    assert d.threshold == 0.5365  # the NAB standard-profile sweep (benchmarks/nab/evaluate.py)
+    assert isinstance(d, D.MultiScaleZ)
+    assert (d.alpha, d.trend, d.beta, d.gamma, d.clip, d.min_count) == (0.05, 0.01, 0.3, 0.01, 4.0, 30)
+    assert d.threshold == 0.7691  # |z| = 3.5 (benchmarks/fleet/evaluate.py)
+    k = D.KnnDiscord()
+    assert (k.L, k.H, k.min_candidates, k.H2, k.K, k.threshold) == (4, 3000, 50, 500, 50, 0.5365)
 
 
 @pytest.mark.parametrize("name", list(DETECTORS))

@@ -35,6 +35,8 @@ enum class detector_kind {
   rolling_mad,  ///< median / MAD of the previous `window` records (robust)
   knn_discord,  ///< 1-NN subsequence discord, calibrated by the recent maximum, gated
   silence,      ///< sensor silent for longer than `timeout` (poll_silence, no score column)
+  multiscale_z, ///< Holt residual z at three time scales (the default)
+  joint_z,      ///< several channels of a record scored jointly (multivariate)
 };
 
 std::string to_string(detector_kind k);
@@ -58,6 +60,17 @@ std::string to_string(detector_kind k);
 ///   min_candidates); raw = min_j ||q - c_j||_2 / (sqrt(L) std(previous min(t, H) values));
 ///   calibrated s = raw / (raw + M), M = max raw of the previous H2 records; score = s when s
 ///   is greater than every s of the previous K records, else 0 (one alarm per burst).
+/// - multiscale_z(alpha, trend, beta, gamma, clip), the default detector: Holt's linear trend
+///   (level weight alpha, slope weight trend) predicts x; the residual e, and its short-scale
+///   EWMAs with weights beta and beta/3, are each divided by the root of an EWMA (weight gamma)
+///   of their own squares; z = the largest of the three; residuals are clipped at clip spreads
+///   when they update the state. Weights are max(w, 1/count) early on. Score 0 while the key
+///   has fewer than min_count (30) earlier values. See ops::multiscale_z_step.
+/// - joint_z(alpha, beta, gamma, freeze): reads `channels` channels from `channel` on (0: all
+///   the pipeline's channels from `channel` on); z = the normal equivalent of the chi-square
+///   sum over channels of (short-scale EWMA of x - mean)^2 / its own EWMA square; mean and
+///   spread adapt only while z < freeze. Score 0 while fewer than min_count (50) earlier
+///   records. See ops::joint_z_step.
 /// - silence(timeout): see pipeline::poll_silence. At most one per pipeline.
 struct detector_spec {
   detector_kind kind = detector_kind::ewma;
@@ -71,6 +84,12 @@ struct detector_spec {
   std::int64_t min_count = 1;     ///< values needed before scoring (ewma 1, rolling 2)
   std::int64_t L = 4, H = 3000, min_candidates = 50, H2 = 500, K = 50;  ///< knn_discord
   std::int64_t timeout = 0;       ///< silence: nanoseconds, > 0
+  double beta   = 0.3;    ///< multiscale_z, joint_z: short-scale weight in (0, 1]
+  double gamma  = 0.01;   ///< multiscale_z, joint_z: spread weight in (0, 1]
+  double trend  = 0.01;   ///< multiscale_z: slope weight in [0, 1]
+  double clip   = 4.0;    ///< multiscale_z: > 0
+  double freeze = 4.0;    ///< joint_z: z at or above which the baseline stops adapting, > 0
+  int channels  = 0;      ///< joint_z: channels read from `channel` on; 0 = all the rest
 
   static detector_spec ewma(double alpha = 0.05, double threshold = 0.8)
   {
@@ -103,6 +122,35 @@ struct detector_spec {
     s.threshold = threshold;
     return s;
   }
+  /// multiscale_z with the defaults; threshold 0.7691 is |z| = 3.5.
+  static detector_spec multiscale_z(double threshold = 0.7691)
+  {
+    detector_spec s;
+    s.kind      = detector_kind::multiscale_z;
+    s.threshold = threshold;
+    s.alpha     = 0.05;
+    s.beta      = 0.3;
+    s.gamma     = 0.01;
+    s.trend     = 0.01;
+    s.clip      = 4.0;
+    s.min_count = 30;
+    return s;
+  }
+  /// joint_z with the defaults (all channels); threshold 0.8076 is z = 4.
+  static detector_spec joint_z(int first_channel = 0, int channels = 0, double threshold = 0.8076)
+  {
+    detector_spec s;
+    s.kind      = detector_kind::joint_z;
+    s.threshold = threshold;
+    s.channel   = first_channel;
+    s.channels  = channels;
+    s.alpha     = 0.01;
+    s.beta      = 0.2;
+    s.gamma     = 0.002;
+    s.freeze    = 4.0;
+    s.min_count = 50;
+    return s;
+  }
   static detector_spec silence(std::int64_t timeout_ns)
   {
     detector_spec s;
@@ -110,9 +158,8 @@ struct detector_spec {
     s.timeout = timeout_ns;
     return s;
   }
-  /// The configuration recommended for unknown data: knn_discord with its defaults (threshold
-  /// 0.5365: the NAB standard-profile sweep of benchmarks/nab/evaluate.py).
-  static detector_spec default_detector() { return knn_discord(); }
+  /// The configuration recommended for unknown data: multiscale_z with its defaults.
+  static detector_spec default_detector() { return multiscale_z(); }
 
   /// The name used in column names.
   std::string column_name() const { return name.empty() ? to_string(kind) : name; }

@@ -208,5 +208,10 @@ std::vector<double> score(std::uint32_t const* keys, std::int64_t const* timesta
                           double const* values, std::size_t n,
                           detector_spec const& detector = detector_spec::default_detector(),
                           backend where = backend::automatic);
+/// The same for records of `channels` values each (`values` holds n * channels, record-major),
+/// e.g. for joint_z.
+std::vector<double> score(std::uint32_t const* keys, std::int64_t const* timestamps,
+                          double const* values, std::size_t n, int channels,
+                          detector_spec const& detector, backend where = backend::automatic);
 
 }  // namespace cusense

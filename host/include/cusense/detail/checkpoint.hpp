@@ -291,8 +291,9 @@ inline tumbling_state read_tumbling_state(state_reader& r, pipeline_options cons
 }
 
 /// Version of the checkpoint file format written by this build. Version 2 added the NaN policy
-/// at the end of the options; version 1 files are still read (as nan_policy::skip).
-constexpr std::uint32_t checkpoint_format_version = 2;
+/// at the end of the options, version 3 the parameters of multiscale_z and joint_z after it;
+/// older files are still read (as nan_policy::skip, and those parameters' defaults).
+constexpr std::uint32_t checkpoint_format_version = 3;
 /// The oldest format version this build reads.
 constexpr std::uint32_t oldest_checkpoint_format_version = 1;
 /// CRC-32 (IEEE 802.3, as zlib's crc32).

@@ -51,7 +51,14 @@ CUSENSE_HD double safe_z(double d, double spread)
   return d > 0 ? huge_z : -huge_z;
 }
 
-enum class detector_kind_id : int { ewma = 0, rolling_z = 1, rolling_mad = 2, knn_discord = 3 };
+enum class detector_kind_id : int {
+  ewma        = 0,
+  rolling_z   = 1,
+  rolling_mad = 2,
+  knn_discord = 3,
+  multiscale_z = 4,
+  joint_z     = 5,
+};
 
 /// Parameters of one scoring detector, trivially copyable to the device.
 struct detector_params {
@@ -65,6 +72,12 @@ struct detector_params {
   std::int64_t min_candidates = 50;
   std::int64_t H2       = 500;   ///< knn_discord: recent-max calibration span
   std::int64_t K        = 50;    ///< knn_discord: alarm gate span
+  double beta           = 0.3;   ///< multiscale_z, joint_z: short-scale EWMA weight
+  double gamma          = 0.01;  ///< multiscale_z, joint_z: spread EWMA weight
+  double trend          = 0.01;  ///< multiscale_z: Holt trend weight
+  double clip           = 4.0;   ///< multiscale_z: residuals clipped at clip spreads in updates
+  double freeze         = 4.0;   ///< joint_z: no baseline update while z >= freeze
+  std::int64_t channels = 1;     ///< joint_z: channels read, from `channel` on
 
   CUSENSE_HD std::int64_t d_stride() const
   {
@@ -73,6 +86,8 @@ struct detector_params {
       case detector_kind_id::rolling_z: return window;        // ring
       case detector_kind_id::rolling_mad: return 2 * window;  // ring, sorted
       case detector_kind_id::knn_discord: return H + (H2 + 1) + (K + 1);  // ring, dq2, dq3 values
+      case detector_kind_id::multiscale_z: return 7;  // level, slope, var, a1, w1, a2, w2
+      case detector_kind_id::joint_z: return 3 * channels;  // mean, smoothed residual, spread
     }
     return 0;
   }
@@ -391,7 +406,139 @@ CUSENSE_HD double knn_step(detector_params const& p, double* d, std::int64_t* i,
   return score;
 }
 
-/// One sequential step of any detector: the score of x, and the state updated. NaN -> NaN.
+// --- multi-scale z-score (the default) ---------------------------------------------------------
+
+/// Weight of an EWMA with nominal weight w after `count` earlier values: max(w, 1/count), so the
+/// first values are averaged plainly (accurate estimates at the end of the warm-up).
+CUSENSE_HD double warm_weight(double w, std::int64_t count)
+{
+  double const c = 1.0 / static_cast<double>(count);
+  return c > w ? c : w;
+}
+
+CUSENSE_HD double clamp_abs(double x, double bound) { return x > bound ? bound : (x < -bound ? -bound : x); }
+
+/// |a| / sqrt(w), 0 when both are ~0 (safe_z on a spread).
+CUSENSE_HD double abs_z(double a, double w) { return fabs(safe_z(a, sqrt(w > 0.0 ? w : 0.0))); }
+
+/// Multi-scale z-score. State d = [level l, slope b, v, a1, w1, a2, w2], i = [count]. For the
+/// value x after count c >= 1 earlier ones: prediction p = l + b (Holt's linear trend), residual
+/// e = x - p; short-scale means of the residual a1' = (1-beta) a1 + beta e and a2' with beta/3;
+/// z = max(|e|/sqrt v, |a1'|/sqrt w1, |a2'|/sqrt w2) where v, w1, w2 are EWMAs (weight gamma) of
+/// the squares of e, a1', a2' themselves: each statistic is measured against its own history.
+/// Score 0 while c < min_count. Updates, with the residual clipped to clip sqrt(v) (and the short
+/// means to clip sqrt(w)) once c >= min_count, so one outlier moves nothing far:
+///   l' = p + max(alpha, 1/c) e_c, b' = b + max(trend, 1/c) (l' - l - b) (b = 0 when trend == 0),
+///   a_k = (1-beta_k) a_k + beta_k e_c, v' = (1-g) v + g e_c^2, w_k' = (1-g) w_k + g a_k'_c^2,
+/// with g = max(gamma, 1/c). The first value sets l = x and everything else 0.
+CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::int64_t* i, double x)
+{
+  std::int64_t const c = i[0];
+  i[0]                 = c + 1;
+  if (c == 0) {
+    d[0] = x;
+    for (int k = 1; k < 7; ++k) d[k] = 0.0;
+    return 0.0;
+  }
+  double const beta2 = p.beta / 3.0;
+  double const pred  = d[0] + d[1];
+  double const e     = x - pred;
+  double const a1    = (1.0 - p.beta) * d[3] + p.beta * e;
+  double const a2    = (1.0 - beta2) * d[5] + beta2 * e;
+  double score       = 0.0;
+  bool const warm    = c >= p.min_count;
+  if (warm) {
+    double z        = abs_z(e, d[2]);
+    double const z1 = abs_z(a1, d[4]);
+    double const z2 = abs_z(a2, d[6]);
+    if (z1 > z) z = z1;
+    if (z2 > z) z = z2;
+    score = z_to_score(z);
+  }
+  double const ec  = warm ? clamp_abs(e, p.clip * sqrt(d[2])) : e;
+  double const a1c = warm ? clamp_abs(a1, p.clip * sqrt(d[4])) : a1;
+  double const a2c = warm ? clamp_abs(a2, p.clip * sqrt(d[6])) : a2;
+  double const ra  = warm_weight(p.alpha, c);
+  double const g   = warm_weight(p.gamma, c);
+  double const l   = pred + ra * ec;
+  d[1]             = p.trend > 0.0 ? d[1] + warm_weight(p.trend, c) * (l - d[0] - d[1]) : 0.0;
+  d[0]             = l;
+  d[2]             = (1.0 - g) * d[2] + g * ec * ec;
+  d[3]             = (1.0 - p.beta) * d[3] + p.beta * ec;
+  d[4]             = (1.0 - g) * d[4] + g * a1c * a1c;
+  d[5]             = (1.0 - beta2) * d[5] + beta2 * ec;
+  d[6]             = (1.0 - g) * d[6] + g * a2c * a2c;
+  return score;
+}
+
+// --- joint (multivariate) z-score -------------------------------------------------------------------
+
+/// chi-square(k) statistic to an approximately standard normal z (Wilson-Hilferty), >= 0.
+CUSENSE_HD double chi2_to_z(double d2, std::int64_t k)
+{
+  double const kk = static_cast<double>(k);
+  double const c  = 2.0 / (9.0 * kk);
+  double const z  = (cbrt(d2 / kk) - (1.0 - c)) / sqrt(c);
+  return z > 0.0 ? z : 0.0;
+}
+
+/// Joint z-score of C = p.channels channels x[0..C-1]. State d = [mean m (C), smoothed residual
+/// a (C), spread s (C)], i = [count]. For a record after c >= 1 earlier ones: e = x - m,
+/// a' = (1-beta) a + beta e, d2 = sum_k a'_k^2 / s_k (a channel with s_k <= 1e-24 adds 0 when
+/// |a'_k| <= 1e-12, else 1e12, as safe_z),
+/// z = Wilson-Hilferty normal equivalent of d2 ~ chi2(C) (>= 0); score 0 while c < min_count.
+/// Then a = a' always; the baseline (m += max(alpha, 1/(c+1)) e; s = (1-g) s + g a'^2 with
+/// g = max(gamma, 1/(c+1))) is updated only during the warm-up or while z < freeze, so a fault
+/// that lasts does not become the new normal. The first record sets m = x. A record with a NaN
+/// in any read channel scores NaN and changes nothing.
+CUSENSE_HD double joint_z_step(detector_params const& p, double* d, std::int64_t* i, double const* x)
+{
+  std::int64_t const C = p.channels;
+  for (std::int64_t k = 0; k < C; ++k) {
+    if (isnan_(x[k])) { return x[k]; }
+  }
+  double* m            = d;
+  double* a            = d + C;
+  double* s            = d + 2 * C;
+  std::int64_t const c = i[0];
+  i[0]                 = c + 1;
+  if (c == 0) {
+    for (std::int64_t k = 0; k < C; ++k) {
+      m[k] = x[k];
+      a[k] = 0.0;
+      s[k] = 0.0;
+    }
+    return 0.0;
+  }
+  double d2 = 0.0;
+  for (std::int64_t k = 0; k < C; ++k) {
+    double const an = (1.0 - p.beta) * a[k] + p.beta * (x[k] - m[k]);
+    if (s[k] > tiny_spread * tiny_spread) {
+      d2 += an * an / s[k];
+    } else if (fabs(an) > tiny_spread) {
+      d2 += huge_z * huge_z;  // a channel that never moved moves: as safe_z
+    }
+  }
+  bool const warm = c >= p.min_count;
+  double const z  = warm ? chi2_to_z(d2, C) : 0.0;
+  bool const learn = !warm || z < p.freeze;
+  double const r   = 1.0 / static_cast<double>(c + 1);
+  double const ra  = r > p.alpha ? r : p.alpha;
+  double const g   = r > p.gamma ? r : p.gamma;
+  for (std::int64_t k = 0; k < C; ++k) {
+    double const e  = x[k] - m[k];
+    double const an = (1.0 - p.beta) * a[k] + p.beta * e;
+    a[k]            = an;
+    if (learn) {
+      m[k] += ra * e;
+      s[k] = (1.0 - g) * s[k] + g * an * an;
+    }
+  }
+  return warm ? z_to_score(z) : 0.0;
+}
+
+/// One sequential step of any univariate detector: the score of x, and the state updated.
+/// NaN -> NaN.
 CUSENSE_HD double detector_step(detector_params const& p, double* d, std::int64_t* i, double x)
 {
   if (isnan_(x)) { return x; }
@@ -400,8 +547,18 @@ CUSENSE_HD double detector_step(detector_params const& p, double* d, std::int64_
     case detector_kind_id::rolling_z: return rolling_z_step(p, d, i, x);
     case detector_kind_id::rolling_mad: return rolling_mad_step(p, d, i, x);
     case detector_kind_id::knn_discord: return knn_step(p, d, i, x);
+    case detector_kind_id::multiscale_z: return multiscale_z_step(p, d, i, x);
+    case detector_kind_id::joint_z: return x;  // needs the record's channels: detector_step_row
   }
   return x;
+}
+
+/// One sequential step of any detector on a record's channels: row[0] is channel p.channel.
+CUSENSE_HD double detector_step_row(detector_params const& p, double* d, std::int64_t* i,
+                                    double const* row)
+{
+  if (p.kind == detector_kind_id::joint_z) { return joint_z_step(p, d, i, row); }
+  return detector_step(p, d, i, row[0]);
 }
 
 }  // namespace cusense::ops
