@@ -451,3 +451,106 @@ TEST(detectors, bad_parameters_are_rejected)
 
 }  // namespace
 }  // namespace cusense::test
+
+// --- multiscale_z and joint_z (CPU backend only for now) -------------------------------------------
+
+namespace cusense::test {
+namespace {
+
+double abs_z(double d, double var)
+{
+  double const sd = std::sqrt(std::max(var, 0.0));
+  if (sd > 1e-12) return std::abs(d) / sd;
+  return std::abs(d) <= 1e-12 ? 0.0 : 1e6;
+}
+double clip_to(double x, double b) { return std::min(std::max(x, -b), b); }
+
+// Holt level/slope, residual e, short means with beta and beta / 3, each over its own EWMA square.
+std::vector<double> multiscale_oracle(std::vector<double> const& x, detector_spec const& p)
+{
+  std::vector<double> out(x.size(), 0.0);
+  double level = 0, slope = 0, v = 0, a[2] = {0, 0}, w[2] = {0, 0};
+  double const betas[2] = {p.beta, p.beta / 3};
+  for (std::size_t c = 0; c < x.size(); ++c) {
+    if (c == 0) {
+      level = x[0];
+      continue;
+    }
+    double const n = double(c);
+    double const pred = level + slope, e = x[c] - pred;
+    double an[2];
+    for (int k = 0; k < 2; ++k) an[k] = (1 - betas[k]) * a[k] + betas[k] * e;
+    bool const warm = std::int64_t(c) >= p.min_count;
+    if (warm) out[c] = z_to_score(std::max({abs_z(e, v), abs_z(an[0], w[0]), abs_z(an[1], w[1])}));
+    double const ec = warm ? clip_to(e, p.clip * std::sqrt(v)) : e;
+    double const ra = std::max(p.alpha, 1 / n), g = std::max(p.gamma, 1 / n);
+    double const nl = pred + ra * ec;
+    slope           = p.trend > 0 ? slope + std::max(p.trend, 1 / n) * (nl - level - slope) : 0.0;
+    level           = nl;
+    v               = (1 - g) * v + g * ec * ec;
+    for (int k = 0; k < 2; ++k) {
+      double const anc = warm ? clip_to(an[k], p.clip * std::sqrt(w[k])) : an[k];
+      a[k]             = (1 - betas[k]) * a[k] + betas[k] * ec;
+      w[k]             = (1 - g) * w[k] + g * anc * anc;
+    }
+  }
+  return out;
+}
+
+TEST(detectors, multiscale_z_matches_oracle_with_disorder_and_random_batches)
+{
+  stream s = make_stream(6000, 11, 150, 21);
+  detector_spec d = detector_spec::multiscale_z();
+  d.min_count     = 10;
+  pipeline_options o;
+  o.windowed             = false;
+  o.detectors            = {d};
+  o.max_out_of_orderness = 200;
+  o.where                = backend::cpu;
+  pipeline p(o);
+  scored r = run(p, s, random_cuts(s.ts.size(), 500, 5), "score_multiscale_z");
+  std::map<std::uint32_t, std::vector<std::size_t>> by_key;
+  for (std::size_t i = 0; i < s.ts.size(); ++i) by_key[s.keys[i]].push_back(i);
+  std::vector<double> want(s.ts.size());
+  for (auto& [k, idx] : by_key) {
+    std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return s.ts[a] < s.ts[b]; });
+    std::vector<double> x;
+    for (std::size_t i : idx) x.push_back(s.values[i]);
+    std::vector<double> sc = multiscale_oracle(x, d);
+    for (std::size_t j = 0; j < idx.size(); ++j) want[idx[j]] = sc[j];
+  }
+  EXPECT_TRUE(close(r.score, want, 1e-9));
+}
+
+TEST(detectors, joint_z_reads_its_channels_and_scores_a_joint_shift)
+{
+  // 3 channels, one key; a shift of 3 sd on two channels at once after 600 records
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> noise(0, 1);
+  std::size_t const n = 1000;
+  std::vector<double> v(n * 3);
+  std::vector<std::int64_t> ts(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ts[i] = std::int64_t(i) * 1000;
+    for (int c = 0; c < 3; ++c) v[i * 3 + c] = 5.0 * c + noise(rng) + (i >= 600 && c > 0 ? 3.0 : 0.0);
+  }
+  detector_spec d        = detector_spec::joint_z();
+  std::vector<double> sc = score(nullptr, ts.data(), v.data(), n, 3, d, backend::cpu);
+  double before = 0, after = 0;
+  for (std::size_t i = 0; i < 50; ++i) EXPECT_EQ(sc[i], 0.0);
+  for (std::size_t i = 100; i < 600; ++i) before = std::max(before, sc[i]);
+  for (std::size_t i = 600; i < 640; ++i) after = std::max(after, sc[i]);
+  EXPECT_LT(before, d.threshold);
+  EXPECT_GE(after, d.threshold);
+  // channels 1..2 only: channel 0 replaced by garbage changes nothing
+  detector_spec sub = detector_spec::joint_z(1, 2);
+  std::vector<double> a = score(nullptr, ts.data(), v.data(), n, 3, sub, backend::cpu);
+  for (std::size_t i = 0; i < n; ++i) v[i * 3] = 1e9 * noise(rng);
+  std::vector<double> b = score(nullptr, ts.data(), v.data(), n, 3, sub, backend::cpu);
+  EXPECT_EQ(a, b);
+  detector_spec bad = detector_spec::joint_z(2, 2);
+  EXPECT_THROW(score(nullptr, ts.data(), v.data(), n, 3, bad, backend::cpu), invalid_argument);
+}
+
+}  // namespace
+}  // namespace cusense::test
