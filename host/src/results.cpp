@@ -55,6 +55,23 @@ std::vector<std::string> value_names(pipeline_options const& options)
   return names;
 }
 
+// col[i] = finalize(acc[i][c], a) for i in [lo, hi), with the aggregation's case chosen once.
+void fill_moment_column(agg a, double* col, ops::moments const* const* acc, int c, std::size_t lo,
+                        std::size_t hi)
+{
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
+  auto const fill = [&](auto&& value) {
+    for (std::size_t i = lo; i < hi; ++i) col[i] = value(acc[i][c]);
+  };
+  switch (a) {
+    case agg::sum: fill([](ops::moments const& m) { return m.sum; }); break;
+    case agg::mean: fill([](ops::moments const& m) { return m.count > 0 ? m.mean : nan; }); break;
+    case agg::min: fill([](ops::moments const& m) { return m.count > 0 ? m.min : nan; }); break;
+    case agg::max: fill([](ops::moments const& m) { return m.count > 0 ? m.max : nan; }); break;
+    default: fill([a](ops::moments const& m) { return finalize(m, a); });
+  }
+}
+
 }  // namespace
 
 double finalize(ops::moments const& m, agg a)
@@ -152,6 +169,41 @@ void window_table_builder::append(std::uint32_t key, std::int64_t start, std::in
     }
   }
   if (updates_) { is_update_.push_back(0); }
+}
+
+void window_table_builder::append_window(std::int64_t start, std::int64_t end, std::size_t n,
+                                         std::uint32_t const* keys, ops::moments const* const* acc)
+{
+  keys_.insert(keys_.end(), keys, keys + n);
+  starts_.insert(starts_.end(), n, start);
+  ends_.insert(ends_.end(), n, end);
+  if (updates_) { is_update_.insert(is_update_.end(), n, 0); }
+  std::size_t const at = keys_.size() - n;
+  for (auto& col : int_cols_) col.resize(at + n);
+  for (auto& col : float_cols_) col.resize(at + n);
+  // Column by column (one aggregation per loop, no switch per value), over tiles of rows
+  // whose accumulators stay in the L1 cache from one column to the next.
+  constexpr std::size_t tile = 256;
+  for (std::size_t lo = 0; lo < n; lo += tile) {
+    std::size_t const hi = std::min(n, lo + tile);
+    std::size_t ic = 0, fc = 0;
+    for (agg a : aggs_) {
+      for (int c = 0; c < channels_; ++c) {
+        if (is_int_agg(a)) {
+          std::int64_t* col = int_cols_[ic++].data() + at;
+          if (a == agg::count) {
+            for (std::size_t i = lo; i < hi; ++i) col[i] = acc[i][c].count;
+          } else if (a == agg::nan_count) {
+            for (std::size_t i = lo; i < hi; ++i) col[i] = acc[i][c].nan_count;
+          } else {
+            std::fill(col + lo, col + hi, nat);
+          }
+        } else {
+          fill_moment_column(a, float_cols_[fc++].data() + at, acc, c, lo, hi);
+        }
+      }
+    }
+  }
 }
 
 void window_table_builder::append_values(channel_acc const* acc, std::int64_t min_periods)

@@ -1,6 +1,7 @@
-// CPU backend of the keyed window engine: state is sharded by key across threads; each shard
-// maps (key, window id) to accumulator slots through an open-addressing index, in front of
-// which a small per-key cache of recently used states answers most lookups.
+// CPU backend of the keyed tumbling-window engine: state is sharded by key across threads; each
+// shard finds a record's accumulator slot through its key (a table of each key's open states,
+// found without hashing on the window), keeps the slots of each window in one list, and emits
+// a window by sorting its list by key: no per-state index to insert into or erase from.
 #include <algorithm>
 #include <exception>
 #include <limits>
@@ -76,53 +77,211 @@ constexpr std::size_t parallel_emit_threshold = 1 << 11;
 // How many records ahead the state-lookup passes prefetch hash buckets and accumulators.
 constexpr std::size_t prefetch_ahead = 16;
 
+// Sorts v[0, n) by the upper 32 bits of each value (a key, unique in the range), with tmp[0, n)
+// as scratch: a radix sort, least significant byte first, skipping bytes every value shares
+// (dense sensor ids use one or two of the four).
+void sort_by_upper_half(std::uint64_t* v, std::uint64_t* tmp, std::size_t n)
+{
+  if (n < 64) {
+    std::sort(v, v + n);
+    return;
+  }
+  std::size_t count[4][256] = {};
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint64_t const k = v[i] >> 32;
+    ++count[0][k & 255];
+    ++count[1][(k >> 8) & 255];
+    ++count[2][(k >> 16) & 255];
+    ++count[3][k >> 24];
+  }
+  std::uint64_t* from = v;
+  std::uint64_t* to   = tmp;
+  for (int b = 0; b < 4; ++b) {
+    unsigned const shift = 32 + 8 * static_cast<unsigned>(b);
+    if (count[b][(from[0] >> shift) & 255] == n) { continue; }
+    std::size_t at[256];
+    std::size_t sum = 0;
+    for (int d = 0; d < 256; ++d) {
+      at[d] = sum;
+      sum += count[b][d];
+    }
+    for (std::size_t i = 0; i < n; ++i) to[at[(from[i] >> shift) & 255]++] = from[i];
+    std::swap(from, to);
+  }
+  if (from != v) { std::copy(from, from + n, v); }
+}
+
+// The open states of one key: up to two (key, window) states found without hashing on the
+// window. A key's records mostly fall in the window of its previous record or, near a window
+// boundary of a disordered stream, in the next one; further states of the key (a batch that
+// spans many windows leaves many open until it ends) go to the shard's spill log. A way is
+// empty when its window is window_none (below every window id a record can have), stale when
+// its window was emitted (below the shard's live_from).
+constexpr std::int64_t window_none = std::numeric_limits<std::int64_t>::min();
+
+struct key_entry {
+  std::int64_t win[2]   = {window_none, window_none};
+  std::int64_t spill_max = window_none;  // the largest window of the key sent to the spill log
+  std::uint32_t slot[2] = {flat_index::none, flat_index::none};
+  std::uint32_t key     = 0;
+  std::uint32_t used    = 0;
+};
+
+// Open-addressing table from a key to its key_entry (linear probing). Entries are not erased one by one when their windows are emitted:
+// their ways go stale, and growing the table drops the entries that hold no open state.
+class key_table {
+ public:
+  key_table() : entries_(std::size_t{1} << min_bits), shift_(64 - min_bits) {}
+
+  std::size_t bytes() const { return entries_.capacity() * sizeof(key_entry); }
+
+  void prefetch(std::uint32_t key) const { __builtin_prefetch(&entries_[home(key)]); }
+
+  /// The entry of `key`, added with empty ways when missing. Strong guarantee: throws
+  /// (bad_alloc) with nothing changed. The pointer is valid until the next call.
+  key_entry* find_or_insert(std::uint32_t key, std::int64_t live_from)
+  {
+    std::size_t const mask = entries_.size() - 1;
+    for (std::size_t i = home(key);; i = (i + 1) & mask) {
+      key_entry& e = entries_[i];
+      if (e.used == 0) {
+        if (3 * (size_ + 1) > 2 * entries_.size()) {
+          rebuild(live_from);
+          return find_or_insert(key, live_from);
+        }
+        e.key  = key;
+        e.used = 1;
+        ++size_;
+        return &e;
+      }
+      if (e.key == key) { return &e; }
+    }
+  }
+
+  /// The entry of `key`, or null.
+  key_entry* find(std::uint32_t key)
+  {
+    std::size_t const mask = entries_.size() - 1;
+    for (std::size_t i = home(key);; i = (i + 1) & mask) {
+      key_entry& e = entries_[i];
+      if (e.used == 0) { return nullptr; }
+      if (e.key == key) { return &e; }
+    }
+  }
+
+  /// Removes every entry, keeping the capacity (no allocation).
+  void clear()
+  {
+    std::fill(entries_.begin(), entries_.end(), key_entry{});
+    size_ = 0;
+  }
+
+ private:
+  static constexpr unsigned min_bits = 6;
+
+  std::size_t home(std::uint32_t key) const
+  {
+    // Not the Fibonacci hash of shard_of(), which would put a shard's keys in half the table.
+    std::uint64_t h = (std::uint64_t{key} ^ 0x5851F42D4C957F2Dull) * 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 31;
+    return static_cast<std::size_t>((h * 0x94D049BB133111EBull) >> shift_);
+  }
+
+  static bool holds_open(key_entry const& e, std::int64_t live_from)
+  {
+    return e.spill_max >= live_from || (e.slot[0] != flat_index::none && e.win[0] >= live_from) ||
+           (e.slot[1] != flat_index::none && e.win[1] >= live_from);
+  }
+
+  // Moves the entries that hold an open state into a table at most half full.
+  void rebuild(std::int64_t live_from)
+  {
+    std::size_t live = 0;
+    for (key_entry const& e : entries_) live += e.used != 0 && holds_open(e, live_from);
+    unsigned bits = min_bits;
+    while ((std::size_t{1} << bits) < 2 * (live + 1)) ++bits;
+    std::vector<key_entry> fresh(std::size_t{1} << bits);  // may throw: nothing changed yet
+    std::swap(entries_, fresh);
+    shift_ = 64 - bits;
+    size_  = 0;
+    std::size_t const mask = entries_.size() - 1;
+    for (key_entry const& e : fresh) {
+      if (e.used == 0 || !holds_open(e, live_from)) { continue; }
+      std::size_t i = home(e.key);
+      while (entries_[i].used != 0) i = (i + 1) & mask;
+      entries_[i] = e;
+      ++size_;
+    }
+  }
+
+  std::vector<key_entry> entries_;
+  unsigned shift_;
+  std::size_t size_ = 0;
+};
+
 struct shard_state {
-  flat_index index;
+  key_table keys;
+  // States that did not fit in their key's ways, in the order they left (appended: no hashing
+  // while a batch that spans many windows runs through them), and an index over a prefix of
+  // that log, built only when a record looks for one of them (a key's old window).
+  struct spilled_state {
+    std::int64_t win;
+    std::uint32_t key;
+    std::uint32_t slot;
+  };
+  std::vector<spilled_state> spill_log;
+  flat_index spill{16};
+  std::size_t spill_indexed = 0;                  // spill_log[0, spill_indexed) is in spill
+  std::int64_t spill_clean_from = window_none;    // live_from when the log was last pruned
   std::vector<ops::moments> acc;  // slot * channels + channel
   std::vector<std::uint32_t> slot_key;
   std::vector<std::uint32_t> free_slots;
   std::map<std::int64_t, std::vector<std::uint32_t>> open_by_window;  // window id -> slots
+  // Every window below was emitted; ways holding one are stale. A record that is not late
+  // lies in a window >= live_from (the emission limit follows the watermark), so a way whose
+  // window equals the record's is never stale.
+  std::int64_t live_from = window_none;
+  // The list of the window that last received a state (creation is mostly in one window).
+  std::int64_t last_win                 = window_none;
+  std::vector<std::uint32_t>* last_list = nullptr;
   // The records of the current batch: runs of record indices (one per chunk of the batch, in
   // arrival order), read where pass 0 wrote them rather than copied together.
   std::vector<std::vector<std::uint32_t> const*> todo;
   std::vector<std::uint32_t> slots;  // state slot of each todo record, runs concatenated
-  // The states a key last used, direct-mapped by the key's low bits: a key's records mostly
-  // fall in the window of its previous record (or, near a window boundary of a disordered
-  // stream, in the next one: two ways), and sensor keys are mostly dense small integers, so
-  // this usually answers without hashing or probing. It holds only open states: forget()
-  // drops a state from it before its slot can be reused.
-  struct recent_state {
-    std::int64_t win;
-    std::uint32_t key;
-    std::uint32_t slot = flat_index::none;
-  };
-  struct alignas(32) recent_states {
-    recent_state way[2];
-  };
-  std::vector<recent_states> recent = std::vector<recent_states>(std::size_t{1} << 8);
   struct created_state {
     std::int64_t win;
     std::uint32_t key;
     std::uint32_t slot;
   };
   std::vector<created_state> created;  // states the current batch created, for roll-back
-  std::size_t slots_before = 0;        // slot_key.size() when the batch started
-  std::uint64_t aggregated = 0;
-  std::uint64_t nan_values = 0;
+  std::size_t slots_before     = 0;    // slot_key.size() when the batch started
+  std::size_t spill_log_before = 0;    // spill_log.size() when the batch started
+  std::uint64_t aggregated     = 0;
+  std::uint64_t nan_values     = 0;
+
+  std::size_t open_states() const { return slot_key.size() - free_slots.size(); }
+
+  /// Bytes held (the lists of open_by_window counted by their contents).
+  std::size_t state_bytes() const
+  {
+    return acc.capacity() * sizeof(ops::moments) +
+           (slot_key.capacity() + free_slots.capacity() + open_states()) * sizeof(std::uint32_t) +
+           keys.bytes() + spill_log.capacity() * sizeof(spilled_state) + spill.bytes();
+  }
 
   void begin_batch()
   {
     todo.clear();
     slots.clear();
     created.clear();
-    slots_before = slot_key.size();
+    slots_before     = slot_key.size();
+    spill_log_before = spill_log.size();
   }
 
   // Gives back a slot taken for a state of the current batch. Slots are given back in reverse
   // order of taking, so an appended one is the last; neither branch allocates.
   void release_new_slot(std::uint32_t slot, int channels)
   {
-    forget(slot_key[slot], slot);
     if (slot >= slots_before) {
       slot_key.pop_back();
       acc.resize(acc.size() - static_cast<std::size_t>(channels));
@@ -131,42 +290,48 @@ struct shard_state {
     }
   }
 
-  // Called when `slot` (the state of `key`) is closed or removed.
-  void forget(std::uint32_t key, std::uint32_t slot)
+  std::vector<std::uint32_t>& list_of(std::int64_t win)
   {
-    for (recent_state& r : recent[key & (recent.size() - 1)].way) {
-      if (r.slot == slot) { r.slot = flat_index::none; }
+    if (last_list == nullptr || last_win != win) {
+      last_list = &open_by_window[win];  // an empty list left by a failure is harmless
+      last_win  = win;
     }
+    return *last_list;
   }
 
-  // Keeps `recent` at least twice the open states, and larger for a large batch (whose keys
-  // are not known yet), up to a bound, so that dense keys do not collide. Only a cache: when
-  // it cannot grow, it stays as it is.
-  void size_recent(std::size_t records)
+  bool way_open(key_entry const& e, int way) const
   {
-    constexpr std::size_t max_recent = std::size_t{1} << 20;
-    std::size_t const need = std::max(2 * index.size(), std::min(records / 8, std::size_t{1} << 16));
-    std::size_t want       = recent.size();
-    while (want < max_recent && want < need) want *= 2;
-    if (want == recent.size()) { return; }
-    try {
-      std::vector<recent_states> fresh(want);
-      recent.swap(fresh);
-    } catch (std::bad_alloc const&) {
+    return e.slot[way] != flat_index::none && e.win[way] >= live_from;
+  }
+
+  // The slot of (key, win) among the spilled states, or none.
+  std::uint32_t find_spilled(std::uint32_t key, std::int64_t win)
+  {
+    for (; spill_indexed < spill_log.size(); ++spill_indexed) {  // insert may throw: no gap
+      spilled_state const& s = spill_log[spill_indexed];
+      if (s.win >= live_from) { spill.insert(s.key, s.win, s.slot); }
     }
+    return spill.find(key, win);
   }
 
-  // The slot of (key, win), created when missing. Strong guarantee: throws (bad_alloc) with
-  // nothing changed.
-  std::uint32_t slot_for(std::uint32_t key, std::int64_t win, int channels)
+  // Sends a state to the spill log (strong guarantee).
+  void spill_state(key_entry& e, std::int64_t win, std::uint32_t slot)
   {
-    std::uint32_t const slot = index.find(key, win);
-    return slot != flat_index::none ? slot : create(key, win, channels);
+    spill_log.push_back({win, e.key, slot});
+    e.spill_max = std::max(e.spill_max, win);
   }
 
-  // The slot of a new state (key, win), which must be missing; slot_for's slow path.
-  __attribute__((noinline)) std::uint32_t create(std::uint32_t key, std::int64_t win, int channels)
+  // The slot of a new state (key, win), which must be missing. Strong guarantee: throws
+  // (bad_alloc) with nothing changed but, at most, a spilled copy of a way (found there or
+  // in the way: the same state).
+  __attribute__((noinline)) std::uint32_t create(key_entry& e, std::uint32_t key, std::int64_t win,
+                                                 int channels)
   {
+    // A free way takes the state; else the older of the two windows goes to the spill log,
+    // or the new state itself when it is older than both.
+    int way = !way_open(e, 0) ? 0 : !way_open(e, 1) ? 1 : e.win[0] <= e.win[1] ? 0 : 1;
+    bool const to_log = way_open(e, way) && win < e.win[way];
+    if (way_open(e, way) && !to_log) { spill_state(e, e.win[way], e.slot[way]); }
     std::uint32_t slot;
     if (!free_slots.empty()) {
       slot = free_slots.back();
@@ -184,79 +349,114 @@ struct shard_state {
       }
     }
     try {
-      index.insert(key, win, slot);
+      auto& list = list_of(win);
+      list.push_back(slot);
       try {
-        auto& list = open_by_window[win];  // an empty list left by a failure is harmless
-        list.push_back(slot);
+        created.push_back({win, key, slot});
         try {
-          created.push_back({win, key, slot});
+          if (to_log) { spill_state(e, win, slot); }
         } catch (...) {
-          list.pop_back();
+          created.pop_back();
           throw;
         }
       } catch (...) {
-        index.erase(key, win);
+        list.pop_back();
         throw;
       }
     } catch (...) {
       release_new_slot(slot, channels);
       throw;
     }
+    if (!to_log) {
+      e.win[way]  = win;
+      e.slot[way] = slot;
+    }
     return slot;
   }
 
-  // Removes every state the current batch created, restoring the shard as it was.
+  // Removes every state the current batch created, restoring the shard as it was (entries
+  // the batch added to the key table stay, with empty ways). Allocates nothing.
   void roll_back(int channels)
   {
-    for (auto it = created.rbegin(); it != created.rend(); ++it) {
-      auto w = open_by_window.find(it->win);
+    if (created.empty()) { return; }
+    // Within a batch no slot is freed, so a slot names one state: sorted by slot, `created`
+    // tells which spilled entries of this batch are new states (the others, states that
+    // existed before the batch and left their way, stay).
+    auto const by_slot = [](created_state const& a, created_state const& b) { return a.slot < b.slot; };
+    std::sort(created.begin(), created.end(), by_slot);
+    auto const is_new = [&](spilled_state const& s) {
+      return std::binary_search(created.begin(), created.end(), created_state{s.win, s.key, s.slot}, by_slot);
+    };
+    spill_log.erase(std::remove_if(spill_log.begin() + static_cast<std::ptrdiff_t>(spill_log_before),
+                                   spill_log.end(), is_new),
+                    spill_log.end());
+    spill.clear();
+    spill_indexed = 0;
+    for (created_state const& c : created) {
+      // Each list ends with the states the batch created in its window: pop one per state.
+      auto w = open_by_window.find(c.win);
       w->second.pop_back();
       if (w->second.empty()) { open_by_window.erase(w); }
-      index.erase(it->key, it->win);
-      release_new_slot(it->slot, channels);
+      if (key_entry* e = keys.find(c.key)) {
+        for (int way = 0; way < 2; ++way) {
+          if (e->slot[way] == c.slot && e->win[way] == c.win) {
+            e->slot[way] = flat_index::none;
+            e->win[way]  = window_none;
+          }
+        }
+      }
+      if (c.slot < slots_before) { free_slots.push_back(c.slot); }  // popped from there: capacity held
     }
+    slot_key.resize(slots_before);
+    acc.resize(slots_before * static_cast<std::size_t>(channels));
     created.clear();
+    last_list = nullptr;
+  }
+
+  // Drops the spilled states of emitted windows (no allocation).
+  void prune_spill()
+  {
+    if (spill_clean_from == live_from) { return; }
+    spill_log.erase(std::remove_if(spill_log.begin(), spill_log.end(),
+                                   [&](spilled_state const& s) { return s.win < live_from; }),
+                    spill_log.end());
+    spill.clear();
+    spill_indexed    = 0;
+    spill_clean_from = live_from;
   }
 
   // Pass 1 of a batch, the only one that allocates state: finds or creates the state of every
   // todo record. On failure rolls back and rethrows.
-  void resolve(std::uint32_t const* keys, std::int64_t const* ts, ops::tumbling const& window,
+  void resolve(std::uint32_t const* keys_of, std::int64_t const* ts, ops::tumbling const& window,
                int channels)
   {
     try {
       std::size_t n = 0;
       for (auto const* run : todo) n += run->size();
-      size_recent(n);
       slots.resize(n);
       window_id_cache wid{window};
-      std::size_t const recent_mask = recent.size() - 1;
       std::uint32_t* slot_of = slots.data();
       for (auto const* run : todo) {
         std::uint32_t const* const records = run->data();
         std::size_t const m                = run->size();
         for (std::size_t j = 0; j < m; ++j) {
           // The cache lines are the cost (random accesses): load them ahead of their use.
-          if (j + prefetch_ahead < m) { __builtin_prefetch(&recent[keys[records[j + prefetch_ahead]] & recent_mask]); }
+          if (j + prefetch_ahead < m) { keys.prefetch(keys_of[records[j + prefetch_ahead]]); }
           std::uint32_t const r   = records[j];
-          std::uint32_t const key = keys[r];
+          std::uint32_t const key = keys_of[r];
           std::int64_t const win  = wid(ts[r]);
-          recent_state* const way = recent[key & recent_mask].way;
-          // Which way holds the record's window changes from key to key: select with masks,
-          // not branches. No match gives none (all ones); a forgotten way that matches gives
-          // none too, even ORed with a live copy of the same state (rare: then both ways
-          // hold it, with the same slot).
-          auto const match = [&](recent_state const& w) {
-            return std::uint32_t{0} - static_cast<std::uint32_t>((w.key == key) & (w.win == win));
+          key_entry* const e      = keys.find_or_insert(key, live_from);
+          // Select the matching way with masks, not branches (which way matches changes from
+          // key to key). Empty ways hold window_none and stale ones a window below live_from,
+          // so neither matches; two ways never hold the same window.
+          auto const match = [&](int w) {
+            return std::uint32_t{0} - static_cast<std::uint32_t>(e->win[w] == win);
           };
-          std::uint32_t const m0 = match(way[0]), m1 = match(way[1]);
-          std::uint32_t slot     = (way[0].slot & m0) | (way[1].slot & m1) | ~(m0 | m1);
+          std::uint32_t const m0 = match(0), m1 = match(1);
+          std::uint32_t slot     = (e->slot[0] & m0) | (e->slot[1] & m1) | ~(m0 | m1);
           if (slot == flat_index::none) {
-            slot = index.find(key, win);
-            if (slot == flat_index::none) { slot = create(key, win, channels); }
-            // Replace a free way, else the older window (closed first).
-            bool const second = way[0].slot != flat_index::none &&
-                                (way[1].slot == flat_index::none || way[1].win < way[0].win);
-            way[second] = {win, key, slot};
+            if (win <= e->spill_max) { slot = find_spilled(key, win); }
+            if (slot == flat_index::none) { slot = create(*e, key, win, channels); }
           }
           *slot_of++ = slot;
         }
@@ -304,6 +504,26 @@ struct shard_state {
     todo.clear();
     created.clear();
   }
+
+  // After the windows below `limit` were emitted and their slots freed.
+  void closed_below(std::int64_t limit)
+  {
+    open_by_window.erase(open_by_window.begin(), open_by_window.lower_bound(limit));
+    last_list = nullptr;
+    if (limit == std::numeric_limits<std::int64_t>::max()) {
+      // Everything was emitted (flush): start afresh, so that records of windows emitted by
+      // the flush open new states.
+      keys.clear();
+      spill_log.clear();
+      spill.clear();
+      spill_indexed    = 0;
+      live_from        = window_none;
+      spill_clean_from = window_none;
+    } else {
+      live_from = std::max(live_from, limit);
+      prune_spill();
+    }
+  }
 };
 
 class cpu_window_engine final : public window_engine {
@@ -347,7 +567,8 @@ class cpu_window_engine final : public window_engine {
     for (auto const& s : shards_) {
       c.aggregated += s.aggregated;
       c.nan_values += s.nan_values;
-      c.open_windows += s.index.size();
+      c.open_windows += s.open_states();
+      c.state_bytes += s.state_bytes();
     }
     c.late          = late_count_;
     c.emitted       = emitted_;
@@ -506,7 +727,7 @@ class cpu_window_engine final : public window_engine {
 #pragma omp single
       {
         for (auto const& s : shards_) {
-          open += s.index.size();
+          open += s.open_states();
           created += s.created.size();
         }
         std::size_t const cap = options_.max_open_windows;
@@ -585,88 +806,97 @@ class cpu_window_engine final : public window_engine {
   // (bad_alloc) before changing anything, or succeeds.
   void emit_before(std::int64_t limit)
   {
-    struct ready {
-      std::int64_t win;
-      std::uint32_t key;
-      std::uint32_t shard;
-      std::uint32_t slot;
-    };
     auto const shards = static_cast<std::uint32_t>(shards_.size());
-    // Each shard's states go to its own range of `out`, sorted there (in parallel for many
-    // rows), then the ranges are merged: a (key, window) pair lives in one shard only, so the
-    // order is the same total order as one sort of everything.
     if (std::all_of(shards_.begin(), shards_.end(), [&](shard_state const& sh) {
           return sh.open_by_window.empty() || sh.open_by_window.begin()->first >= limit;
         })) {
       return;
     }
-    std::vector<std::size_t> first(shards + 1, 0);
+    // Each shard lists its windows below `limit` (ranges) and their states (order: key << 32 |
+    // slot), sorted by key within each window, in parallel; then the windows are emitted in
+    // ascending order, the shards' rows of each merged by key (a key lives in one shard only).
+    emit_.first.assign(shards + 1, 0);
+    emit_.first_range.assign(shards + 1, 0);
+    std::size_t widest = 0;  // rows of the largest window in all shards together (a bound)
     for (std::uint32_t s = 0; s < shards; ++s) {
       auto const& open = shards_[s].open_by_window;
-      std::size_t rows = 0;
-      for (auto it = open.begin(); it != open.end() && it->first < limit; ++it) rows += it->second.size();
-      first[s + 1] = first[s] + rows;
-    }
-    std::vector<ready> out(first[shards]);
-    auto const by_window_then_key = [](ready const& a, ready const& b) {
-      return a.win != b.win ? a.win < b.win : a.key < b.key;
-    };
-    auto const collect = [&](std::uint32_t s) {
-      shard_state const& sh = shards_[s];
-      ready* to             = out.data() + first[s];
-      for (auto it = sh.open_by_window.begin(); it != sh.open_by_window.end() && it->first < limit; ++it) {
-        for (std::uint32_t slot : it->second) *to++ = {it->first, sh.slot_key[slot], s, slot};
+      std::size_t rows = 0, ranges = 0;
+      for (auto it = open.begin(); it != open.end() && it->first < limit; ++it) {
+        rows += it->second.size();
+        widest = std::max(widest, it->second.size());
+        ++ranges;
       }
-      std::sort(out.begin() + first[s], out.begin() + first[s + 1], by_window_then_key);
-    };
-    bool const parallel = shards > 1 && out.size() >= parallel_emit_threshold;
-#pragma omp parallel for num_threads(shards) schedule(static, 1) if (parallel)
-    for (std::uint32_t s = 0; s < shards; ++s) collect(s);
-    for (std::uint32_t s = 1; s < shards; ++s) {
-      // (inplace_merge falls back to a slower merge, without throwing, when it gets no buffer)
-      std::inplace_merge(out.begin(), out.begin() + first[s], out.begin() + first[s + 1], by_window_then_key);
+      emit_.first[s + 1]       = emit_.first[s] + rows;
+      emit_.first_range[s + 1] = emit_.first_range[s] + ranges;
     }
-    windows_out_.reserve(out.size());
+    std::size_t const total = emit_.first[shards];
+    emit_.ranges.resize(emit_.first_range[shards]);
+    emit_.order.resize(total);
+    emit_.scratch.resize(total);
+    emit_.keys.resize(widest * shards);
+    emit_.acc.resize(widest * shards);
+    windows_out_.reserve(total);
     for (auto& sh : shards_) sh.free_slots.reserve(sh.slot_key.size());
     // Nothing below allocates.
+    auto const collect = [&](std::uint32_t s) {
+      shard_state const& sh = shards_[s];
+      std::uint64_t* to     = emit_.order.data() + emit_.first[s];
+      emit_range* range     = emit_.ranges.data() + emit_.first_range[s];
+      for (auto it = sh.open_by_window.begin(); it != sh.open_by_window.end() && it->first < limit; ++it) {
+        std::size_t const begin = static_cast<std::size_t>(to - emit_.order.data());
+        for (std::uint32_t slot : it->second) *to++ = std::uint64_t{sh.slot_key[slot]} << 32 | slot;
+        std::size_t const end = static_cast<std::size_t>(to - emit_.order.data());
+        sort_by_upper_half(emit_.order.data() + begin, emit_.scratch.data() + begin, end - begin);
+        *range++ = {it->first, begin, end};
+      }
+    };
+    bool const parallel = shards > 1 && total >= parallel_emit_threshold;
+#pragma omp parallel for num_threads(shards) schedule(static, 1) if (parallel)
+    for (std::uint32_t s = 0; s < shards; ++s) collect(s);
+
     int const channels = options_.channels;
-    auto const append_rows = [&] {
-      for (ready const& r : out) {
-        windows_out_.append(r.key, window_.start(r.win), window_.end(r.win),
-                            &shards_[r.shard].acc[std::size_t{r.slot} * channels]);
+    std::vector<std::size_t>& next = emit_.next;  // per shard: its next range
+    next.assign(emit_.first_range.begin(), emit_.first_range.end() - 1);
+    for (;;) {
+      std::int64_t win = std::numeric_limits<std::int64_t>::max();
+      for (std::uint32_t s = 0; s < shards; ++s) {
+        if (next[s] < emit_.first_range[s + 1]) { win = std::min(win, emit_.ranges[next[s]].win); }
       }
-    };
-    // Releasing a state leaves its accumulator as it is (create() resets it), so the rows can
-    // be appended while other threads release the states (index erasures: random accesses).
-    auto const release = [&](std::uint32_t s) {
-      shard_state& sh = shards_[s];
-      for (ready const& r : out) {
-        if (r.shard != s) { continue; }
-        sh.index.erase(r.key, r.win);
-        sh.forget(r.key, r.slot);
-        sh.free_slots.push_back(r.slot);
+      if (win == std::numeric_limits<std::int64_t>::max()) { break; }
+      // Merge the rows of window `win` from every shard holding it (usually every shard).
+      std::size_t n = 0;
+      for (;;) {
+        std::uint32_t best = shards;
+        std::uint64_t best_row = 0;
+        for (std::uint32_t s = 0; s < shards; ++s) {
+          if (next[s] >= emit_.first_range[s + 1]) { continue; }
+          emit_range& r = emit_.ranges[next[s]];
+          if (r.win != win || r.begin == r.end) { continue; }
+          std::uint64_t const row = emit_.order[r.begin];
+          if (best == shards || row >> 32 < best_row >> 32) {
+            best     = s;
+            best_row = row;
+          }
+        }
+        if (best == shards) { break; }
+        ++emit_.ranges[next[best]].begin;
+        emit_.keys[n] = static_cast<std::uint32_t>(best_row >> 32);
+        emit_.acc[n]  = &shards_[best].acc[(best_row & 0xFFFFFFFFu) * static_cast<std::size_t>(channels)];
+        ++n;
       }
-    };
-#pragma omp parallel num_threads(shards) if (parallel)
-    {
-#ifdef _OPENMP
-      auto const tid  = static_cast<std::uint32_t>(omp_get_thread_num());
-      auto const team = static_cast<std::uint32_t>(omp_get_num_threads());
-#else
-      std::uint32_t const tid = 0, team = 1;
-#endif
-      if (tid == 0) { append_rows(); }
-      // Thread 0 appends the rows; the others (or thread 0 alone) release the states.
-      std::uint32_t const releasers      = team > 1 ? team - 1 : 1;
-      std::uint32_t const first_releaser = team > 1 ? 1 : 0;
-      if (tid >= first_releaser) {
-        for (std::uint32_t s = tid - first_releaser; s < shards; s += releasers) release(s);
+      windows_out_.append_window(window_.start(win), window_.end(win), n, emit_.keys.data(), emit_.acc.data());
+      for (std::uint32_t s = 0; s < shards; ++s) {
+        if (next[s] < emit_.first_range[s + 1] && emit_.ranges[next[s]].win == win) { ++next[s]; }
       }
     }
+    // Release the states: their slots go back to the free lists (create() resets them).
     for (auto& sh : shards_) {
-      sh.open_by_window.erase(sh.open_by_window.begin(), sh.open_by_window.lower_bound(limit));
+      for (auto it = sh.open_by_window.begin(); it != sh.open_by_window.end() && it->first < limit; ++it) {
+        sh.free_slots.insert(sh.free_slots.end(), it->second.begin(), it->second.end());
+      }
+      sh.closed_below(limit);
     }
-    emitted_ += out.size();
+    emitted_ += total;
   }
 
   pipeline_options options_;
@@ -679,6 +909,19 @@ class cpu_window_engine final : public window_engine {
   std::uint64_t late_count_ = 0;
   std::uint64_t emitted_    = 0;
   std::vector<std::uint32_t> late_idx_;  // scratch: late records of the current batch
+  // Scratch of emit_before, kept across calls so that emission does not allocate in steady
+  // state: per shard its rows (first) and windows (first_range) below the limit.
+  struct emit_range {
+    std::int64_t win;
+    std::size_t begin, end;  // rows in order
+  };
+  struct emit_scratch {
+    std::vector<std::size_t> first, first_range, next;
+    std::vector<emit_range> ranges;
+    std::vector<std::uint64_t> order, scratch;
+    std::vector<std::uint32_t> keys;
+    std::vector<ops::moments const*> acc;
+  } emit_;
   // Scratch of pass 0, one per chunk of a batch: the chunk's largest time, its on-time records
   // split by shard and its late records, in arrival order.
   struct part {
@@ -737,7 +980,8 @@ void cpu_window_engine::load_state(state_reader& in)
   for (auto& sh : shards_) sh.begin_batch();
   for (std::size_t i = 0; i < st.wid.size(); ++i) {
     shard_state& sh          = shards_[shard_of(st.key[i], shards)];
-    std::uint32_t const slot = sh.slot_for(st.key[i], st.wid[i], channels);
+    key_entry* const e       = sh.keys.find_or_insert(st.key[i], sh.live_from);
+    std::uint32_t const slot = sh.create(*e, st.key[i], st.wid[i], channels);
     std::copy_n(&st.acc[i * static_cast<std::size_t>(channels)], channels,
                 &sh.acc[std::size_t{slot} * channels]);
   }

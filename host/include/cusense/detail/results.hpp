@@ -38,6 +38,10 @@ class window_table_builder {
   void reserve(std::size_t rows);
   /// `acc` points to `channels` accumulators of one window (moment aggregations only).
   void append(std::uint32_t key, std::int64_t start, std::int64_t end, ops::moments const* acc);
+  /// Rows of one window [start, end): key keys[i] with the `channels` accumulators at acc[i]
+  /// (moment aggregations only), filled column by column.
+  void append_window(std::int64_t start, std::int64_t end, std::size_t n, std::uint32_t const* keys,
+                     ops::moments const* const* acc);
   /// `acc` points to `channels` full accumulators of one window; `is_update` fills the
   /// is_update column (present when options.allowed_lateness > 0).
   void append(std::uint32_t key, std::int64_t start, std::int64_t end, channel_acc const* acc,
