@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compares two builds of cusense on random tumbling-window streams, bit for bit: the rows and
+"""Compares two builds of cusense on random streams of every window kind, bit for bit: the rows and
 late records of every poll, the stats after every push (state_bytes aside), the errors of
 refused batches, and the checkpoint bytes (format version and CRC aside).
 
@@ -8,7 +8,7 @@ each in its own copy of the package, then
 
     python scripts/engine_equivalence.py OLD_PYTHONPATH NEW_PYTHONPATH --seeds 0 1000
 
-Streams vary keys (1 to 20,000, dense or sparse), sizes, offsets, disorder up to several
+Streams vary the window (tumbling, sliding, session, rolling; allowed lateness), keys (1 to 20,000, dense or sparse), sizes, offsets, disorder up to several
 windows, jumps, channels, float32/float64, NaNs, aggregations, threads, max_open_windows
 (refusals and roll-backs), random batch cuts, a checkpoint and sometimes a flush mid-stream.
 """
@@ -46,12 +46,26 @@ def run(seed):
     if rng.random() < 0.3:
         vals[rng.random((n, ch)) < 0.05] = np.nan
     allaggs = ['count', 'sum', 'mean', 'min', 'max', 'var', 'std', 'var_pop', 'std_pop', 'nan_count']
+    kind = str(rng.choice(["tumbling", "tumbling", "sliding", "session", "rolling"]))
+    if kind != "tumbling" and rng.random() < 0.3:
+        allaggs += ["first", "last", "argmin_ts", "argmax_ts", "median"]
     aggs = list(rng.choice(allaggs, size=int(rng.integers(1, 6)), replace=False))
+    lateness = int(rng.choice([0, size, 3 * size])) if kind != "rolling" and rng.random() < 0.3 else 0
+    if kind == "tumbling":
+        window = cusense.Tumbling(size, offset=offset)
+    elif kind == "sliding":
+        window = cusense.Sliding(size, max(1, size // int(rng.choice([1, 2, 5]))))
+    elif kind == "session":
+        window = cusense.Session(max(1, size // 3))
+    else:
+        rows = int(rng.choice([1, 2, 10, 50]))
+        window = cusense.Rolling(rows, min_periods=int(rng.integers(0, rows + 1)) if rng.random() < 0.3 else None)
     threads = int(rng.choice([1, 2, 3]))
     cap = int(rng.choice([0, 0, 0, 5, 200, 3000]))
     out = {"rows": [], "late": [], "stats": [], "errors": [], "ckpt": None}
-    p = cusense.Pipeline(window=cusense.Tumbling(size, offset=offset), aggs=aggs, max_out_of_orderness=ooo,
-                         backend="cpu", channels=ch if ch > 1 else None, cpu_threads=threads, max_open_windows=cap)
+    p = cusense.Pipeline(window=window, aggs=aggs, max_out_of_orderness=ooo, allowed_lateness=lateness,
+                         backend="cpu", channels=ch if ch > 1 else None, cpu_threads=threads,
+                         max_open_windows=cap)
     cuts = np.sort(rng.choice(np.arange(1, n), size=min(n - 1, int(rng.integers(0, 12))), replace=False)) if n > 1 else []
     bounds = [0, *cuts.tolist(), n] if len(cuts) else [0, n]
     ck_at = int(rng.integers(0, len(bounds) - 1))

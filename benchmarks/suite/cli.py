@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records 1e5..1e8, keys 1e1..1e6, batches 1e3..1e7 (long)")
     g.add_argument("--standard", action="store_const", const="standard", dest="mode",
                    help="the target workload only: 1e7 records, 1e4 keys, 5 aggregations, vs peers")
+    g.add_argument("--cardinality", action="store_const", const="cardinality", dest="mode",
+                   help="the standard workload at 2, 17 and 100 records per (key, window): the "
+                        "cost of emitting windows, vs peers")
     g.add_argument("--windows", action="store_const", const="windows", dest="mode",
                    help="sliding, session and count windows vs peers: 1e6 records, 1e3 keys, "
                         "batches of 1e5 (--records/--keys/--batches take one value each here)")

@@ -40,6 +40,11 @@ def plan(mode: str, args) -> list[tuple[str, Case, bool]]:
         cases.append(("standard", Case(10**7, 10_000, 1_000_000, AGGS7), True))
     elif mode == "standard":
         cases.append(("standard", Case(10**7, 10_000, 1_000_000), True))
+    elif mode == "cardinality":
+        # Short windows of a large fleet emit a row every few records: 2 records per (key,
+        # window) emits about 5e6 rows from 1e7 records.
+        for per_window in (2, 17, 100):
+            cases.append(("per_window", Case(10**7, 10_000, 1_000_000, per_window=per_window), True))
     elif mode == "smoke":
         cases.append(("keys", Case(20_000, 100, 5_000), True))
         cases.append(("batch", Case(20_000, 100, 1_000), False))

@@ -31,8 +31,9 @@ class Case:
 
     @property
     def label(self) -> str:
-        return (f"records={si(self.records)} keys={si(self.keys)} batch={si(self.batch)} "
-                f"aggs={len(self.aggs)}")
+        label = (f"records={si(self.records)} keys={si(self.keys)} batch={si(self.batch)} "
+                 f"aggs={len(self.aggs)}")
+        return label if self.per_window == 100.0 else f"{label} per_window={self.per_window:g}"
 
 
 @dataclasses.dataclass

@@ -55,13 +55,18 @@ std::vector<std::string> value_names(pipeline_options const& options)
   return names;
 }
 
-// col[i] = finalize(acc[i][c], a) for i in [lo, hi), with the aggregation's case chosen once.
-void fill_moment_column(agg a, double* col, ops::moments const* const* acc, int c, std::size_t lo,
-                        std::size_t hi)
+// col[i] = finalize(at(i), a) for i in [lo, hi), NaN where at(i).count < min_count, with the
+// aggregation's case chosen once per column rather than per value.
+template <typename At>
+void fill_moment_column(agg a, double* col, At&& at, std::size_t lo, std::size_t hi,
+                        std::int64_t min_count)
 {
   constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   auto const fill = [&](auto&& value) {
-    for (std::size_t i = lo; i < hi; ++i) col[i] = value(acc[i][c]);
+    for (std::size_t i = lo; i < hi; ++i) {
+      ops::moments const& m = at(i);
+      col[i]                = m.count >= min_count ? value(m) : nan;
+    }
   };
   switch (a) {
     case agg::sum: fill([](ops::moments const& m) { return m.sum; }); break;
@@ -171,14 +176,9 @@ void window_table_builder::append(std::uint32_t key, std::int64_t start, std::in
   if (updates_) { is_update_.push_back(0); }
 }
 
-void window_table_builder::append_window(std::int64_t start, std::int64_t end, std::size_t n,
-                                         std::uint32_t const* keys, ops::moments const* const* acc)
+template <typename At>
+void window_table_builder::fill_moment_rows(std::size_t at, std::size_t n, At&& acc_of, std::int64_t min_count)
 {
-  keys_.insert(keys_.end(), keys, keys + n);
-  starts_.insert(starts_.end(), n, start);
-  ends_.insert(ends_.end(), n, end);
-  if (updates_) { is_update_.insert(is_update_.end(), n, 0); }
-  std::size_t const at = keys_.size() - n;
   for (auto& col : int_cols_) col.resize(at + n);
   for (auto& col : float_cols_) col.resize(at + n);
   // Column by column (one aggregation per loop, no switch per value), over tiles of rows
@@ -189,21 +189,41 @@ void window_table_builder::append_window(std::int64_t start, std::int64_t end, s
     std::size_t ic = 0, fc = 0;
     for (agg a : aggs_) {
       for (int c = 0; c < channels_; ++c) {
+        auto const channel = [&](std::size_t i) -> ops::moments const& { return acc_of(i)[c]; };
         if (is_int_agg(a)) {
           std::int64_t* col = int_cols_[ic++].data() + at;
           if (a == agg::count) {
-            for (std::size_t i = lo; i < hi; ++i) col[i] = acc[i][c].count;
+            for (std::size_t i = lo; i < hi; ++i) col[i] = channel(i).count;
           } else if (a == agg::nan_count) {
-            for (std::size_t i = lo; i < hi; ++i) col[i] = acc[i][c].nan_count;
+            for (std::size_t i = lo; i < hi; ++i) col[i] = channel(i).nan_count;
           } else {
             std::fill(col + lo, col + hi, nat);
           }
         } else {
-          fill_moment_column(a, float_cols_[fc++].data() + at, acc, c, lo, hi);
+          fill_moment_column(a, float_cols_[fc++].data() + at, channel, lo, hi, min_count);
         }
       }
     }
   }
+}
+
+void window_table_builder::append_window(std::int64_t start, std::int64_t end, std::size_t n,
+                                         std::uint32_t const* keys, ops::moments const* const* acc)
+{
+  keys_.insert(keys_.end(), keys, keys + n);
+  starts_.insert(starts_.end(), n, start);
+  ends_.insert(ends_.end(), n, end);
+  if (updates_) { is_update_.insert(is_update_.end(), n, 0); }
+  fill_moment_rows(keys_.size() - n, n, [acc](std::size_t i) { return acc[i]; }, 0);
+}
+
+void window_table_builder::append_rows(std::size_t n, std::uint32_t const* keys, std::int64_t const* ts,
+                                       ops::moments const* acc, std::int64_t min_periods)
+{
+  keys_.insert(keys_.end(), keys, keys + n);
+  starts_.insert(starts_.end(), ts, ts + n);
+  auto const ch = static_cast<std::size_t>(channels_);
+  fill_moment_rows(keys_.size() - n, n, [acc, ch](std::size_t i) { return acc + i * ch; }, min_periods);
 }
 
 void window_table_builder::append_values(channel_acc const* acc, std::int64_t min_periods)

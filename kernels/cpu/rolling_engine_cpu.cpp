@@ -15,8 +15,13 @@
 // of adding the records one by one (a sliding update would round differently).
 #include <algorithm>
 #include <limits>
+#include <thread>
 #include <tuple>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/results.hpp>
@@ -199,7 +204,10 @@ class cpu_rolling_engine final : public cpu_engine_base {
     : cpu_engine_base(options),
       rows_(options.window.rows),
       min_periods_(options.window.min_periods < 0 ? options.window.rows : options.window.min_periods),
-      history_capacity_(rows_ > 1 ? static_cast<std::size_t>(rows_ - 1) : 0)
+      history_capacity_(rows_ > 1 ? static_cast<std::size_t>(rows_ - 1) : 0),
+      threads_(options.cpu_threads > 0
+                 ? options.cpu_threads
+                 : std::min(max_cpu_threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))))
   {
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
@@ -424,15 +432,16 @@ class cpu_rolling_engine final : public cpu_engine_base {
   }
 
   // Adds r to its key's history (or frees it when the key keeps none), evicting the oldest.
-  void retire(key_history* h, waiting_record const& r)
+  void retire(key_history* h, waiting_record const& r) { retire(h, r, free_); }
+  void retire(key_history* h, waiting_record const& r, std::vector<std::uint32_t>& freed)
   {
     if (h == nullptr) {
-      free_.push_back(r.slot);
+      freed.push_back(r.slot);
     } else if (h->ring.size() < history_capacity_) {
       h->ring.push_back({r.t, r.seq, r.slot});
     } else {
       history_record& oldest = h->ring[h->head];
-      free_.push_back(oldest.slot);
+      freed.push_back(oldest.slot);
       oldest  = {r.t, r.seq, r.slot};
       h->head = h->head + 1 == h->ring.size() ? 0 : h->head + 1;
     }
@@ -441,21 +450,62 @@ class cpu_rolling_engine final : public cpu_engine_base {
   // One channel, moments only. Each row is a chain of dependent Welford updates (a division
   // each), so rows are computed `lanes` at a time, interleaved, to overlap their latencies.
   // The window values of a group are gathered first, updating the histories in row order
-  // (two rows of one key in a group see each other), then the rows are computed and appended.
+  // (two rows of one key in a group see each other), then the rows are computed. The keys are
+  // split over threads (a key's rows and history belong to one), each row's accumulator goes
+  // to its place in row order, and the output columns are filled from them at once.
   void emit_rows_one_channel(std::size_t n)
   {
-    constexpr std::size_t lanes = 4;
-    std::size_t const width     = history_capacity_ + 1;
-    window_values_.resize(lanes * width);
+    row_acc_.resize(n);
+    row_keys_.resize(n);
+    row_ts_.resize(n);
+    int const threads = n >= parallel_emit_rows ? threads_ : 1;
+    freed_.resize(static_cast<std::size_t>(threads));
+    for (auto& f : freed_) {
+      f.clear();
+      f.reserve(n);
+    }
+    free_.reserve(free_.size() + n);
+    window_values_.resize(static_cast<std::size_t>(threads) * lanes * (history_capacity_ + 1));
+    // Nothing below allocates.
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#ifdef _OPENMP
+      auto const tid = static_cast<std::uint32_t>(omp_get_thread_num());
+#else
+      std::uint32_t const tid = 0;
+#endif
+      emit_rows_one_channel_of(n, tid, static_cast<std::uint32_t>(threads));
+    }
+    for (auto& f : freed_) free_.insert(free_.end(), f.begin(), f.end());
+    for (std::size_t i = 0; i < n; ++i) {
+      row_keys_[i] = waiting_[i].key;
+      row_ts_[i]   = waiting_[i].t;
+    }
+    windows_out_.append_rows(n, row_keys_.data(), row_ts_.data(), row_acc_.data(), min_periods_);
+    emitted_ += n;
+  }
+
+  // The rows of the first n waiting records whose key belongs to thread `tid` of `team`.
+  void emit_rows_one_channel_of(std::size_t n, std::uint32_t tid, std::uint32_t team)
+  {
+    std::size_t const width = history_capacity_ + 1;
+    double* const values    = &window_values_[std::size_t{tid} * lanes * width];
+    std::vector<std::uint32_t>& freed = freed_[tid];
     double const* vals = vals_.data();
-    for (std::size_t first = 0; first < n; first += lanes) {
-      std::size_t const group = std::min(lanes, n - first);
-      std::size_t len[lanes]  = {};
-      std::size_t longest     = 0;
+    std::size_t row[lanes];
+    std::size_t i = 0;
+    for (;;) {
+      std::size_t group = 0;
+      for (; i < n && group < lanes; ++i) {
+        if (team == 1 || owner(waiting_[i].key, team) == tid) { row[group++] = i; }
+      }
+      if (group == 0) { break; }
+      std::size_t len[lanes] = {};
+      std::size_t longest    = 0;
       for (std::size_t l = 0; l < group; ++l) {
-        waiting_record const& r = waiting_[first + l];
+        waiting_record const& r = waiting_[row[l]];
         key_history* h          = history_of(r);
-        double* out             = &window_values_[l * width];
+        double* out             = values + l * width;
         std::size_t k           = 0;
         if (h != nullptr) {
           h->for_each_oldest_first([&](history_record const& x) { out[k++] = vals[x.slot]; });
@@ -463,21 +513,22 @@ class cpu_rolling_engine final : public cpu_engine_base {
         out[k++] = vals[r.slot];
         len[l]   = k;
         longest  = std::max(longest, k);
-        retire(h, r);
+        retire(h, r, freed);
       }
       ops::moments m[lanes] = {};
       for (std::size_t j = 0; j < longest; ++j) {
         for (std::size_t l = 0; l < lanes; ++l) {
-          if (j < len[l]) { ops::add(m[l], window_values_[l * width + j]); }
+          if (j < len[l]) { ops::add(m[l], values[l * width + j]); }
         }
       }
-      for (std::size_t l = 0; l < group; ++l) {
-        waiting_record const& r = waiting_[first + l];
-        tmp_[0].m               = m[l];
-        windows_out_.append_row(r.key, r.t, tmp_.data(), min_periods_);
-        ++emitted_;
-      }
+      for (std::size_t l = 0; l < group; ++l) row_acc_[row[l]] = m[l];
     }
+  }
+
+  // The thread of `team` that computes the rows of `key`.
+  static std::uint32_t owner(std::uint32_t key, std::uint32_t team)
+  {
+    return static_cast<std::uint32_t>((std::uint64_t{key * 0x9E3779B1u} * team) >> 32);
   }
 
   // Emits the first n waiting records; aggregate(history or nullptr, record) fills tmp_.
@@ -548,7 +599,15 @@ class cpu_rolling_engine final : public cpu_engine_base {
   row_order_sorter sorter_;
   std::vector<key_history> keys_;  // keys holding state, in order of first arrival
   key_index_map key_index_;
-  std::vector<double> window_values_;  // emit scratch: the window values of a group of rows
+  static constexpr std::size_t lanes = 4;
+  // Below this many rows an emission runs on the calling thread.
+  static constexpr std::size_t parallel_emit_rows = std::size_t{1} << 14;
+  int threads_;
+  std::vector<double> window_values_;  // emit scratch: the window values of a group of rows, per thread
+  std::vector<ops::moments> row_acc_;  // emit scratch: the accumulator of each row
+  std::vector<std::uint32_t> row_keys_;
+  std::vector<std::int64_t> row_ts_;
+  std::vector<std::vector<std::uint32_t>> freed_;  // emit scratch: slots each thread frees
   std::vector<channel_acc> tmp_;
 };
 

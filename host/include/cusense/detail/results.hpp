@@ -50,10 +50,20 @@ class window_table_builder {
   /// `min_periods` non-NaN values every aggregation but count and nan_count is NaN (NaT).
   void append_row(std::uint32_t key, std::int64_t ts, channel_acc const* acc,
                   std::int64_t min_periods);
+  /// Rolling windows, moment aggregations only: rows for the records (keys[i], ts[i]) with the
+  /// `channels` accumulators at acc[i * channels]; NaN (NaT) below min_periods values as in
+  /// append_row. Filled column by column.
+  void append_rows(std::size_t n, std::uint32_t const* keys, std::int64_t const* ts,
+                   ops::moments const* acc, std::int64_t min_periods);
   table finish();
 
  private:
   void append_values(channel_acc const* acc, std::int64_t min_periods);
+  // The value columns of rows [at, at + n): acc_of(i) gives the `channels` accumulators of
+  // row at + i; a channel with fewer than min_count values gives NaN (count and nan_count
+  // excepted).
+  template <typename At>
+  void fill_moment_rows(std::size_t at, std::size_t n, At&& acc_of, std::int64_t min_count);
 
   std::vector<agg> aggs_;  // with nan_count appended when not requested
   std::vector<double> q_;  // quantile of each entry of aggs_ (agg::quantile only)
