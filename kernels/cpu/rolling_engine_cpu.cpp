@@ -40,6 +40,7 @@ struct waiting_record {
   std::uint32_t key;
   std::uint32_t slot;       // values: vals_[slot * channels ...]
   std::uint32_t key_index;  // into keys_, or no_index when the key held no state on arrival
+  double value0;            // the first channel's value, at hand for the one-channel rows
 };
 
 bool row_order_less(waiting_record const& a, waiting_record const& b)
@@ -52,6 +53,7 @@ struct history_record {
   std::int64_t t;
   std::uint64_t seq;
   std::uint32_t slot;
+  double value0;  // the first channel's value (a copy: a row reads its window without a gather)
 };
 
 // The last rows - 1 emitted records of one key: a ring that grows up to its capacity, then
@@ -286,7 +288,7 @@ class cpu_rolling_engine final : public cpu_engine_base {
     std::vector<waiting_record> pending;
     for (std::size_t i = 0; i < np; ++i) {
       loaded const r = read_rec();
-      pending.push_back({r.t, r.seq, r.key, r.slot, no_index});
+      pending.push_back({r.t, r.seq, r.key, r.slot, no_index, vals_[std::size_t{r.slot} * ch]});
     }
     std::size_t const nk = in.count(12);
     for (std::size_t k = 0; k < nk; ++k) {
@@ -298,7 +300,7 @@ class cpu_rolling_engine final : public cpu_engine_base {
       key_history& h = keys_[add_key(key)];
       for (std::size_t i = 0; i < n; ++i) {
         loaded const r = read_rec();
-        h.ring.push_back({r.t, r.seq, r.slot});
+        h.ring.push_back({r.t, r.seq, r.slot, vals_[std::size_t{r.slot} * ch]});
         state_reader::check(r.key == key, "rolling history holds another key");
       }
     }
@@ -351,7 +353,7 @@ class cpu_rolling_engine final : public cpu_engine_base {
         key_index = key_index_.find(key);
         if (key_index == no_index) { key_index = add_key(key); }
       }
-      *accepted++ = {t, seq, key, slot, key_index};
+      *accepted++ = {t, seq, key, slot, key_index, dst[0]};
       ++aggregated_;
       clock_.see(t);
     }
@@ -438,11 +440,11 @@ class cpu_rolling_engine final : public cpu_engine_base {
     if (h == nullptr) {
       freed.push_back(r.slot);
     } else if (h->ring.size() < history_capacity_) {
-      h->ring.push_back({r.t, r.seq, r.slot});
+      h->ring.push_back({r.t, r.seq, r.slot, r.value0});
     } else {
       history_record& oldest = h->ring[h->head];
       freed.push_back(oldest.slot);
-      oldest  = {r.t, r.seq, r.slot};
+      oldest  = {r.t, r.seq, r.slot, r.value0};
       h->head = h->head + 1 == h->ring.size() ? 0 : h->head + 1;
     }
   }
@@ -491,7 +493,6 @@ class cpu_rolling_engine final : public cpu_engine_base {
     std::size_t const width = history_capacity_ + 1;
     double* const values    = &window_values_[std::size_t{tid} * lanes * width];
     std::vector<std::uint32_t>& freed = freed_[tid];
-    double const* vals = vals_.data();
     std::size_t row[lanes];
     std::size_t i = 0;
     for (;;) {
@@ -508,9 +509,9 @@ class cpu_rolling_engine final : public cpu_engine_base {
         double* out             = values + l * width;
         std::size_t k           = 0;
         if (h != nullptr) {
-          h->for_each_oldest_first([&](history_record const& x) { out[k++] = vals[x.slot]; });
+          h->for_each_oldest_first([&](history_record const& x) { out[k++] = x.value0; });
         }
-        out[k++] = vals[r.slot];
+        out[k++] = r.value0;
         len[l]   = k;
         longest  = std::max(longest, k);
         retire(h, r, freed);
