@@ -55,6 +55,14 @@ std::vector<std::string> value_names(pipeline_options const& options)
   return names;
 }
 
+// The mean: Welford's running mean, unless infinite values made it NaN (inf - inf); then, as
+// numpy and pandas, sum / count (inf, -inf, or NaN when both signs occur).
+inline double mean_of(ops::moments const& m)
+{
+  if (m.count == 0) { return std::numeric_limits<double>::quiet_NaN(); }
+  return m.mean != m.mean ? m.sum / static_cast<double>(m.count) : m.mean;
+}
+
 // col[i] = finalize(at(i), a) for i in [lo, hi), NaN where at(i).count < min_count, with the
 // aggregation's case chosen once per column rather than per value.
 template <typename At>
@@ -70,7 +78,7 @@ void fill_moment_column(agg a, double* col, At&& at, std::size_t lo, std::size_t
   };
   switch (a) {
     case agg::sum: fill([](ops::moments const& m) { return m.sum; }); break;
-    case agg::mean: fill([](ops::moments const& m) { return m.count > 0 ? m.mean : nan; }); break;
+    case agg::mean: fill([](ops::moments const& m) { return mean_of(m); }); break;
     case agg::min: fill([](ops::moments const& m) { return m.count > 0 ? m.min : nan; }); break;
     case agg::max: fill([](ops::moments const& m) { return m.count > 0 ? m.max : nan; }); break;
     default: fill([a](ops::moments const& m) { return finalize(m, a); });
@@ -87,7 +95,7 @@ double finalize(ops::moments const& m, agg a)
     case agg::count: return n;
     case agg::nan_count: return static_cast<double>(m.nan_count);
     case agg::sum: return m.sum;
-    case agg::mean: return m.count > 0 ? m.mean : nan;
+    case agg::mean: return mean_of(m);
     case agg::min: return m.count > 0 ? m.min : nan;
     case agg::max: return m.count > 0 ? m.max : nan;
     case agg::var: return m.count > 1 ? m.m2 / (n - 1) : nan;

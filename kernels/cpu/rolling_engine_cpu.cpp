@@ -232,8 +232,8 @@ class cpu_rolling_engine final : public cpu_engine_base {
   engine_counters counters() override
   {
     return make_counters(held(), keys_.size(),
-                         vals_.capacity() * sizeof(double) + held() * record_state_bytes +
-                           keys_.size() * 96 + free_.capacity() * sizeof(std::uint32_t));
+                         held() * (static_cast<std::size_t>(channels_) * sizeof(double) + record_state_bytes) +
+                           keys_.size() * 96);
   }
 
   // Checkpoint: clock, counters, the waiting records in (t, key, arrival) order and the

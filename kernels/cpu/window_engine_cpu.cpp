@@ -133,7 +133,8 @@ class key_table {
  public:
   key_table() : entries_(std::size_t{1} << min_bits), shift_(64 - min_bits) {}
 
-  std::size_t bytes() const { return entries_.capacity() * sizeof(key_entry); }
+  /// Entries, including keys whose states were all emitted since the table last grew.
+  std::size_t size() const { return size_; }
 
   void prefetch(std::uint32_t key) const { __builtin_prefetch(&entries_[home(key)]); }
 
@@ -261,12 +262,13 @@ struct shard_state {
 
   std::size_t open_states() const { return slot_key.size() - free_slots.size(); }
 
-  /// Bytes held (the lists of open_by_window counted by their contents).
-  std::size_t state_bytes() const
+  /// Bytes of the state held: each open state (its accumulators, key and place in its
+  /// window's list), the keys that may hold one and the spilled states. Memory kept for reuse
+  /// (free slots, capacity) is not counted, so a flushed pipeline reports 0.
+  std::size_t state_bytes(int channels) const
   {
-    return acc.capacity() * sizeof(ops::moments) +
-           (slot_key.capacity() + free_slots.capacity() + open_states()) * sizeof(std::uint32_t) +
-           keys.bytes() + spill_log.capacity() * sizeof(spilled_state) + spill.bytes();
+    return open_states() * (static_cast<std::size_t>(channels) * sizeof(ops::moments) + 2 * sizeof(std::uint32_t)) +
+           keys.size() * sizeof(key_entry) + spill_log.size() * sizeof(spilled_state);
   }
 
   void begin_batch()
@@ -568,7 +570,7 @@ class cpu_window_engine final : public window_engine {
       c.aggregated += s.aggregated;
       c.nan_values += s.nan_values;
       c.open_windows += s.open_states();
-      c.state_bytes += s.state_bytes();
+      c.state_bytes += s.state_bytes(options_.channels);
     }
     c.late          = late_count_;
     c.emitted       = emitted_;

@@ -383,3 +383,21 @@ def test_pushes_refused_in_python_are_counted():
         pipe.push([1], [2**62 + 1], [1.0])
     assert pipe.stats["records_rejected"] == rejected + 1
     assert pipe.flush()["count"].sum() == 2
+
+
+# --- 11. infinite values, state after flush, records after flush ----------------------------------
+
+WINDOWS = [cusense.Tumbling(100), cusense.Sliding(100, 50), cusense.Session(100),
+           cusense.Rolling(3, min_periods=1)]
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: type(w).__name__)
+@pytest.mark.parametrize("values", [[1, np.inf, 2], [np.inf, np.inf], [np.inf, -np.inf], [-np.inf, 1.0]])
+def test_mean_with_infinite_values_matches_numpy(window, values):
+    pipe = cusense.Pipeline(window, aggs=["mean", "sum", "min", "max"], backend="cpu")
+    n = len(values)
+    pipe.push(np.zeros(n, np.uint32), np.arange(n, dtype=np.int64), np.array(values, float))
+    row = pipe.flush().to_pandas().iloc[-1]
+    v = pd.Series(values)
+    for agg in ("mean", "sum", "min", "max"):
+        np.testing.assert_equal(row[agg], getattr(v, agg)(), err_msg=agg)
