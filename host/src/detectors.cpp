@@ -74,6 +74,7 @@ void validate(detector_spec const& s, int channels)
                       who + "min_count must lie in [1, 2^24]");
       if (s.kind == detector_kind::multiscale_z) {
         weight(s.trend, "trend", true);
+        CUSENSE_EXPECTS(s.K >= 0 && s.K <= (std::int64_t{1} << 24), who + "K must lie in [0, 2^24]");
         CUSENSE_EXPECTS(s.clip > 0.0 && s.clip <= 1e6, who + "clip must lie in (0, 1e6]");
       } else {
         CUSENSE_EXPECTS(s.freeze > 0.0 && s.freeze <= 1e6, who + "freeze must lie in (0, 1e6]");

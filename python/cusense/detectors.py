@@ -178,7 +178,10 @@ class MultiScaleZ(Detector):
     three (a spike shows in ``e``, a level shift in the short means). Updates clip residuals at
     ``clip`` spreads; every weight is ``max(w, 1/count)`` early on, so the estimates are plain
     averages at the end of the warm-up. Scores are 0 while the key has fewer than ``min_count``
-    earlier values. The default threshold 0.7691 is ``|z| = 3.5``."""
+    earlier values. With ``K > 0`` a score is kept only when it beats every score since the start
+    of the previous block of ``K`` records (the key's positions are cut into blocks of ``K``:
+    the last ``K`` to ``2K - 1`` records; two maxima of state), else 0: one alarm per burst, at
+    any threshold. The default threshold 0.7691 is ``|z| = 3.5``."""
 
     threshold: float = 0.7691
     alpha: float = 0.05
@@ -187,6 +190,7 @@ class MultiScaleZ(Detector):
     gamma: float = 0.01
     clip: float = 4.0
     min_count: int = 30
+    K: int = 500
     channel: int = 0
     name: str | None = None
     kind = "multiscale_z"
@@ -199,12 +203,13 @@ class MultiScaleZ(Detector):
         if not 0.0 < float(self.clip) <= 1e6:
             raise ValueError(f"clip must lie in (0, 1e6], got {self.clip!r}")
         _check_int("min_count", self.min_count, 1, MAX_WINDOW)
+        _check_int("K", self.K, 0, MAX_HISTORY)
         _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
     def _fill(self, spec):
         spec.alpha, spec.trend, spec.beta = float(self.alpha), float(self.trend), float(self.beta)
         spec.gamma, spec.clip = float(self.gamma), float(self.clip)
-        spec.min_count = int(self.min_count)
+        spec.min_count, spec.K = int(self.min_count), int(self.K)
 
 
 @dataclass(frozen=True)
@@ -295,7 +300,7 @@ def detector_of_spec(spec) -> Detector:
                           K=spec.K, **common)
     if spec.kind == "multiscale_z":
         return MultiScaleZ(alpha=spec.alpha, trend=spec.trend, beta=spec.beta, gamma=spec.gamma,
-                           clip=spec.clip, min_count=spec.min_count, **common)
+                           clip=spec.clip, min_count=spec.min_count, K=spec.K, **common)
     if spec.kind == "joint_z":
         return JointZ(alpha=spec.alpha, beta=spec.beta, gamma=spec.gamma, freeze=spec.freeze,
                       min_count=spec.min_count, channels=spec.channels, **common)

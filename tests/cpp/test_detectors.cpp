@@ -494,7 +494,15 @@ std::vector<double> multiscale_oracle(std::vector<double> const& x, detector_spe
       w[k]             = (1 - g) * w[k] + g * anc * anc;
     }
   }
-  return out;
+  if (p.K == 0) return out;
+  std::vector<double> gated(out.size());  // kept when above every score since the previous block
+  std::size_t const K = std::size_t(p.K);
+  for (std::size_t t = 0; t < out.size(); ++t) {
+    double prev = -1;
+    for (std::size_t j = t / K >= 1 ? K * (t / K - 1) : 0; j < t; ++j) prev = std::max(prev, out[j]);
+    gated[t] = out[t] > prev ? out[t] : 0.0;
+  }
+  return gated;
 }
 
 TEST(detectors, multiscale_z_matches_oracle_with_disorder_and_random_batches)
@@ -502,6 +510,7 @@ TEST(detectors, multiscale_z_matches_oracle_with_disorder_and_random_batches)
   stream s = make_stream(6000, 11, 150, 21);
   detector_spec d = detector_spec::multiscale_z();
   d.min_count     = 10;
+  d.K             = 40;
   pipeline_options o;
   o.windowed             = false;
   o.detectors            = {d};

@@ -207,7 +207,7 @@ def test_matches_nab_reference_detectors(backend, rng):
 def test_default_is_multiscale_z():
     d = D.default()
     assert isinstance(d, D.MultiScaleZ)
-    assert (d.alpha, d.trend, d.beta, d.gamma, d.clip, d.min_count) == (0.05, 0.01, 0.3, 0.01, 4.0, 30)
+    assert (d.alpha, d.trend, d.beta, d.gamma, d.clip, d.min_count, d.K) == (0.05, 0.01, 0.3, 0.01, 4.0, 30, 500)
     assert d.threshold == 0.7691  # |z| = 3.5 (benchmarks/fleet/evaluate.py)
     k = D.KnnDiscord()
     assert (k.L, k.H, k.min_candidates, k.H2, k.K, k.threshold) == (4, 3000, 50, 500, 50, 0.5365)

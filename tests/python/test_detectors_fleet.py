@@ -37,7 +37,27 @@ def clip(x, bound):
     return min(max(x, -bound), bound)
 
 
-def multiscale_ref(x, alpha=0.05, trend=0.01, beta=0.3, gamma=0.01, clip_at=4.0, min_count=30):
+def gate_ref(s, K):
+    """Keeps the score at (non-NaN) position c when it beats every score since position
+    K * (c // K - 1) (the start of the previous block of K), else 0."""
+    if K == 0:
+        return s
+    out, prev = s.copy(), []
+    for t, v in enumerate(s):
+        if math.isnan(v):
+            continue
+        c = len(prev)
+        recent = prev[max(0, K * (c // K - 1)):]
+        out[t] = v if not recent or v > max(recent) else 0.0
+        prev.append(v)
+    return out
+
+
+def multiscale_ref(x, alpha=0.05, trend=0.01, beta=0.3, gamma=0.01, clip_at=4.0, min_count=30, K=500):
+    return gate_ref(multiscale_ungated(x, alpha, trend, beta, gamma, clip_at, min_count), K)
+
+
+def multiscale_ungated(x, alpha, trend, beta, gamma, clip_at, min_count):
     out = np.full(len(x), np.nan)
     state = None  # level, slope, v, a1, w1, a2, w2; count
     count = 0
@@ -122,7 +142,8 @@ def per_key(fn, keys, values):
 
 
 @pytest.mark.parametrize("params", [{}, {"alpha": 0.2, "trend": 0.0, "beta": 0.5, "gamma": 0.05,
-                                         "clip": 2.5, "min_count": 5}])
+                                         "clip": 2.5, "min_count": 5, "K": 0},
+                                    {"K": 7, "min_count": 3}])
 def test_multiscale_z_matches_oracle(rng, params):
     keys, ts, x = stream(rng, 6000, 5)
     det = D.MultiScaleZ(**params)
@@ -187,7 +208,7 @@ def test_streaming_batches_and_checkpoint_change_nothing(rng, tmp_path, which):
 
 def test_parameters_are_checked():
     for bad in ({"alpha": 0}, {"beta": 1.5}, {"gamma": -1}, {"trend": 2}, {"clip": 0}, {"min_count": 0},
-                {"threshold": 1.1}):
+                {"threshold": 1.1}, {"K": -1}):
         with pytest.raises(ValueError):
             D.MultiScaleZ(**bad)
     for bad in ({"freeze": 0}, {"channels": -1}, {"alpha": 2}):

@@ -65,7 +65,9 @@ std::string to_string(detector_kind k);
 ///   EWMAs with weights beta and beta/3, are each divided by the root of an EWMA (weight gamma)
 ///   of their own squares; z = the largest of the three; residuals are clipped at clip spreads
 ///   when they update the state. Weights are max(w, 1/count) early on. Score 0 while the key
-///   has fewer than min_count (30) earlier values. See ops::multiscale_z_step.
+///   has fewer than min_count (30) earlier values. With K > 0 (500 by the factory) a score is
+///   kept only when it beats every score since the start of the previous block of K records
+///   (the last K to 2K - 1; one alarm per burst), else 0. See ops::multiscale_z_step.
 /// - joint_z(alpha, beta, gamma, freeze): reads `channels` channels from `channel` on (0: all
 ///   the pipeline's channels from `channel` on); z = the normal equivalent of the chi-square
 ///   sum over channels of (short-scale EWMA of x - mean)^2 / its own EWMA square; mean and
@@ -82,7 +84,8 @@ struct detector_spec {
   double alpha           = 0.05;  ///< ewma: in (0, 1]
   std::int64_t window    = 100;   ///< rolling_z, rolling_mad: >= 2
   std::int64_t min_count = 1;     ///< values needed before scoring (ewma 1, rolling 2)
-  std::int64_t L = 4, H = 3000, min_candidates = 50, H2 = 500, K = 50;  ///< knn_discord
+  std::int64_t L = 4, H = 3000, min_candidates = 50, H2 = 500;  ///< knn_discord
+  std::int64_t K = 50;  ///< knn_discord, multiscale_z (0 = no gate): alarm gate span
   std::int64_t timeout = 0;       ///< silence: nanoseconds, > 0
   double beta   = 0.3;    ///< multiscale_z, joint_z: short-scale weight in (0, 1]
   double gamma  = 0.01;   ///< multiscale_z, joint_z: spread weight in (0, 1]
@@ -134,6 +137,7 @@ struct detector_spec {
     s.trend     = 0.01;
     s.clip      = 4.0;
     s.min_count = 30;
+    s.K         = 500;
     return s;
   }
   /// joint_z with the defaults (all channels); threshold 0.8076 is z = 4.

@@ -86,7 +86,7 @@ struct detector_params {
       case detector_kind_id::rolling_z: return window;        // ring
       case detector_kind_id::rolling_mad: return 2 * window;  // ring, sorted
       case detector_kind_id::knn_discord: return H + (H2 + 1) + (K + 1);  // ring, dq2, dq3 values
-      case detector_kind_id::multiscale_z: return 7;  // level, slope, var, a1, w1, a2, w2
+      case detector_kind_id::multiscale_z: return 9;  // level, slope, var, a1, w1, a2, w2, 2 block maxima
       case detector_kind_id::joint_z: return 3 * channels;  // mean, smoothed residual, spread
     }
     return 0;
@@ -431,6 +431,26 @@ CUSENSE_HD double abs_z(double a, double w) { return fabs(safe_z(a, sqrt(w > 0.0
 ///   l' = p + max(alpha, 1/c) e_c, b' = b + max(trend, 1/c) (l' - l - b) (b = 0 when trend == 0),
 ///   a_k = (1-beta_k) a_k + beta_k e_c, v' = (1-g) v + g e_c^2, w_k' = (1-g) w_k + g a_k'_c^2,
 /// with g = max(gamma, 1/c). The first value sets l = x and everything else 0.
+/// Gate (K > 0), in O(1) state: key positions are cut into blocks of K records; the score s of
+/// the record at position c is kept only when it is greater (strictly) than every score since
+/// the start of the previous block (the last K to 2K - 1 records; none at the start), else 0:
+/// one alarm per burst, at any threshold. d[7] = max score of the current block, d[8] = of the
+/// previous one (-1 = none; scores are >= 0).
+CUSENSE_HD double multiscale_gate(detector_params const& p, double* d, std::int64_t c, double s)
+{
+  if (p.K <= 0) { return s; }
+  if (c == 0) {
+    d[7] = -1.0;
+    d[8] = -1.0;
+  } else if (c % p.K == 0) {
+    d[8] = d[7];
+    d[7] = -1.0;
+  }
+  double const g = (s > d[7] && s > d[8]) ? s : 0.0;
+  if (s > d[7]) d[7] = s;
+  return g;
+}
+
 CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::int64_t* i, double x)
 {
   std::int64_t const c = i[0];
@@ -438,7 +458,7 @@ CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::in
   if (c == 0) {
     d[0] = x;
     for (int k = 1; k < 7; ++k) d[k] = 0.0;
-    return 0.0;
+    return multiscale_gate(p, d, c, 0.0);
   }
   double const beta2 = p.beta / 3.0;
   double const pred  = d[0] + d[1];
@@ -468,7 +488,7 @@ CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::in
   d[4]             = (1.0 - g) * d[4] + g * a1c * a1c;
   d[5]             = (1.0 - beta2) * d[5] + beta2 * ec;
   d[6]             = (1.0 - g) * d[6] + g * a2c * a2c;
-  return score;
+  return multiscale_gate(p, d, c, score);
 }
 
 // --- joint (multivariate) z-score -------------------------------------------------------------------
