@@ -6,7 +6,8 @@ numpy references)::
 
     python benchmarks/nab/evaluate.py --detectors cusense --out benchmarks/results/nab
 
-(options: ``--backend cpu|cuda|auto``, ``--data DIR``, ``--no-check``, ``--no-plot``).
+(options: ``--backend cpu|cuda|auto``, ``--data DIR``, ``--no-check``, ``--no-plot``,
+``--halves`` for the over-fitting guard of ``halves.py``).
 
 Detector names:
 
@@ -69,6 +70,8 @@ CUSENSE_CONFIGS = {
     "rolling_z": ("RollingZ", {"window": 100, "min_count": 2}),
     "rolling_mad": ("RollingMAD", {"window": 100, "min_count": 2}),
     "knn_discord": ("KnnDiscord", {"L": 4, "H": 3000, "min_candidates": 50, "H2": 500, "K": 50}),
+    "multiscale_z": ("MultiScaleZ", {"alpha": 0.05, "trend": 0.01, "beta": 0.3, "gamma": 0.01,
+                                     "clip": 4.0, "min_count": 30, "K": 500}),
 }
 
 
@@ -281,6 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=1e-9,
                     help="largest allowed |cusense - reference| per score (default 1e-9)")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    ap.add_argument("--halves", action="store_true",
+                    help="over-fitting guard: choose parameters (grid of halves.GRIDS) and "
+                         "threshold on one half of the files, score the other, both ways")
     args = ap.parse_args(argv)
 
     names = expand_names(args.detectors)
@@ -336,6 +342,26 @@ def main(argv=None) -> int:
         results[name]["scoring_seconds"] = seconds
         results[name]["seconds"] = time.perf_counter() - t0
         detections[name], std_thr[name] = det, thr
+        if args.halves:
+            import halves
+
+            grid = halves.GRIDS.get(base or name, [{}])
+
+            def score_config(params, _base=base, _name=name):
+                if not params:
+                    return det
+                if _base is None:
+                    return {f: np.asarray(rd.DETECTORS[_name](ts, v, **params)) for f, (ts, v) in corpus.items()}
+                import cusense
+
+                cfg = getattr(cusense.detectors, CUSENSE_CONFIGS[_base][0])(**params)
+                return {f: np.asarray(cusense.score(ts, v, detector=cfg, backend=args.backend))
+                        for f, (ts, v) in corpus.items()}
+
+            hh = halves.half_half(score_config, grid, tables, profiles, {p: s for p, (s, _t) in res.items()})
+            results[name]["halves"] = hh
+            for line in halves.markdown(name, hh)[:len(profiles) + 4]:
+                print(line, flush=True)
         print(f"{name}: " + ", ".join(f"{p} {s:.2f} (thr {t:.6g})" for p, (s, t) in res.items()),
               flush=True)
         if cmp is not None:
@@ -406,6 +432,12 @@ def main(argv=None) -> int:
                           f"{f} {v}" for c in checks.values()
                           for f, v in c["gate_tie_rows"].items()) + "."]
         lines.append("")
+    if args.halves:
+        import halves
+
+        for n, r in results.items():
+            if "halves" in r:
+                lines += halves.markdown(n, r["halves"])
     cu = run.get("cusense")
     lines.append(f"Run {run['date_utc']}, commit {str(run['commit'])[:12]}"
                  f"{' (modified tree)' if run['worktree_dirty'] else ''}, "

@@ -358,10 +358,84 @@ def knn_discord_tod(timestamps, values, L: int = 4, H: int = 3000, w_tod: float 
     return trailing_max_gate(s, K=K)
 
 
+def multiscale_z(timestamps, values, alpha: float = 0.05, trend: float = 0.01, beta: float = 0.3,
+                 gamma: float = 0.01, clip: float = 4.0, min_count: int = 30, K: int = 500) -> np.ndarray:
+    """Multi-scale residual z-score (``cusense.detectors.MultiScaleZ``, the default detector).
+
+    State per key: Holt level ``l`` and slope ``b``, residual variance ``v``, two short-scale
+    residual means ``a1`` (weight ``beta``), ``a2`` (``beta / 3``) and their variances ``w1``,
+    ``w2``, two block maxima of the gate. The first value sets ``l = x``. For the value after
+    ``c >= 1`` earlier ones: ``e = x - (l + b)``, ``a_k' = (1 - beta_k) a_k + beta_k e``,
+    ``z = max(|e| / sqrt v, |a1'| / sqrt w1, |a2'| / sqrt w2)`` (``safe_z`` for zero spreads),
+    score ``z_to_score(z)`` once ``c >= min_count`` (else 0). Updates, with ``e`` clipped to
+    ``clip sqrt v`` and ``a_k'`` to ``clip sqrt w_k`` once ``c >= min_count``, weights
+    ``ra = max(alpha, 1/c)``, ``g = max(gamma, 1/c)``: ``l' = l + b + ra e``,
+    ``b' = b + max(trend, 1/c) (l' - l - b)`` (0 when ``trend == 0``), ``v' = (1-g) v + g e^2``,
+    ``a_k = (1 - beta_k) a_k + beta_k e``, ``w_k' = (1-g) w_k + g a_k'^2``. Gate (``K > 0``):
+    the score at position ``c`` is kept only when it beats every score since position
+    ``K (c // K - 1)``, else 0.
+    """
+    x = _as_f64(values)
+    n = len(x)
+    out = np.full(n, np.nan)
+    betas = (beta, beta / 3.0)
+    c = 0
+    for t in range(n):
+        xv = x[t]
+        if math.isnan(xv):
+            continue
+        if c == 0:
+            lvl, slope, v, a, w = xv, 0.0, 0.0, [0.0, 0.0], [0.0, 0.0]
+            s = 0.0
+        else:
+            pred = lvl + slope
+            e = xv - pred
+            an = [(1 - bk) * a[k] + bk * e for k, bk in enumerate(betas)]
+            warm = c >= min_count
+            s = 0.0
+            if warm:
+                z = max(abs(_safe_z(e, math.sqrt(v))), abs(_safe_z(an[0], math.sqrt(w[0]))),
+                        abs(_safe_z(an[1], math.sqrt(w[1]))))
+                s = z_to_score(z)
+            ec = min(max(e, -clip * math.sqrt(v)), clip * math.sqrt(v)) if warm else e
+            anc = [min(max(an[k], -clip * math.sqrt(w[k])), clip * math.sqrt(w[k])) if warm else an[k]
+                   for k in range(2)]
+            ra, g = max(alpha, 1.0 / c), max(gamma, 1.0 / c)
+            new_lvl = pred + ra * ec
+            slope = slope + max(trend, 1.0 / c) * (new_lvl - lvl - slope) if trend > 0 else 0.0
+            lvl = new_lvl
+            v = (1 - g) * v + g * ec * ec
+            a = [(1 - bk) * a[k] + bk * ec for k, bk in enumerate(betas)]
+            w = [(1 - g) * w[k] + g * anc[k] * anc[k] for k in range(2)]
+        out[t] = s
+        c += 1
+    if K > 0:
+        ok = ~np.isnan(out)
+        out[ok] = block_gate(out[ok], K)
+    return out
+
+
+def block_gate(s: np.ndarray, K: int) -> np.ndarray:
+    """``s[c]`` where it is greater than every ``s[K (c // K - 1) .. c-1]``, else 0."""
+    m = len(s)
+    if m == 0:
+        return s
+    B = -(-m // K)
+    R = np.full(B * K, -np.inf)
+    R[:m] = s
+    R = R.reshape(B, K)
+    within = np.maximum.accumulate(R, axis=1)
+    before_in_block = np.concatenate([np.full((B, 1), -np.inf), within[:, :-1]], axis=1)
+    prev_block = np.concatenate([[-np.inf], R.max(axis=1)[:-1]])
+    M = np.maximum(before_in_block, prev_block[:, None]).ravel()[:m]
+    return np.where(s > M, s, 0.0)
+
+
 DETECTORS: Dict[str, Detector] = {
     "ewma_z": ewma_zscore,
     "rolling_z": rolling_zscore,
     "rolling_mad": rolling_mad,
     "knn_discord": knn_discord,
+    "multiscale_z": multiscale_z,
     "knn_discord_tod": knn_discord_tod,
 }
