@@ -12,7 +12,7 @@ data row, in order. Files without an ``anomaly`` column (``anomaly-free``) are s
 written too but not counted. Then it prints the SKAB outlier metrics over the labelled files
 (the first 400 rows of each are warm-up, not scored; TP/FP/FN/TN summed over all files):
 F1 = TP / (TP + (FP + FN) / 2), FAR = FP / (FP + TN), MAR = FN / (FN + TP), and writes them with
-the run's machine and commit to ``OUT/skab_scores.json``.
+the run's machine and commit to ``OUT/skab_scores.json`` and ``OUT/skab_scores.md``.
 
 The detector never sees the row number or the time since the file began: each file is one key
 of one stream, scored causally from its own earlier rows (warm-up: the first ``min_count``
@@ -101,6 +101,13 @@ def main(argv=None) -> int:
     (args.out / "skab_scores.json").write_text(json.dumps(
         {"detector": "JointZ", "params": det_params, "metrics": m, "files": per_file, "run": run},
         indent=1))
+    machine = run.get("machine", {})
+    (args.out / "skab_scores.md").write_text(
+        "| detector | F1 | FAR % | MAR % |\n|---|---:|---:|---:|\n"
+        f"| `JointZ()` | {m['F1']:.2f} | {m['FAR']:.2f} | {m['MAR']:.2f} |\n\n"
+        f"{len(per_file)} labelled files (first {WARMUP_ROWS} rows of each not scored), "
+        f"TP {tp} FP {fp} FN {fn} TN {tn}; run {run.get('date_utc')}, commit "
+        f"{str(run.get('commit'))[:12]}, {machine.get('cpu')} ({machine.get('logical_cpus')} logical CPUs).\n")
     return 0
 
 
