@@ -14,6 +14,8 @@ cmake -S . -B build/tests -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCUSENSE_CUDA="${CUSENSE_CUDA:-AUTO}" -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS}" \
   -DPython_EXECUTABLE="$PWD/.venv/bin/python"
 cmake --build build/tests -j "$JOBS"
+echo "== documentation (mkdocs build --strict) ==" >&2
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir build/site
 echo "== C++ tests ==" >&2
 ctest --test-dir build/tests --output-on-failure -j "$JOBS"
 echo "== Python tests ==" >&2
