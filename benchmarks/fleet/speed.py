@@ -79,6 +79,8 @@ def numpy_multiscale(X: np.ndarray, alpha=0.05, trend=0.01, beta=0.3, gamma=0.01
             with np.errstate(divide="ignore", invalid="ignore"):
                 z = np.maximum(np.abs(e) / np.sqrt(v), (np.abs(an) / np.sqrt(w)).max(axis=0))
             z = np.nan_to_num(z, nan=0.0, posinf=1e6)
+            nu = max(1.0, (min(c, 2 / gamma) - 1) / 2)
+            z = np.sqrt((nu - 2 / 3 + 0.1 / nu) * np.log1p(z * z / nu))
             u = np.minimum(z / math.sqrt(2), 25)
             lp = -np.log10(erfc(u))
             s = lp / (1 + lp)

@@ -366,8 +366,10 @@ def multiscale_z(timestamps, values, alpha: float = 0.05, trend: float = 0.01, b
     residual means ``a1`` (weight ``beta``), ``a2`` (``beta / 3``) and their variances ``w1``,
     ``w2``, two block maxima of the gate. The first value sets ``l = x``. For the value after
     ``c >= 1`` earlier ones: ``e = x - (l + b)``, ``a_k' = (1 - beta_k) a_k + beta_k e``,
-    ``z = max(|e| / sqrt v, |a1'| / sqrt w1, |a2'| / sqrt w2)`` (``safe_z`` for zero spreads),
-    score ``z_to_score(z)`` once ``c >= min_count`` (else 0). Updates, with ``e`` clipped to
+    ``t = max(|e| / sqrt v, |a1'| / sqrt w1, |a2'| / sqrt w2)`` (``safe_z`` for zero spreads),
+    read as a Student t with ``nu = max(1, (min(c, 2/gamma) - 1) / 2)`` degrees of freedom:
+    ``z = sqrt((nu - 2/3 + 0.1/nu) log1p(t^2 / nu))``; score ``z_to_score(z)`` once
+    ``c >= min_count`` (else 0). Updates, with ``e`` clipped to
     ``clip sqrt v`` and ``a_k'`` to ``clip sqrt w_k`` once ``c >= min_count``, weights
     ``ra = max(alpha, 1/c)``, ``g = max(gamma, 1/c)``: ``l' = l + b + ra e``,
     ``b' = b + max(trend, 1/c) (l' - l - b)`` (0 when ``trend == 0``), ``v' = (1-g) v + g e^2``,
@@ -394,9 +396,10 @@ def multiscale_z(timestamps, values, alpha: float = 0.05, trend: float = 0.01, b
             warm = c >= min_count
             s = 0.0
             if warm:
-                z = max(abs(_safe_z(e, math.sqrt(v))), abs(_safe_z(an[0], math.sqrt(w[0]))),
-                        abs(_safe_z(an[1], math.sqrt(w[1]))))
-                s = z_to_score(z)
+                tstat = max(abs(_safe_z(e, math.sqrt(v))), abs(_safe_z(an[0], math.sqrt(w[0]))),
+                            abs(_safe_z(an[1], math.sqrt(w[1]))))
+                nu = max(1.0, (min(c, 2.0 / gamma) - 1.0) / 2.0)
+                s = z_to_score(math.sqrt((nu - 2.0 / 3.0 + 0.1 / nu) * math.log1p(tstat * tstat / nu)))
             ec = min(max(e, -clip * math.sqrt(v)), clip * math.sqrt(v)) if warm else e
             anc = [min(max(an[k], -clip * math.sqrt(w[k])), clip * math.sqrt(w[k])) if warm else an[k]
                    for k in range(2)]

@@ -174,8 +174,10 @@ class MultiScaleZ(Detector):
     """The default detector: residual z-scores at three time scales. State per key (7 doubles
     and a count): Holt's linear trend (level, slope) predicts each value; the residual ``e``,
     and its short-scale EWMAs with weights ``beta`` and ``beta / 3``, are each divided by the
-    root of an EWMA (weight ``gamma``) of their own squares, and ``z`` is the largest of the
-    three (a spike shows in ``e``, a level shift in the short means). Updates clip residuals at
+    root of an EWMA (weight ``gamma``) of their own squares, and the largest of the three (a
+    spike shows in ``e``, a level shift in the short means) is read as a Student t with
+    ``max(1, (min(count, 2/gamma) - 1) / 2)`` degrees of freedom and converted to the normal
+    ``z`` of the same tail (a young key needs more evidence). Updates clip residuals at
     ``clip`` spreads; every weight is ``max(w, 1/count)`` early on, so the estimates are plain
     averages at the end of the warm-up. Scores are 0 while the key has fewer than ``min_count``
     earlier values. With ``K > 0`` a score is kept only when it beats every score since the start

@@ -481,7 +481,11 @@ std::vector<double> multiscale_oracle(std::vector<double> const& x, detector_spe
     double an[2];
     for (int k = 0; k < 2; ++k) an[k] = (1 - betas[k]) * a[k] + betas[k] * e;
     bool const warm = std::int64_t(c) >= p.min_count;
-    if (warm) out[c] = z_to_score(std::max({abs_z(e, v), abs_z(an[0], w[0]), abs_z(an[1], w[1])}));
+    if (warm) {
+      double const t  = std::max({abs_z(e, v), abs_z(an[0], w[0]), abs_z(an[1], w[1])});
+      double const nu = std::max(1.0, (std::min(n, 2 / p.gamma) - 1) / 2);  // Student t -> z
+      out[c]          = z_to_score(std::sqrt((nu - 2.0 / 3 + 0.1 / nu) * std::log1p(t * t / nu)));
+    }
     double const ec = warm ? clip_to(e, p.clip * std::sqrt(v)) : e;
     double const ra = std::max(p.alpha, 1 / n), g = std::max(p.gamma, 1 / n);
     double const nl = pred + ra * ec;

@@ -75,7 +75,12 @@ def multiscale_ungated(x, alpha, trend, beta, gamma, clip_at, min_count):
         e = xv - pred
         an = [(1 - b) * a[k] + b * e for k, b in enumerate(betas)]
         warm = count >= min_count
-        out[t] = z_to_score(max([abs_z(e, v)] + [abs_z(an[k], w[k]) for k in range(2)])) if warm else 0.0
+        if warm:
+            tstat = max([abs_z(e, v)] + [abs_z(an[k], w[k]) for k in range(2)])
+            nu = max(1.0, (min(count, 2 / gamma) - 1) / 2)
+            out[t] = z_to_score(math.sqrt((nu - 2 / 3 + 0.1 / nu) * math.log1p(tstat * tstat / nu)))
+        else:
+            out[t] = 0.0
         ec = clip(e, clip_at * math.sqrt(v)) if warm else e
         anc = [clip(an[k], clip_at * math.sqrt(w[k])) if warm else an[k] for k in range(2)]
         ra, g = max(alpha, 1 / count), max(gamma, 1 / count)

@@ -63,7 +63,8 @@ std::string to_string(detector_kind k);
 /// - multiscale_z(alpha, trend, beta, gamma, clip), the default detector: Holt's linear trend
 ///   (level weight alpha, slope weight trend) predicts x; the residual e, and its short-scale
 ///   EWMAs with weights beta and beta/3, are each divided by the root of an EWMA (weight gamma)
-///   of their own squares; z = the largest of the three; residuals are clipped at clip spreads
+///   of their own squares; the largest of the three, read as a Student t with
+///   max(1, (min(count, 2/gamma) - 1) / 2) degrees of freedom, gives z; residuals are clipped at clip spreads
 ///   when they update the state. Weights are max(w, 1/count) early on. Score 0 while the key
 ///   has fewer than min_count (30) earlier values. With K > 0 (500 by the factory) a score is
 ///   kept only when it beats every score since the start of the previous block of K records

@@ -416,6 +416,13 @@ CUSENSE_HD double warm_weight(double w, std::int64_t count)
   return c > w ? c : w;
 }
 
+/// Student-t statistic with nu degrees of freedom to the normal z of the same tail (Gaver and
+/// Kafadar's approximation, monotone and unbounded): sqrt((nu - 2/3 + 1/(10 nu)) ln(1 + t^2/nu)).
+CUSENSE_HD double t_to_z(double t, double nu)
+{
+  return sqrt((nu - 2.0 / 3.0 + 0.1 / nu) * log1p(t * t / nu));
+}
+
 CUSENSE_HD double clamp_abs(double x, double bound) { return x > bound ? bound : (x < -bound ? -bound : x); }
 
 /// |a| / sqrt(w), 0 when both are ~0 (safe_z on a spread).
@@ -424,9 +431,12 @@ CUSENSE_HD double abs_z(double a, double w) { return fabs(safe_z(a, sqrt(w > 0.0
 /// Multi-scale z-score. State d = [level l, slope b, v, a1, w1, a2, w2], i = [count]. For the
 /// value x after count c >= 1 earlier ones: prediction p = l + b (Holt's linear trend), residual
 /// e = x - p; short-scale means of the residual a1' = (1-beta) a1 + beta e and a2' with beta/3;
-/// z = max(|e|/sqrt v, |a1'|/sqrt w1, |a2'|/sqrt w2) where v, w1, w2 are EWMAs (weight gamma) of
+/// t = max(|e|/sqrt v, |a1'|/sqrt w1, |a2'|/sqrt w2) where v, w1, w2 are EWMAs (weight gamma) of
 /// the squares of e, a1', a2' themselves: each statistic is measured against its own history.
-/// Score 0 while c < min_count. Updates, with the residual clipped to clip sqrt(v) (and the short
+/// The spreads are estimates from few values early on (and from autocorrelated ones for the
+/// short means), so t is read as a Student t with nu = max(1, (min(c, 2/gamma) - 1) / 2)
+/// degrees of freedom and converted to the normal z of the same tail (t_to_z): a young key
+/// needs more evidence. Score z_to_score(z), 0 while c < min_count. Updates, with the residual clipped to clip sqrt(v) (and the short
 /// means to clip sqrt(w)) once c >= min_count, so one outlier moves nothing far:
 ///   l' = p + max(alpha, 1/c) e_c, b' = b + max(trend, 1/c) (l' - l - b) (b = 0 when trend == 0),
 ///   a_k = (1-beta_k) a_k + beta_k e_c, v' = (1-g) v + g e_c^2, w_k' = (1-g) w_k + g a_k'_c^2,
@@ -473,7 +483,9 @@ CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::in
     double const z2 = abs_z(a2, d[6]);
     if (z1 > z) z = z1;
     if (z2 > z) z = z2;
-    score = z_to_score(z);
+    double const seen = static_cast<double>(c) < 2.0 / p.gamma ? static_cast<double>(c) : 2.0 / p.gamma;
+    double const nu   = (seen - 1.0) / 2.0 > 1.0 ? (seen - 1.0) / 2.0 : 1.0;
+    score             = z_to_score(t_to_z(z, nu));
   }
   double const ec  = warm ? clamp_abs(e, p.clip * sqrt(d[2])) : e;
   double const a1c = warm ? clamp_abs(a1, p.clip * sqrt(d[4])) : a1;
