@@ -36,6 +36,7 @@
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/detector_engine.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_registry.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/pipeline.hpp>
 
@@ -333,16 +334,6 @@ table read_table(state_reader& r)
     }
   }
   return t;
-}
-
-char const* engine_state_tag(pipeline_options const& o)
-{
-  using kind = window_spec::kind;
-  if (o.window.type == kind::session) { return "session"; }
-  if (o.window.type == kind::rolling) { return "rolling"; }
-  // The CUDA engine runs exactly what the fast tumbling CPU engine runs: they share a form.
-  if (tumbling_engine_supports(o)) { return "tumbling-moments"; }
-  return "panes";
 }
 
 // ----- detector runner

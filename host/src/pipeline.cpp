@@ -8,6 +8,7 @@
 #include <cusense/detail/call_guard.hpp>
 #include <cusense/detail/detector_engine.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_registry.hpp>
 #include <cusense/detail/host_parallel.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/pipeline.hpp>
@@ -118,55 +119,13 @@ table held_then(table& held, table&& more)
 
 }  // namespace
 
-namespace detail {
-
-bool tumbling_engine_supports(pipeline_options const& o)
-{
-  if (o.window.type != window_spec::kind::tumbling || o.allowed_lateness != 0) { return false; }
-  return std::all_of(o.aggs.begin(), o.aggs.end(), [](agg a) {
-    return a != agg::first && a != agg::last && a != agg::argmin_ts && a != agg::argmax_ts &&
-           a != agg::quantile;
-  });
-}
-
-bool cuda_engine_supports(pipeline_options const& o, std::string* why)
-{
-  bool has_quantile = false;
-  std::string quantile_name;
-  for (std::string const& name : o.agg_names()) {
-    if (parse_agg(name) == agg::quantile) {
-      has_quantile  = true;
-      quantile_name = name;
-      break;
-    }
-  }
-  std::string reason;
-  switch (o.window.type) {
-    case window_spec::kind::session:
-      if (has_quantile) { reason = "aggregation '" + quantile_name + "'"; }
-      break;
-    case window_spec::kind::rolling:
-      if (has_quantile) { reason = "aggregation '" + quantile_name + "'"; }
-      break;
-    case window_spec::kind::tumbling:
-    case window_spec::kind::sliding:
-      if (has_quantile) {
-        reason = "aggregation '" + quantile_name + "'";
-      }
-      break;
-  }
-  if (why) { *why = reason; }
-  return reason.empty();
-}
-
-}  // namespace detail
-
 pipeline::pipeline(pipeline_options options) : options_(std::move(options))
 {
   validate(options_);
   backend_ = resolve_backend(options_.where);
   std::string why;
-  if (options_.windowed && backend_ == backend::cuda && !detail::cuda_engine_supports(options_, &why)) {
+  if (options_.windowed && backend_ == backend::cuda &&
+      !detail::engine_supports(options_, backend::cuda, &why)) {
     if (options_.where == backend::cuda) {
       throw backend_unavailable(why + " is not yet supported on the CUDA backend; use backend='cpu'");
     }
@@ -175,25 +134,7 @@ pipeline::pipeline(pipeline_options options) : options_(std::move(options))
   if (!options_.detectors.empty()) {
     detectors_ = std::make_unique<detail::detector_runner>(options_, backend_);
   }
-  if (!options_.windowed) { return; }
-  if (backend_ == backend::cuda) {
-#ifdef CUSENSE_WITH_CUDA
-    if (options_.window.type == window_spec::kind::session) {
-      engine_ = detail::make_cuda_session_engine(options_);
-    } else {
-      engine_ = options_.window.type == window_spec::kind::rolling ? detail::make_cuda_rolling_engine(options_)
-                                                                    : detail::make_cuda_engine(options_);
-    }
-#endif
-  } else if (options_.window.type == window_spec::kind::session) {
-    engine_ = detail::make_cpu_session_engine(options_);
-  } else if (options_.window.type == window_spec::kind::rolling) {
-    engine_ = detail::make_cpu_rolling_engine(options_);
-  } else if (detail::tumbling_engine_supports(options_)) {
-    engine_ = detail::make_cpu_engine(options_);
-  } else {
-    engine_ = detail::make_cpu_pane_engine(options_);
-  }
+  if (options_.windowed) { engine_ = detail::make_engine(options_, backend_); }
 }
 
 pipeline::~pipeline()                              = default;

@@ -998,7 +998,7 @@ void cpu_window_engine::load_state(state_reader& in)
 
 }  // namespace
 
-std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options)
+std::unique_ptr<window_engine> make_cpu_tumbling_engine(pipeline_options const& options)
 {
   return std::make_unique<cpu_window_engine>(options);
 }

@@ -350,10 +350,7 @@ class cuda_rolling_engine final : public window_engine {
       windows_out_(options),
       late_out_(options)
   {
-    if (options.window.type != window_spec::kind::rolling || rows_ < 1) {
-      throw invalid_argument("cusense: the CUDA rolling engine needs a rolling window with rows >= 1");
-    }
-    if (options.channels < 1) { throw invalid_argument("cusense: channels must be >= 1"); }
+    // The options are validated by the pipeline and routed here by the engine registry.
     clock_.ooo = options.max_out_of_orderness;
     chunk_cap_ = std::clamp<std::size_t>(options.staging_records, 1, max_chunk_records);
     row_acc_.resize(channels_);

@@ -578,10 +578,7 @@ class cuda_session_engine final : public window_engine {
       windows_out_(options),
       late_out_(options)
   {
-    if (options.window.type != window_spec::kind::session || options.window.gap <= 0) {
-      throw invalid_argument("cusense: the CUDA session engine needs a session window with a positive gap");
-    }
-    if (options.channels < 1) { throw invalid_argument("cusense: channels must be >= 1"); }
+    // The options are validated by the pipeline and routed here by the engine registry.
     chunk_cap_ = std::clamp<std::size_t>(options.staging_records, 1, max_chunk_records);
     row_acc_.resize(channels_);
     device_guard guard(device_);

@@ -70,6 +70,7 @@
 
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_registry.hpp>
 #include <cusense/detail/host_parallel.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/error.hpp>
@@ -854,16 +855,7 @@ class cuda_window_engine final : public window_engine {
       windows_out_(options),
       late_out_(options)
   {
-    if (options.channels < 1) { throw invalid_argument("cusense: channels must be >= 1"); }
-    if (options.window.size <= 0) { throw invalid_argument("cusense: window size must be positive"); }
-    if (options.window.type != window_spec::kind::tumbling &&
-        options.window.type != window_spec::kind::sliding) {
-      throw invalid_argument("cusense: the CUDA engine runs tumbling and sliding windows only");
-    }
-    if (options.window.type == window_spec::kind::sliding &&
-        (options.window.slide <= 0 || options.window.slide > options.window.size)) {
-      throw invalid_argument("cusense: sliding window slide must lie in (0, size]");
-    }
+    // The options are validated by the pipeline and routed here by the engine registry.
     row_acc_.resize(channels_);
     chunk_cap_ = std::clamp<std::size_t>(options.staging_records, 1, max_chunk_records);
     int const nslots = std::max(1, options.staging_slots);
@@ -1063,7 +1055,7 @@ class cuda_window_engine final : public window_engine {
     if (ns + added <= cap) { return; }
     // The CPU engine for these options words it: the tumbling engine counts (key, window)
     // states it creates, the pane engine bounds the (key, pane) states it may create.
-    bool const windows = tumbling_engine_supports(options_);
+    bool const windows = tumbling_moments_form();
     throw capacity_error("max_open_windows = " + std::to_string(cap) + " would be exceeded: " +
                          std::to_string(ns) + (windows ? " (key, window)" : " (key, pane)") +
                          " states are open and the batch of " + std::to_string(batch.n) +
@@ -1091,6 +1083,12 @@ class cuda_window_engine final : public window_engine {
   std::size_t slot_bytes(std::size_t cap) const { return keys_offset(cap) + cap * sizeof(std::uint32_t); }
 
   std::int64_t watermark() const { return max_ts_ - options_.max_out_of_orderness; }
+
+  /// Whether the configuration's checkpoint form is the CPU tumbling engine's (registry).
+  bool tumbling_moments_form() const
+  {
+    return engine_state_form(options_) == state_form::tumbling_moments;
+  }
 
   // ----- queue and worker
   void enqueue(task const& t, staging_slot* slot)
@@ -1960,7 +1958,7 @@ void cuda_window_engine::save_state(state_writer& out)
 {
   // The neutral form holds tumbling windows with moment aggregations: refuse anything else
   // rather than write an incomplete state.
-  if (!tumbling_engine_supports(options_)) {
+  if (!tumbling_moments_form()) {
     throw checkpoint_error("checkpoints of this configuration are not supported on the CUDA backend yet");
   }
   wait_idle();
@@ -1994,7 +1992,7 @@ void cuda_window_engine::save_state(state_writer& out)
 /// Uploads a state into this (fresh) engine: the sorted open states become the device state.
 void cuda_window_engine::load_state(state_reader& in)
 {
-  if (!tumbling_engine_supports(options_)) {
+  if (!tumbling_moments_form()) {
     throw checkpoint_error("checkpoints of this configuration are not supported on the CUDA backend yet");
   }
   tumbling_state const st = read_tumbling_state(in, options_);
@@ -2029,7 +2027,7 @@ void cuda_window_engine::load_state(state_reader& in)
 
 }  // namespace
 
-std::unique_ptr<window_engine> make_cuda_engine(pipeline_options const& options)
+std::unique_ptr<window_engine> make_cuda_sliding_engine(pipeline_options const& options)
 {
   int const device = usable_cuda_device(reinterpret_cast<void const*>(&init_scalars_kernel));
   return std::make_unique<cuda_window_engine>(options, device);

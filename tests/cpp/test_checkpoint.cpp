@@ -18,7 +18,7 @@
 
 #include <cusense/backend.hpp>
 #include <cusense/cusense.hpp>
-#include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_registry.hpp>
 
 #include "backend_fixture.hpp"
 
@@ -258,7 +258,7 @@ TYPED_TEST(checkpoint_test, RestoreAtRandomPointsEqualsUninterruptedRun)
   for (config c : configs()) {
     SCOPED_TRACE(c.name);
     c.options.where = where;
-    if (where == backend::cuda && c.options.windowed && !detail::cuda_engine_supports(c.options)) {
+    if (where == backend::cuda && c.options.windowed && !detail::engine_supports(c.options, backend::cuda)) {
       continue;
     }
     for (std::uint32_t seed : {1u, 2u, 3u}) {
@@ -290,7 +290,7 @@ TYPED_TEST(checkpoint_test, CheckpointLeavesThePipelineUnchanged)
   for (config c : configs()) {
     SCOPED_TRACE(c.name);
     c.options.where = where;
-    if (where == backend::cuda && c.options.windowed && !detail::cuda_engine_supports(c.options)) {
+    if (where == backend::cuda && c.options.windowed && !detail::engine_supports(c.options, backend::cuda)) {
       continue;
     }
     stream const s = make_stream(11, 800, c.options.channels);
@@ -313,7 +313,7 @@ TYPED_TEST(checkpoint_test, CrossBackend)
   for (config c : configs()) {
     SCOPED_TRACE(c.name);
     c.options.where = where;
-    if (c.options.windowed && !detail::cuda_engine_supports(c.options)) { continue; }
+    if (c.options.windowed && !detail::engine_supports(c.options, backend::cuda)) { continue; }
     stream const s = make_stream(5, 1200, c.options.channels);
     outputs const want = run(c.options, s, {}, nullptr);
     // there and back: the second restore returns to this backend

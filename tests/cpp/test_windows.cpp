@@ -12,7 +12,7 @@
 #include <vector>
 
 #include <cusense/cusense.hpp>
-#include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_registry.hpp>
 #include <cusense/ops/extent.hpp>
 #include <cusense/ops/sketch.hpp>
 
@@ -138,7 +138,7 @@ class windows_test : public backend_test<Backend> {
   bool refused_on_cuda(pipeline_options const& o)
   {
     if constexpr (Backend::value == backend::cuda) {
-      if (!detail::cuda_engine_supports(o)) {
+      if (!detail::engine_supports(o, backend::cuda)) {
         EXPECT_THROW(pipeline{o}, backend_unavailable);
         return true;
       }
@@ -542,42 +542,42 @@ TEST(windows, cuda_engine_support_and_automatic_backend)
 {
   pipeline_options o;
   o.window = window_spec::tumbling(10);
-  EXPECT_TRUE(detail::cuda_engine_supports(o));
+  EXPECT_TRUE(detail::engine_supports(o, backend::cuda));
   std::string why;
   o.window = window_spec::sliding(10, 5);
   for (char const* a : {"first", "last", "argmin_ts", "argmax_ts"}) o.add_agg(a);
-  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
+  EXPECT_TRUE(detail::engine_supports(o, backend::cuda, &why));
   EXPECT_EQ(why, "");
   o.window           = window_spec::session(10);
   o.allowed_lateness = 5;
   o.max_open_windows = 100;
-  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
+  EXPECT_TRUE(detail::engine_supports(o, backend::cuda, &why));
   EXPECT_EQ(why, "");
   o.add_agg("p50");
-  EXPECT_FALSE(detail::cuda_engine_supports(o, &why));
+  EXPECT_FALSE(detail::engine_supports(o, backend::cuda, &why));
   EXPECT_EQ(why, "aggregation 'p50'");
   o.aggs.pop_back();
   o.quantiles.pop_back();
   o.allowed_lateness = 0;
   o.max_open_windows = 0;
   o.window = window_spec::rolling(3);
-  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
+  EXPECT_TRUE(detail::engine_supports(o, backend::cuda, &why));
   EXPECT_EQ(why, "");
   o.add_agg("p90");
-  EXPECT_FALSE(detail::cuda_engine_supports(o, &why));
+  EXPECT_FALSE(detail::engine_supports(o, backend::cuda, &why));
   EXPECT_EQ(why, "aggregation 'p90'");
   o.aggs.pop_back();
   o.quantiles.pop_back();
   o.window           = window_spec::sliding(10, 5);
   o.max_open_windows = 100;
-  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
+  EXPECT_TRUE(detail::engine_supports(o, backend::cuda, &why));
   o.max_open_windows = 0;
   o.allowed_lateness = 5;
-  EXPECT_TRUE(detail::cuda_engine_supports(o, &why));
+  EXPECT_TRUE(detail::engine_supports(o, backend::cuda, &why));
   o.allowed_lateness = 0;
   o.window = window_spec::tumbling(10);
   o.add_agg("p99");
-  EXPECT_FALSE(detail::cuda_engine_supports(o, &why));
+  EXPECT_FALSE(detail::engine_supports(o, backend::cuda, &why));
   EXPECT_EQ(why, "aggregation 'p99'");
   o.where = backend::automatic;
   EXPECT_EQ(pipeline{o}.where(), backend::cpu);

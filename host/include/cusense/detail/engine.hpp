@@ -59,29 +59,7 @@ class window_engine {
   virtual void load_state(state_reader& in) = 0;
 };
 
-/// The section tag of the state an engine for `options` writes: engines that share a tag
-/// (the CPU tumbling engine and the CUDA engine) read each other's state.
-char const* engine_state_tag(pipeline_options const& options);
-
-std::unique_ptr<window_engine> make_cpu_engine(pipeline_options const& options);
-/// CPU engines for the general case: tumbling and sliding windows from panes, sessions, and
-/// rolling (count) windows; every aggregation and allowed lateness.
-std::unique_ptr<window_engine> make_cpu_pane_engine(pipeline_options const& options);
-std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
-std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
-/// Whether the CUDA engines can run `options` (every window type, allowed lateness and the
-/// open-window cap; every aggregation but quantiles); `why` gets the reason when not. The
-/// pipeline refuses or, for backend::automatic, uses the CPU otherwise.
-bool cuda_engine_supports(pipeline_options const& options, std::string* why = nullptr);
-/// Whether the fast tumbling CPU engine (make_cpu_engine) can run `options`.
-bool tumbling_engine_supports(pipeline_options const& options);
-/// Defined only when the CUDA backend is built.
-std::unique_ptr<window_engine> make_cuda_engine(pipeline_options const& options);
-/// CUDA engine for rolling (count) windows (every aggregation but quantiles); defined only
-/// when the CUDA backend is built.
-std::unique_ptr<window_engine> make_cuda_rolling_engine(pipeline_options const& options);
-/// CUDA engine for session windows (every aggregation but quantiles, allowed lateness,
-/// max_open_windows); defined only when the CUDA backend is built.
-std::unique_ptr<window_engine> make_cuda_session_engine(pipeline_options const& options);
+/// Which engine runs a configuration, the factories and the checkpoint form of each engine's
+/// state: detail/engine_registry.hpp.
 
 }  // namespace cusense::detail

@@ -27,9 +27,9 @@ namespace {
 
 constexpr std::int64_t none = std::numeric_limits<std::int64_t>::min();
 
-class cpu_pane_engine final : public cpu_engine_base {
+class cpu_sliding_engine final : public cpu_engine_base {
  public:
-  explicit cpu_pane_engine(pipeline_options const& options)
+  explicit cpu_sliding_engine(pipeline_options const& options)
     : cpu_engine_base(options),
       win_(ops::sliding::make(options.window.size,
                               options.window.type == window_spec::kind::sliding ? options.window.slide
@@ -253,9 +253,9 @@ class cpu_pane_engine final : public cpu_engine_base {
 
 }  // namespace
 
-std::unique_ptr<window_engine> make_cpu_pane_engine(pipeline_options const& options)
+std::unique_ptr<window_engine> make_cpu_sliding_engine(pipeline_options const& options)
 {
-  return std::make_unique<cpu_pane_engine>(options);
+  return std::make_unique<cpu_sliding_engine>(options);
 }
 
 }  // namespace cusense::detail
