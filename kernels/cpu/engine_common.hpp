@@ -1,7 +1,7 @@
 #pragma once
-// Helpers shared by the general CPU engines (panes, sessions, rolling): record access, the
-// watermark, pools of per-channel accumulators and the engine plumbing (outputs, counters,
-// checkpointed clock and counters).
+// Helpers shared by the general CPU engines (sliding, sessions, rolling): pools of per-channel
+// accumulators and the engine plumbing (outputs, counters, checkpointed clock and counters).
+// What the CUDA engines share with them is in cusense/detail/engine_shared.hpp.
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -10,36 +10,12 @@
 #include <cusense/detail/accumulator.hpp>
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/error.hpp>
 #include <cusense/types.hpp>
 
 namespace cusense::detail {
-
-/// The running maximum of event time (arrival order) and the watermark derived from it.
-struct watermark_clock {
-  std::int64_t ooo    = 0;
-  std::int64_t max_ts = 0;
-  bool has            = false;
-
-  /// max_ts - ooo (>= -2^62 - 2^61, no overflow).
-  std::int64_t value() const { return max_ts - ooo; }
-  /// Advances with an accepted record; true when the maximum grew.
-  bool see(std::int64_t t)
-  {
-    if (has && t <= max_ts) { return false; }
-    max_ts = t;
-    has    = true;
-    return true;
-  }
-};
-
-/// w - d, clamped below at -max_timestamp. Clamping never changes a decision: every window
-/// holding a record ends after -max_timestamp, the smallest valid timestamp.
-inline std::int64_t minus_clamped(std::int64_t w, std::int64_t d)
-{
-  return w < -max_timestamp + d ? -max_timestamp : w - d;
-}
 
 /// Accumulator slots of `channels` channel_acc each, with a free list.
 class acc_pool {
@@ -90,28 +66,6 @@ std::uint64_t add_record(channel_acc* acc, acc_layout const& layout, T const* v,
     add(acc[c], layout, x, ts, seq);
   }
   return nans;
-}
-
-inline void check_cap(std::size_t cap, std::size_t open, std::size_t added, std::size_t n,
-                      char const* what)
-{
-  if (cap != 0 && open + added > cap) {
-    throw capacity_error("max_open_windows = " + std::to_string(cap) + " would be exceeded: " +
-                         std::to_string(open) + " " + what + " are open and the batch of " +
-                         std::to_string(n) + " records opens up to " + std::to_string(added) +
-                         " more; the batch was rejected and the pipeline is unchanged");
-  }
-}
-
-/// Calls f(values) with the batch's values as float const* or double const*.
-template <typename F>
-void with_values(record_batch const& batch, F&& f)
-{
-  if (batch.values_f32) {
-    f(static_cast<float const*>(batch.values));
-  } else {
-    f(static_cast<double const*>(batch.values));
-  }
 }
 
 /// What the general CPU engines share: options, accumulator layout, output builders, the

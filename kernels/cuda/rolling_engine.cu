@@ -54,12 +54,12 @@
 
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/error.hpp>
 #include <cusense/ops/extent.hpp>
 #include <cusense/ops/moments.hpp>
 
-#include "../cpu/engine_common.hpp"
 #include "cuda_utils.cuh"
 
 namespace cusense::detail {

@@ -47,6 +47,7 @@
 
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/error.hpp>
 #include <cusense/ops/extent.hpp>
@@ -67,8 +68,6 @@ constexpr std::uint32_t no_index = 0xffffffffu;
 constexpr long long no_time = LLONG_MIN;
 /// A key without a freed-session mark: no t is below it.
 constexpr long long no_mark = LLONG_MIN;
-/// Lowest horizon, as minus_clamped of the CPU engines.
-constexpr long long lowest_time = -(1LL << 62);
 constexpr std::uint8_t emitted_flag = 1;  // emitted at least once (next emission is an update)
 constexpr std::uint8_t closed_flag  = 2;  // end <= watermark: kept for allowed lateness
 
@@ -95,11 +94,6 @@ struct max_op {
     return a < b ? b : a;
   }
 };
-
-__host__ __device__ __forceinline__ std::int64_t horizon_of(std::int64_t wm, std::int64_t lateness)
-{
-  return wm < lowest_time + lateness ? static_cast<std::int64_t>(lowest_time) : wm - lateness;
-}
 
 // ----- small kernels
 
@@ -328,7 +322,7 @@ struct key_walker {
   /// (their end becomes the freed mark) and drops a mark that can no longer decide anything.
   __host__ __device__ void catch_up(std::int64_t wm)
   {
-    std::int64_t const h = horizon_of(wm, p.lateness);
+    std::int64_t const h = minus_clamped(wm, p.lateness);
     if (wm >= min_open || h >= min_kept) {
       min_open = LLONG_MAX;
       min_kept = LLONG_MAX;
@@ -363,7 +357,7 @@ struct key_walker {
     std::int64_t const wm = has ? pv - p.ooo : 0;
     if (has) {
       catch_up(wm);
-      std::int64_t const h = horizon_of(wm, p.lateness);
+      std::int64_t const h = minus_clamped(wm, p.lateness);
       if (t + p.gap <= h || t < mark) {
         p.late[i] = 1;
         return;
@@ -723,14 +717,10 @@ class cuda_session_engine final : public window_engine {
     bool has         = has_max_;
     std::int64_t mx  = max_ts_;
     std::int64_t const ooo = options_.max_out_of_orderness;
-    auto horizon = [&](std::int64_t wm) {
-      return wm < -max_timestamp + options_.allowed_lateness ? -max_timestamp
-                                                              : wm - options_.allowed_lateness;
-    };
     std::vector<std::pair<std::uint32_t, std::int64_t>> recs;
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::int64_t const t = batch.timestamps[i];
-      if (has && t + gap_ <= horizon(mx - ooo)) { continue; }
+      if (has && t + gap_ <= minus_clamped(mx - ooo, options_.allowed_lateness)) { continue; }
       recs.emplace_back(batch.keys[i], t);
       if (!has || t > mx) {
         mx  = t;
@@ -742,13 +732,7 @@ class cuda_session_engine final : public window_engine {
     for (std::size_t i = 0; i < recs.size(); ++i) {
       runs += i == 0 || recs[i].first != recs[i - 1].first || recs[i].second >= recs[i - 1].second + gap_;
     }
-    std::size_t const cap = options_.max_open_windows;
-    if (live_sessions_ + runs > cap) {
-      throw capacity_error("max_open_windows = " + std::to_string(cap) + " would be exceeded: " +
-                           std::to_string(live_sessions_) + " sessions are open and the batch of " +
-                           std::to_string(batch.n) + " records opens up to " + std::to_string(runs) +
-                           " more; the batch was rejected and the pipeline is unchanged");
-    }
+    check_cap(options_.max_open_windows, live_sessions_, runs, batch.n, "sessions");
   }
 
   pipeline_options options_;

@@ -71,6 +71,7 @@
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_registry.hpp>
+#include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/host_parallel.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/error.hpp>
@@ -94,10 +95,8 @@ constexpr std::size_t max_chunk_records = std::size_t{1} << 30;
 constexpr std::uint64_t max_emit_pairs = std::uint64_t{1} << 26;
 /// "No timestamp yet" for the prefix max (valid timestamps are >= -2^62).
 constexpr long long no_time = LLONG_MIN;
-/// Lowest watermark the sliding arithmetic sees (as the CPU engines: clamping never changes
-/// a decision, every window holding a record ends after -max_timestamp); keeps
-/// watermark - offset - size within int64.
-constexpr long long min_watermark = -(1LL << 62);
+// Watermarks are clamped below at -max_timestamp (minus_clamped, as the CPU engines: clamping
+// never changes a decision), which keeps watermark - offset - size within int64.
 
 /// Small values the kernels produce and the host reads back after a synchronisation.
 struct chunk_scalars {
@@ -206,10 +205,10 @@ __global__ void __launch_bounds__(block_size)
       bool update        = false;
       if (prev != no_time) {
         std::int64_t const wm     = prev - out_of_orderness;
-        std::int64_t const closed = window.closed_before(wm < min_watermark ? min_watermark : wm);
+        std::int64_t const closed = window.closed_before(minus_clamped(wm, 0));
         std::int64_t const kept =
           lateness == 0 ? closed
-                        : window.closed_before(wm < min_watermark + lateness ? min_watermark : wm - lateness);
+                        : window.closed_before(minus_clamped(wm, lateness));
         std::int64_t const last = window.last_window(w);
         late                    = last < kept;
         // Emitted windows of the pane still kept: [max(first, kept), min(last, closed - 1)].
@@ -1056,11 +1055,9 @@ class cuda_window_engine final : public window_engine {
     // The CPU engine for these options words it: the tumbling engine counts (key, window)
     // states it creates, the pane engine bounds the (key, pane) states it may create.
     bool const windows = tumbling_moments_form();
-    throw capacity_error("max_open_windows = " + std::to_string(cap) + " would be exceeded: " +
-                         std::to_string(ns) + (windows ? " (key, window)" : " (key, pane)") +
-                         " states are open and the batch of " + std::to_string(batch.n) +
-                         " records opens " + (windows ? "" : "up to ") + std::to_string(added) +
-                         " more; the batch was rejected and the pipeline is unchanged");
+    throw capacity_error(capacity_message(cap, ns, added, batch.n,
+                                          windows ? "(key, window) states" : "(key, pane) states",
+                                          !windows));
   }
 
   /// Windows k < kept_from(max) are freed once the largest time seen is `max`: a record all of
@@ -1070,7 +1067,7 @@ class cuda_window_engine final : public window_engine {
   {
     std::int64_t const w = max - options_.max_out_of_orderness;
     std::int64_t const d = options_.allowed_lateness;
-    return slide_.closed_before(w < min_watermark + d ? min_watermark : w - d);
+    return slide_.closed_before(minus_clamped(w, d));
   }
 
   // ----- slot layout
@@ -1558,7 +1555,7 @@ class cuda_window_engine final : public window_engine {
   std::int64_t sliding_closed() const
   {
     std::int64_t const w = watermark();
-    return slide_.closed_before(w < min_watermark ? min_watermark : w);
+    return slide_.closed_before(minus_clamped(w, 0));
   }
 
   /// Steps 3-6 for sliding windows: (pane, key, vis) partials; emission of every window k in
