@@ -5,7 +5,7 @@
 #include <string>
 
 #include <cusense/backend.hpp>
-#include <cusense/detail/call_guard.hpp>
+#include <cusense/detail/scoped_use.hpp>
 #include <cusense/detail/detector_engine.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_registry.hpp>
@@ -147,7 +147,7 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
 {
   if (n == 0) { return; }
   CUSENSE_EXPECTS(keys && timestamps && values, "push: null data pointer");
-  call_guard use(*this);
+  scoped_use use(*this);
   pushed_ += n;
   // Range check: a branch-free pass over the values; positions only on the error path.
   std::int64_t tmin = 0, tmax = 0;
@@ -211,7 +211,7 @@ void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps,
 
 table pipeline::poll()
 {
-  call_guard use(*this);
+  scoped_use use(*this);
   table t = detail::empty_window_table(options_);
   take_held(t, held_windows_);
   if (engine_) { engine_->drain(&t, nullptr); }
@@ -220,7 +220,7 @@ table pipeline::poll()
 
 table pipeline::poll_late()
 {
-  call_guard use(*this);
+  scoped_use use(*this);
   table t;
   take_held(t, held_late_);
   if (engine_) { engine_->drain(nullptr, &t); }
@@ -229,7 +229,7 @@ table pipeline::poll_late()
 
 table pipeline::poll_scores()
 {
-  call_guard use(*this);
+  scoped_use use(*this);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_scorers(),
                   "poll_scores: the pipeline has no scoring detector (options.detectors)");
   return held_then(held_scores_, detectors_->drain_scores());
@@ -237,7 +237,7 @@ table pipeline::poll_scores()
 
 table pipeline::poll_silence()
 {
-  call_guard use(*this);
+  scoped_use use(*this);
   CUSENSE_EXPECTS(detectors_ && detectors_->has_silence(),
                   "poll_silence: the pipeline has no silence detector (options.detectors)");
   return held_then(held_silence_, detectors_->drain_silence());
@@ -246,7 +246,7 @@ table pipeline::poll_silence()
 table pipeline::flush()
 {
   {
-    call_guard use(*this);
+    scoped_use use(*this);
     if (engine_) { engine_->flush(); }
     if (detectors_) { detectors_->flush(); }
   }
@@ -301,17 +301,12 @@ void pipeline::publish_after_call() noexcept
 
 pipeline_stats pipeline::stats()
 {
-  int seen = detail::usage_state::idle;
-  if (!usage_.state.compare_exchange_strong(seen, detail::usage_state::in_stats,
-                                            std::memory_order_acquire)) {
+  scoped_use const use(*this, std::try_to_lock);
+  if (!use.held()) {
     // Another thread is inside a call (or computing stats): the totals it published last.
     std::lock_guard<std::mutex> lock(usage_.published_mutex);
     return usage_.published;
   }
-  struct release {
-    std::atomic<int>& state;
-    ~release() { state.store(detail::usage_state::idle, std::memory_order_release); }
-  } const done{usage_.state};
   pipeline_stats const s = current_stats();
   publish_stats(s);
   return s;

@@ -176,8 +176,8 @@ class pipeline {
  private:
   template <typename T>
   void push_impl(std::uint32_t const*, std::int64_t const*, T const*, std::size_t);
-  class call_guard;  // holds usage_ for one call (detail/call_guard.hpp)
-  std::string checkpoint_bytes();  // the caller holds a call_guard
+  class scoped_use;  // holds usage_ for one call or stats() (detail/scoped_use.hpp)
+  std::string checkpoint_bytes();  // the caller holds a scoped_use
   static pipeline restore_bytes(std::string const& file, backend where);
   pipeline_stats current_stats();  // from the engines; the caller has the pipeline to itself
   void publish_stats(pipeline_stats const& s);

@@ -313,5 +313,25 @@ void fail_checkpoint_writes_for_testing(int err, std::size_t after_bytes = 0);
 /// Tables (emitted but not yet polled outputs): name, type and values of each column.
 void write_table(state_writer& w, table const& t);
 table read_table(state_reader& r);
+/// Throws checkpoint_error unless `got` (read from a checkpoint) is empty or has the columns
+/// (names and types) of `want`, all of one length; `what` names the table in the message.
+void check_schema(table const& got, table const& want, char const* what);
+
+/// Pipeline options: every field, in a fixed order (checkpoint_format_version says what each
+/// version added).
+void write_options(state_writer& w, pipeline_options const& o);
+/// Reads options as written by `version`; only what the rest of the payload depends on is
+/// range-checked here (the pipeline constructor checks the rest).
+pipeline_options read_options(state_reader& r, std::uint32_t version);
+
+/// Writes `bytes` to `path` atomically: a temporary file of its own in the same directory,
+/// written fully, fsync'ed and renamed over `path`; a failure leaves the previous file and
+/// throws checkpoint_error naming path and cause.
+void write_atomically(std::string const& path, std::string const& bytes);
+/// Removes the temporary files of a checkpoint at `path` left by writers that died (best
+/// effort).
+void remove_stale_temporaries(std::string const& path);
+/// The bytes of the file at `path`; checkpoint_error naming path and cause when unreadable.
+std::string read_checkpoint_file(std::string const& path);
 
 }  // namespace cusense::detail

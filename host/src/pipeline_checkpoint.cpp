@@ -1,0 +1,163 @@
+// Checkpoint and restore of a pipeline: the payload's sections (options, pipeline counters,
+// engine state, detector state, outputs not yet polled); the file format is in checkpoint.cpp.
+#include <istream>
+#include <iterator>
+#include <ostream>
+#include <string>
+
+#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/detector_engine.hpp>
+#include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_registry.hpp>
+#include <cusense/detail/results.hpp>
+#include <cusense/detail/scoped_use.hpp>
+#include <cusense/pipeline.hpp>
+
+namespace cusense {
+namespace {
+
+void append_rows(table& into, table&& from)
+{
+  if (from.columns.empty()) { return; }
+  into.append(std::move(from));
+}
+
+}  // namespace
+
+std::string pipeline::checkpoint_bytes()
+{
+  // Outputs emitted but not yet polled move into the pipeline's held tables (the next poll
+  // returns them first) so that the engines' state below holds no output.
+  if (engine_) {
+    table w, l;
+    engine_->drain(&w, &l);
+    append_rows(held_windows_, std::move(w));
+    append_rows(held_late_, std::move(l));
+  }
+  if (detectors_) {
+    if (detectors_->has_scorers()) { append_rows(held_scores_, detectors_->drain_scores()); }
+    append_rows(held_silence_, detectors_->drain_silence());
+  }
+  detail::state_writer w;
+  w.tag("options");
+  detail::write_options(w, options_);
+  w.tag("pipeline");
+  w.u8(static_cast<std::uint8_t>(backend_));
+  w.u64(pushed_);
+  w.u64(rejected_);
+  w.tag("engine");
+  w.boolean(engine_ != nullptr);
+  if (engine_) {
+    w.tag(detail::engine_state_tag(options_));
+    engine_->save_state(w);
+  }
+  w.tag("detectors");
+  w.boolean(detectors_ != nullptr);
+  if (detectors_) { detectors_->save_state(w); }
+  w.tag("outputs");
+  for (table const* t : {&held_windows_, &held_late_, &held_scores_, &held_silence_}) {
+    detail::write_table(w, *t);
+  }
+  w.tag("end");
+  return detail::frame_checkpoint(w.data());
+}
+
+void pipeline::checkpoint(std::string const& path)
+{
+  // The guard covers the write too: a second checkpoint of this pipeline from another thread
+  // is refused (concurrent_use) instead of racing for the file.
+  scoped_use use(*this);
+  detail::remove_stale_temporaries(path);
+  detail::write_atomically(path, checkpoint_bytes());
+}
+
+void pipeline::checkpoint(std::ostream& out)
+{
+  scoped_use use(*this);
+  std::string const bytes = checkpoint_bytes();
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.flush();
+  if (!out) { throw checkpoint_error("checkpoint: the output stream failed while writing"); }
+}
+
+pipeline pipeline::restore_bytes(std::string const& file, backend where)
+{
+  std::uint32_t version      = 0;
+  std::string const payload = detail::unframe_checkpoint(file, &version);
+  detail::state_reader r(payload.data(), payload.size());
+  r.expect("options");
+  pipeline_options o = detail::read_options(r, version);
+  o.where            = where;
+  // The options get the constructor's checks: a file with a valid checksum may still hold
+  // options no caller could give (edited by hand, or written by a buggy tool).
+  auto construct = [&]() -> pipeline {
+    try {
+      return pipeline(std::move(o));
+    } catch (checkpoint_error const&) {
+      throw;
+    } catch (invalid_argument const& e) {
+      throw checkpoint_error(std::string("checkpoint holds invalid options: ") + e.what());
+    }
+  };
+  pipeline p = construct();
+  r.expect("pipeline");
+  (void)r.u8();  // backend the checkpoint was taken on (informational)
+  p.pushed_   = r.u64();
+  p.rejected_ = r.u64();
+  r.expect("engine");
+  bool const has_engine = r.boolean();
+  detail::state_reader::check(has_engine == (p.engine_ != nullptr), "engine section does not match the options");
+  if (p.engine_) {
+    r.expect(detail::engine_state_tag(p.options_));
+    p.engine_->load_state(r);
+  }
+  r.expect("detectors");
+  bool const has_detectors = r.boolean();
+  detail::state_reader::check(has_detectors == (p.detectors_ != nullptr),
+                              "detector section does not match the options");
+  if (p.detectors_) { p.detectors_->load_state(r); }
+  r.expect("outputs");
+  // The column layout of each output, from the fresh (empty) outputs of this pipeline.
+  table want_windows, want_late, want_scores, want_silence;
+  if (p.engine_) {
+    want_windows = detail::empty_window_table(p.options_);
+    table w;
+    p.engine_->drain(&w, &want_late);
+  }
+  if (p.detectors_) {
+    if (p.detectors_->has_scorers()) { want_scores = p.detectors_->drain_scores(); }
+    want_silence = p.detectors_->drain_silence();
+  }
+  p.held_windows_ = detail::read_table(r);
+  detail::check_schema(p.held_windows_, want_windows, "windows");
+  p.held_late_ = detail::read_table(r);
+  detail::check_schema(p.held_late_, want_late, "late records");
+  p.held_scores_ = detail::read_table(r);
+  detail::check_schema(p.held_scores_, want_scores, "scores");
+  p.held_silence_ = detail::read_table(r);
+  detail::check_schema(p.held_silence_, want_silence, "silence");
+  r.expect("end");
+  detail::state_reader::check(r.at_end(), std::to_string(r.left()) + " unexpected bytes after the end");
+  p.publish_stats(p.current_stats());
+  return p;
+}
+
+pipeline pipeline::restore(std::istream& in, backend where)
+{
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) { throw checkpoint_error("checkpoint: the input stream failed while reading"); }
+  return restore_bytes(bytes, where);
+}
+
+pipeline pipeline::restore(std::string const& path, backend where)
+{
+  detail::remove_stale_temporaries(path);
+  std::string const bytes = detail::read_checkpoint_file(path);
+  try {
+    return restore_bytes(bytes, where);
+  } catch (checkpoint_error const& e) {
+    throw checkpoint_error(std::string(e.what()) + " (file '" + path + "')");
+  }
+}
+
+}  // namespace cusense
