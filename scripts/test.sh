@@ -14,6 +14,8 @@ cmake -S . -B build/tests -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCUSENSE_CUDA="${CUSENSE_CUDA:-AUTO}" -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS}" \
   -DPython_EXECUTABLE="$PWD/.venv/bin/python"
 cmake --build build/tests -j "$JOBS"
+echo "== types (mypy; stubtest in tests/python/test_typing.py) ==" >&2
+.venv/bin/python -m mypy
 echo "== documentation (mkdocs build --strict) ==" >&2
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir build/site
 echo "== C++ tests ==" >&2

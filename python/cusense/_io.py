@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+from typing import Any, NoReturn
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 class Batch:
     """One micro-batch of input: a pyarrow RecordBatch and where its rows sit in the file."""
 
-    data: object            # pyarrow.RecordBatch
+    data: Any               # pyarrow.RecordBatch
     first_row: int          # 0-based index of its first data row in the file
     index: int              # 0-based batch number
     first_line: int = 0     # CSV: the file line (1-based) where the batch's text starts
@@ -261,18 +262,20 @@ class Converter:
         self.out_format = out_format
         # Datetime outputs keep the input's form, decided by its first batch: the unit (finer
         # when a window bound needs it), the zone, and for CSV the text layout.
-        self.out_unit, self.out_tz, self.text_format = "ns", None, None
+        self.out_unit: str = "ns"
+        self.out_tz: str | None = None
+        self.text_format: str | None = None
         self.value_types: dict = {}     # value column -> the input's type (for late records)
         self.unit = TIME_UNITS[time_unit or "ns"]
         self.unit_name = time_unit or "ns"
         self.time_format = time_format
-        self.time_mode = None           # "int" | "float" | "datetime"
+        self.time_mode: str | None = None   # "int" | "float" | "datetime"
         self.key_mode = None if key_type == "auto" else key_type   # "int" | "string"
         self._key_names: list = []      # code -> original id (string keys)
         self._key_index: dict = {}      # original id -> code
 
     # errors
-    def _fail(self, batch: Batch, i: int, column: str, what: str):
+    def _fail(self, batch: Batch, i: int, column: str, what: str) -> NoReturn:
         raise InputError(f"{self.reader.path}, {self.reader.location(batch, i)}, "
                          f"column '{column}': {what}")
 
@@ -653,7 +656,7 @@ class Writer:
         self.temp_path = path + ".partial"
         self.format = file_format(path, fmt)
         self.rows = 0
-        self._writer = None
+        self._writer: Any = None     # pyarrow.csv.CSVWriter | pyarrow.parquet.ParquetWriter
         self._schema = None
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):

@@ -4,12 +4,16 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, Union, overload
 
 import numpy as np
 
 from . import _core
 from ._result import Result
+from ._typing import Column, Duration, PathLike
+
+if TYPE_CHECKING:
+    from .detectors import Detector
 from ._time import (check_no_nulls, check_time_unit, timestamp_array, timestamps_to_ns,
                     to_nanoseconds, warn_if_seconds_or_ms)
 
@@ -17,7 +21,7 @@ _NAN_POLICIES = ("skip", "raise")
 _UINT64_MAX = 2**64 - 1
 
 
-def _checked_int(value, name: str, low: int, high: int, note: str = "") -> int:
+def _checked_int(value: object, name: str, low: int, high: int, note: str = "") -> int:
     """``value`` as an int within [low, high], or an error naming the parameter and the range
     (the native layer would only say its argument types did not match)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -28,7 +32,7 @@ def _checked_int(value, name: str, low: int, high: int, note: str = "") -> int:
     return value
 
 
-def _checked_duration(value, name: str, low: int, shown=None) -> int:
+def _checked_duration(value: Duration, name: str, low: int, shown: object = None) -> int:
     """A duration in int ns within [low, 2**61] (about 73 years), the bound of the engines'
     window arithmetic."""
     ns = to_nanoseconds(value, name)
@@ -43,7 +47,7 @@ def _checked_duration(value, name: str, low: int, shown=None) -> int:
 AGG_ALIASES = {"median": "p50"}
 
 
-def canonical_aggs(aggs) -> list[str]:
+def canonical_aggs(aggs: Sequence[str]) -> list[str]:
     """``aggs`` with aliases replaced by the aggregation they stand for."""
     names = [AGG_ALIASES.get(a, a) if isinstance(a, str) else a for a in aggs]
     for alias, target in AGG_ALIASES.items():
@@ -52,7 +56,7 @@ def canonical_aggs(aggs) -> list[str]:
     return names
 
 
-def _window_offset(offset) -> int:
+def _window_offset(offset: Duration) -> int:
     ns = to_nanoseconds(offset, "window offset")
     if not -_core.MAX_DURATION <= ns <= _core.MAX_DURATION:
         raise ValueError(f"window offset must lie within +-2**61 ns (about 73 years), got {offset!r}")
@@ -66,10 +70,10 @@ class Tumbling:
     ``size`` and ``offset`` take int nanoseconds, strings like ``"1s"``/``"5min"``, timedeltas.
     """
 
-    size: object
-    offset: object = 0
+    size: Duration
+    offset: Duration = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         size = to_nanoseconds(self.size, "window size")
         if size <= 0:
             raise ValueError(f"window size must be positive, got {self.size!r}")
@@ -83,11 +87,11 @@ class Sliding:
     lies in ``ceil(size / slide)`` windows. Computed from panes of ``gcd(size, slide)``.
     """
 
-    size: object
-    slide: object
-    offset: object = 0
+    size: Duration
+    slide: Duration
+    offset: Duration = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         size = to_nanoseconds(self.size, "window size")
         slide = to_nanoseconds(self.slide, "window slide")
         if size <= 0:
@@ -106,9 +110,9 @@ class Session:
     ``last + gap``.
     """
 
-    gap: object
+    gap: Duration
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         gap = to_nanoseconds(self.gap, "session gap")
         if gap <= 0:
             raise ValueError(f"session gap must be positive, got {self.gap!r}")
@@ -126,7 +130,7 @@ class Rolling:
     n: int
     min_periods: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n <= 0:
             raise ValueError(f"rolling window n must be a positive int, got {self.n!r}")
         _checked_int(self.n, "rolling window n", 1, 2**24)
@@ -138,27 +142,31 @@ class Rolling:
 
 
 _WINDOWS = (Tumbling, Sliding, Session, Rolling)
+#: Any window definition.
+Window = Union[Tumbling, Sliding, Session, Rolling]
 
 
-def _set_window(opts, window) -> None:
+def _set_window(opts: _core.PipelineOptions, window: Window) -> None:
     if not isinstance(window, _WINDOWS):
         raise TypeError("window must be cusense.Tumbling, Sliding, Session or Rolling, "
                         f"got {type(window).__name__}")
     if isinstance(window, Tumbling):
         opts.window_kind = "tumbling"
-        opts.window_size, opts.window_offset = window.size, window.offset
+        opts.window_size, opts.window_offset = to_nanoseconds(window.size), to_nanoseconds(window.offset)
     elif isinstance(window, Sliding):
         opts.window_kind = "sliding"
-        opts.window_size, opts.window_slide, opts.window_offset = window.size, window.slide, window.offset
+        opts.window_size, opts.window_slide = to_nanoseconds(window.size), to_nanoseconds(window.slide)
+        opts.window_offset = to_nanoseconds(window.offset)
     elif isinstance(window, Session):
         opts.window_kind = "session"
-        opts.session_gap = window.gap
+        opts.session_gap = to_nanoseconds(window.gap)
     else:
         opts.window_kind = "rolling"
-        opts.rolling_rows, opts.min_periods = window.n, window.min_periods
+        opts.rolling_rows = window.n
+        opts.min_periods = window.n if window.min_periods is None else window.min_periods
 
 
-def _window_of(opts):
+def _window_of(opts: _core.PipelineOptions) -> Window | None:
     """The window object of core options (None for a detectors-only pipeline)."""
     if not opts.windowed:
         return None
@@ -173,25 +181,25 @@ def _window_of(opts):
     return Rolling(opts.rolling_rows, None if mp < 0 else mp)
 
 
-def _length(column) -> int | None:
+def _length(column: Column) -> int | None:
     try:
         return len(column)
     except TypeError:  # a scalar or 0-d array
         return None
 
 
-def _is_empty_batch(keys, timestamps, values) -> bool:
+def _is_empty_batch(keys: Column, timestamps: Column, values: Column) -> bool:
     """All three columns empty: such a push has nothing to check (an empty list is float64
     for numpy, which the key check would refuse)."""
     return all(_length(c) == 0 for c in (keys, timestamps, values))
 
 
-def _batch_length(keys, timestamps, values) -> int:
+def _batch_length(keys: Column, timestamps: Column, values: Column) -> int:
     """The records of a refused batch: the longest column (columns may disagree)."""
     return max((_length(c) or 0) for c in (keys, timestamps, values))
 
 
-def _as_keys(keys) -> np.ndarray:
+def _as_keys(keys: Column) -> np.ndarray:
     check_no_nulls(keys, "keys")
     k = np.asarray(keys)
     if k.ndim != 1:
@@ -206,7 +214,7 @@ def _as_keys(keys) -> np.ndarray:
     return np.ascontiguousarray(k, dtype=np.uint32)
 
 
-def _as_values(values, channels: int) -> np.ndarray:
+def _as_values(values: Column, channels: int) -> np.ndarray:
     check_no_nulls(values, "values")
     v = np.asarray(values)
     if v.dtype.kind in "iub":
@@ -270,11 +278,14 @@ class Pipeline:
     at any time from any thread.
     """
 
-    def __init__(self, window=None, aggs: Sequence[str] = ("count", "sum", "mean", "min", "max", "var", "std"),
-                 max_out_of_orderness=0, backend: str = "auto", channels=None,
+    def __init__(self, window: Window | None = None,
+                 aggs: Sequence[str] = ("count", "sum", "mean", "min", "max", "var", "std"),
+                 max_out_of_orderness: Duration = 0, backend: str = "auto",
+                 channels: int | Sequence[str] | None = None,
                  nan_policy: str = "skip", staging_records: int | None = None,
-                 cpu_threads: int = 0, max_open_windows: int = 0, detectors=None,
-                 allowed_lateness=0, quantile_accuracy: float = 0.01):
+                 cpu_threads: int = 0, max_open_windows: int = 0,
+                 detectors: Sequence[Detector] | None = None,
+                 allowed_lateness: Duration = 0, quantile_accuracy: float = 0.01) -> None:
         if window is None and not detectors:
             raise TypeError("window is required unless detectors are given")
         if window is not None and not isinstance(window, _WINDOWS):
@@ -341,7 +352,7 @@ class Pipeline:
         return self._core.backend
 
     @property
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Records pushed / aggregated / late / rejected, NaN values, windows emitted and open
         (``open_windows``: (key, window) states; (key, pane) partials for sliding windows,
         sessions, held records for rolling windows), ``open_keys`` (keys holding state),
@@ -357,7 +368,7 @@ class Pipeline:
         stats["records_rejected"] += self._records_rejected_in_python
         return stats
 
-    def push(self, keys, timestamps, values, time_unit: str | None = None) -> None:
+    def push(self, keys: Column, timestamps: Column, values: Column, time_unit: str | None = None) -> None:
         """Push a micro-batch of records: keys (uint32 ids), timestamps, values.
 
         Columns may be numpy arrays, sequences, pandas Series, pyarrow arrays or polars Series.
@@ -378,7 +389,8 @@ class Pipeline:
             raise
         self._push_checked(k, t, v)
 
-    def _checked_batch(self, keys, timestamps, values, time_unit):
+    def _checked_batch(self, keys: Column, timestamps: Column, values: Column,
+                       time_unit: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The batch as the engine's arrays, or TypeError / ValueError naming the problem."""
         k = _as_keys(keys)
         raw_times = timestamp_array(timestamps)
@@ -390,7 +402,7 @@ class Pipeline:
             self._time_unit_warned = warn_if_seconds_or_ms(t, stacklevel=3)
         return k, t, v
 
-    def _push_checked(self, k, t, v) -> None:
+    def _push_checked(self, k: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
         if v.dtype == np.float32:
             self._core.push_f32(k, t, v)
         else:
@@ -414,7 +426,7 @@ class Pipeline:
         then ``score_<name>`` and ``is_anomaly_<name>`` per detector. See cusense.detectors."""
         return Result(self._core.poll_scores())
 
-    def checkpoint(self, path) -> None:
+    def checkpoint(self, path: PathLike) -> None:
         """Write the complete pipeline state (options, open windows, watermark, counters,
         detector state, and outputs not yet polled) to ``path`` atomically: a temporary file in
         the same directory is written, fsync'ed and renamed over ``path``, so a crash leaves the
@@ -422,7 +434,7 @@ class Pipeline:
         self._core.checkpoint(os.fspath(path))
 
     @classmethod
-    def restore(cls, path, backend: str = "auto", nan_policy: str | None = None) -> "Pipeline":
+    def restore(cls, path: PathLike, backend: str = "auto", nan_policy: str | None = None) -> "Pipeline":
         """A pipeline in exactly the state saved by :meth:`checkpoint` at ``path``, with its
         options, on ``backend`` (either backend can restore a checkpoint from the other).
         Pushing the records that followed the checkpoint gives exactly the output of an
@@ -457,7 +469,7 @@ class Pipeline:
         return Result(self._core.poll_silence())
 
 
-def window_from_config(table: dict):
+def window_from_config(table: dict[str, Any]) -> Window | None:
     """The window of a ``[pipeline]`` table (``cusense serve`` and ``cusense run --config``):
     ``window`` = "tumbling" (size, offset), "sliding" (size, slide, offset), "session" (gap),
     "rolling" (n, min_periods) or "none" (None: detectors only)."""
@@ -479,9 +491,21 @@ def window_from_config(table: dict):
     raise ValueError(f"pipeline.window must be tumbling, sliding, session, rolling or none, got {kind!r}")
 
 
-def window_aggregate(keys, timestamps, values, window, aggs=("count", "sum", "mean", "min", "max"),
-                     max_out_of_orderness=None, backend: str = "auto", return_late: bool = False,
-                     time_unit: str | None = None, **kwargs):
+@overload
+def window_aggregate(keys: Column, timestamps: Column, values: Column, window: Window,
+                     aggs: Sequence[str] = ..., max_out_of_orderness: Duration | None = ...,
+                     backend: str = ..., return_late: Literal[False] = ...,
+                     time_unit: str | None = ..., **kwargs: Any) -> Result: ...
+@overload
+def window_aggregate(keys: Column, timestamps: Column, values: Column, window: Window,
+                     aggs: Sequence[str] = ..., max_out_of_orderness: Duration | None = ...,
+                     backend: str = ..., *, return_late: Literal[True],
+                     time_unit: str | None = ..., **kwargs: Any) -> tuple[Result, Result]: ...
+def window_aggregate(keys: Column, timestamps: Column, values: Column, window: Window,
+                     aggs: Sequence[str] = ("count", "sum", "mean", "min", "max"),
+                     max_out_of_orderness: Duration | None = None, backend: str = "auto",
+                     return_late: bool = False, time_unit: str | None = None,
+                     **kwargs: Any) -> Result | tuple[Result, Result]:
     """Windowed aggregation of a finite stream in one call (push everything, flush).
 
     With the default ``max_out_of_orderness=None`` the whole input is known, so every record is
@@ -494,7 +518,8 @@ def window_aggregate(keys, timestamps, values, window, aggs=("count", "sum", "me
     :class:`Pipeline` and :meth:`Pipeline.push`.
     """
     whole_input = max_out_of_orderness is None
-    pipe = Pipeline(window, aggs=aggs, max_out_of_orderness=0 if whole_input else max_out_of_orderness,
+    pipe = Pipeline(window, aggs=aggs,
+                    max_out_of_orderness=0 if max_out_of_orderness is None else max_out_of_orderness,
                     backend=backend, **kwargs)
     if not _is_empty_batch(keys, timestamps, values):
         k, t, v = pipe._checked_batch(keys, timestamps, values, time_unit)
@@ -519,7 +544,7 @@ class LateDataWarning(UserWarning):
     """window_aggregate with an explicit max_out_of_orderness left late records out."""
 
 
-def devices() -> list:
+def devices() -> list[_core.DeviceInfo]:
     """Usable CUDA devices (an empty list without CUDA support, driver or GPU)."""
     return list(_core.devices())
 

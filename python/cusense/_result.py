@@ -1,7 +1,11 @@
 """Result tables returned by pipelines: named numpy columns."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from ._typing import Frame
 
 # int64 ns columns holding event times; INT64_MIN in them means "none" (NaT).
 _NONE_TIME = np.iinfo(np.int64).min
@@ -56,7 +60,7 @@ class Result:
         is_time_name = name in self._TIME_COLUMNS or name.startswith(("argmin_ts", "argmax_ts"))
         return is_time_name and self._columns[name].dtype == np.int64
 
-    def to_pandas(self, datetimes: bool = True):
+    def to_pandas(self, datetimes: bool = True) -> Frame:
         import pandas as pd
 
         data = {}
@@ -65,7 +69,7 @@ class Result:
             data[name] = col.view("datetime64[ns]") if datetimes and self._is_time(name) else col
         return pd.DataFrame(data)
 
-    def to_arrow(self, datetimes: bool = True):
+    def to_arrow(self, datetimes: bool = True) -> Frame:
         import pyarrow as pa
 
         arrays = {}
@@ -76,7 +80,7 @@ class Result:
                 arrays[name] = pa.array(col)
         return pa.table(arrays)
 
-    def to_polars(self, datetimes: bool = True):
+    def to_polars(self, datetimes: bool = True) -> Frame:
         import polars as pl
 
         return pl.from_arrow(self.to_arrow(datetimes=datetimes))
@@ -89,7 +93,7 @@ class Result:
         return Result({c: np.concatenate([p[c] for p in parts]) for c in parts[0].columns})
 
 
-def _arrow_times(pa, col: np.ndarray):
+def _arrow_times(pa: Any, col: np.ndarray) -> Any:
     """int64 ns as a timestamp[ns, UTC] array over the same memory; INT64_MIN becomes null
     (only the validity bitmap is new)."""
     col = np.ascontiguousarray(col)

@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 
+from ._typing import Column, Duration
+
 _UNITS = {
     "ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000,
     "s": 1_000_000_000, "sec": 1_000_000_000,
@@ -56,7 +58,7 @@ def _timedelta64_to_ns(value: np.timedelta64, what: str) -> int:
     return ns
 
 
-def to_nanoseconds(value, what: str = "duration") -> int:
+def to_nanoseconds(value: Duration, what: str = "duration") -> int:
     """A duration as int nanoseconds: int (ns), "1s", "1h30min", timedelta (also
     pandas.Timedelta), numpy timedelta64 of a fixed unit (W, D, h, m, s, ms, us, ns; years and
     months are refused)."""
@@ -85,7 +87,7 @@ def to_nanoseconds(value, what: str = "duration") -> int:
                     f"numpy timedelta64, got {type(value).__name__}")
 
 
-def check_no_nulls(column, what: str) -> None:
+def check_no_nulls(column: Column, what: str) -> None:
     """pyarrow / polars columns with nulls would reach numpy as floats, NaT or objects, with a
     message about the dtype: name the null instead."""
     nulls = getattr(column, "null_count", 0)
@@ -96,7 +98,7 @@ def check_no_nulls(column, what: str) -> None:
         raise ValueError(f"{what} contain a null at index {first}")
 
 
-def _tz_aware_pandas_to_utc(timestamps):
+def _tz_aware_pandas_to_utc(timestamps: Column) -> np.ndarray | None:
     """A time-zone-aware pandas Series / DatetimeIndex as naive UTC datetime64, else None.
 
     numpy turns such columns into object arrays of Timestamps, so they are converted here.
@@ -140,7 +142,7 @@ def _check_datetime64_range(ts: np.ndarray) -> None:
     hi = np.datetime64(MAX_TIMESTAMP_NS, "ns").astype(ts.dtype)     # casts round down
     lo = np.datetime64(-MAX_TIMESTAMP_NS, "ns").astype(ts.dtype)
     if lo.astype("datetime64[ns]").astype(np.int64) < -MAX_TIMESTAMP_NS:
-        lo = lo + np.timedelta64(count, unit)   # the first step of the unit inside the range
+        lo = lo + np.timedelta64(count, unit)  # type: ignore[call-overload]  # unit: a str from np.datetime_data   # the first step of the unit inside the range
     outside = (ts < lo) | (ts > hi)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
@@ -164,13 +166,13 @@ def _integers_to_ns(ts: np.ndarray, time_unit: str) -> np.ndarray:
     return ts * factor
 
 
-def check_time_unit(time_unit) -> str:
+def check_time_unit(time_unit: object) -> str:
     if time_unit not in TIME_UNITS:
         raise ValueError(f"time_unit must be one of {', '.join(map(repr, TIME_UNITS))}, got {time_unit!r}")
     return time_unit
 
 
-def timestamp_array(timestamps) -> np.ndarray:
+def timestamp_array(timestamps: Column) -> np.ndarray:
     """Event times as a 1-D numpy array of integers or datetime64 (of any unit), not yet
     converted: time-zone-aware pandas columns become naive UTC datetime64, ``datetime`` objects
     datetime64[ns] (aware ones converted to UTC, naive ones taken as UTC)."""
@@ -184,7 +186,7 @@ def timestamp_array(timestamps) -> np.ndarray:
     return ts
 
 
-def timestamps_to_ns(timestamps, time_unit: str = "ns") -> np.ndarray:
+def timestamps_to_ns(timestamps: Column, time_unit: str = "ns") -> np.ndarray:
     """Event times as a contiguous int64 array of nanoseconds since the epoch (UTC).
 
     Accepts integers (in ``time_unit``: ns, us, ms or s since the epoch), datetime64 of any

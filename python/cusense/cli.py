@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+from typing import Any
 
 EXIT_DATA, EXIT_USAGE = 1, 2
 QUANTILE_NAME = re.compile(r"p\d+(\.\d+)?")
@@ -332,7 +333,7 @@ def cmd_run(args) -> int:
     conv = Converter(reader, args.key, args.time, args.value, time_unit=args.time_unit,
                      time_format=args.time_format, key_type=args.key_type,
                      spans=spans, out_format=out_format)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if len(args.value) > 1:
         kwargs["channels"] = list(args.value)
     if detectors:
@@ -489,8 +490,14 @@ def _add_passthrough(sub, name: str, func, help: str, description: str) -> None:
     p.set_defaults(func=func)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cusense", description=MAIN_HELP,
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser, which also knows its subcommands' parsers (for their --help)."""
+
+    subcommands: dict[str, argparse.ArgumentParser]
+
+
+def build_parser() -> _Parser:
+    ap = _Parser(prog="cusense", description=MAIN_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -516,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_passthrough(sub, "simulate", cmd_simulate, "publish a simulated device fleet to MQTT or Kafka",
                      "Runs python -m cusense.simulator; arguments after 'simulate' "
                      "go to it (cusense simulate -- --help for its options).")
-    ap.subcommands = sub.choices
+    ap.subcommands = dict(sub.choices)
     return ap
 
 

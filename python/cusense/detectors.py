@@ -19,14 +19,16 @@ Semantics (both backends):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import _core
 from ._time import to_nanoseconds
+from ._typing import Column, Duration
 
 
-def _check_threshold(threshold):
+def _check_threshold(threshold: float) -> None:
     if not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
 
@@ -40,7 +42,7 @@ MAX_SUBSEQUENCE = 1024        # KnnDiscord L
 MAX_CHANNEL = 4095            # channels are capped at 4096 per pipeline
 
 
-def _check_int(name: str, value, low: int, high: int) -> None:
+def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if not low <= int(value) <= high:
@@ -52,14 +54,15 @@ class Detector:
 
     kind = ""
 
-    def _fill(self, spec) -> None:  # pragma: no cover - overridden
+    def _fill(self, spec: _core.DetectorSpec) -> None:  # pragma: no cover - overridden
         pass
 
-    def _spec(self):
+    def _spec(self) -> _core.DetectorSpec:
         spec = _core.DetectorSpec()
         spec.kind = self.kind
-        if getattr(self, "name", None):
-            spec.name = str(self.name)
+        name = getattr(self, "name", None)
+        if name:
+            spec.name = str(name)
         if hasattr(self, "threshold"):
             _check_threshold(self.threshold)
             spec.threshold = float(self.threshold)
@@ -87,14 +90,14 @@ class EWMA(Detector):
     name: str | None = None
     kind = "ewma"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not 0.0 < float(self.alpha) <= 1.0:
             raise ValueError(f"alpha must lie in (0, 1], got {self.alpha!r}")
         _check_threshold(self.threshold)
         _check_int("min_count", self.min_count, 0, MAX_WINDOW)
         _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
-    def _fill(self, spec):
+    def _fill(self, spec: _core.DetectorSpec) -> None:
         spec.alpha = float(self.alpha)
         spec.min_count = int(self.min_count)
 
@@ -112,13 +115,13 @@ class RollingZ(Detector):
     name: str | None = None
     kind = "rolling_z"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_int("window", self.window, 2, MAX_WINDOW)
         _check_threshold(self.threshold)
         _check_int("min_count", self.min_count, 0, MAX_WINDOW)
         _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
-    def _fill(self, spec):
+    def _fill(self, spec: _core.DetectorSpec) -> None:
         spec.window = int(self.window)
         spec.min_count = int(self.min_count)
 
@@ -151,19 +154,19 @@ class KnnDiscord(Detector):
     name: str | None = None
     kind = "knn_discord"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_threshold(self.threshold)
         _check_int("L", self.L, 1, MAX_SUBSEQUENCE)
         for name in ("H", "H2", "K", "min_candidates"):
             _check_int(name, getattr(self, name), 1, MAX_HISTORY)
         _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
-    def _fill(self, spec):
+    def _fill(self, spec: _core.DetectorSpec) -> None:
         spec.L, spec.H, spec.min_candidates = int(self.L), int(self.H), int(self.min_candidates)
         spec.H2, spec.K = int(self.H2), int(self.K)
 
 
-def _check_weight(name: str, value, zero_ok: bool = False) -> None:
+def _check_weight(name: str, value: float, zero_ok: bool = False) -> None:
     ok = (0.0 <= float(value) if zero_ok else 0.0 < float(value)) and float(value) <= 1.0
     if not ok:
         raise ValueError(f"{name} must lie in {'[0, 1]' if zero_ok else '(0, 1]'}, got {value!r}")
@@ -197,7 +200,7 @@ class MultiScaleZ(Detector):
     name: str | None = None
     kind = "multiscale_z"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_threshold(self.threshold)
         for n in ("alpha", "beta", "gamma"):
             _check_weight(n, getattr(self, n))
@@ -208,7 +211,7 @@ class MultiScaleZ(Detector):
         _check_int("K", self.K, 0, MAX_HISTORY)
         _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
-    def _fill(self, spec):
+    def _fill(self, spec: _core.DetectorSpec) -> None:
         spec.alpha, spec.trend, spec.beta = float(self.alpha), float(self.trend), float(self.beta)
         spec.gamma, spec.clip = float(self.gamma), float(self.clip)
         spec.min_count, spec.K = int(self.min_count), int(self.K)
@@ -237,7 +240,7 @@ class JointZ(Detector):
     name: str | None = None
     kind = "joint_z"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_threshold(self.threshold)
         for n in ("alpha", "beta", "gamma"):
             _check_weight(n, getattr(self, n))
@@ -247,7 +250,7 @@ class JointZ(Detector):
         _check_int("channel", self.channel, 0, MAX_CHANNEL)
         _check_int("channels", self.channels, 0, MAX_CHANNEL + 1)
 
-    def _spec(self):
+    def _spec(self) -> _core.DetectorSpec:
         spec = _core.DetectorSpec()
         spec.kind = self.kind
         if self.name:
@@ -258,7 +261,7 @@ class JointZ(Detector):
         spec.validate(max(spec.channel + max(spec.channels, 1), 1))
         return spec
 
-    def _fill(self, spec):
+    def _fill(self, spec: _core.DetectorSpec) -> None:
         spec.alpha, spec.beta, spec.gamma = float(self.alpha), float(self.beta), float(self.gamma)
         spec.freeze, spec.min_count = float(self.freeze), int(self.min_count)
         spec.channels = int(self.channels)
@@ -269,17 +272,17 @@ class Silence(Detector):
     """A key that sends nothing for longer than ``timeout`` (measured by the watermark) is
     reported by ``pipe.poll_silence()``, and reported again when it comes back."""
 
-    timeout: object = "1min"
+    timeout: Duration = "1min"
     kind = "silence"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         t = to_nanoseconds(self.timeout, "timeout")
         if t <= 0:
             raise ValueError(f"timeout must be positive, got {self.timeout!r}")
         object.__setattr__(self, "timeout", t)
 
-    def _fill(self, spec):
-        spec.timeout = int(self.timeout)
+    def _fill(self, spec: _core.DetectorSpec) -> None:
+        spec.timeout = to_nanoseconds(self.timeout)
 
 
 def default() -> Detector:
@@ -289,9 +292,10 @@ def default() -> Detector:
     return MultiScaleZ()
 
 
-def detector_of_spec(spec) -> Detector:
+def detector_of_spec(spec: _core.DetectorSpec) -> Detector:
     """The detector object a ``_core.DetectorSpec`` (e.g. from a checkpoint) was built from."""
-    common = {"threshold": spec.threshold, "channel": spec.channel, "name": spec.name or None}
+    common: dict[str, Any] = {"threshold": spec.threshold, "channel": spec.channel,
+                              "name": spec.name or None}
     if spec.kind == "ewma":
         return EWMA(alpha=spec.alpha, min_count=spec.min_count, **common)
     if spec.kind in ("rolling_z", "rolling_mad"):
@@ -311,8 +315,8 @@ def detector_of_spec(spec) -> Detector:
     raise ValueError(f"unknown detector kind {spec.kind!r}")
 
 
-def score(timestamps, values, keys=None, detector: Detector | None = None, backend: str = "auto",
-          time_unit: str | None = None):
+def score(timestamps: Column, values: Column, keys: Column = None, detector: Detector | None = None,
+          backend: str = "auto", time_unit: str | None = None) -> np.ndarray:
     """Scores of a finite stream by one detector, aligned with the input order (float64 array).
 
     Every record is scored from its key's earlier records in ``(timestamp, input order)``

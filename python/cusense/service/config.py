@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import dataclass
 
 from .._time import to_nanoseconds
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:   # Python 3.10: the same parser, from PyPI
+else:                         # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 

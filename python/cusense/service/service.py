@@ -24,13 +24,15 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .._pipeline import Pipeline, Sliding, Tumbling, window_from_config
 from .._result import Result
-from ..sinks.base import EpochOutput, SinkUnavailableError
+from .._time import to_nanoseconds
+from ..sinks.base import EpochOutput, Sink, SinkUnavailableError
 from .checkpoints import CheckpointStore
 from .config import ConfigError, ServiceConfig, load_config
 from .fleet import NAT, FleetStatus
@@ -111,8 +113,8 @@ def build_decoder(s: dict):
                    default_channel=s.get("default_channel", "value"))
 
 
-def build_sinks(sinks: list[dict]) -> list:
-    built = []
+def build_sinks(sinks: list[dict]) -> list[Sink]:
+    built: list[Sink] = []
     for s in sinks:
         opts = {k: v for k, v in s.items() if k != "type"}
         if s["type"] == "postgres":
@@ -206,8 +208,8 @@ class Service:
         # Set once the checkpoint is restored and the source is open (MQTT: subscribed), so a
         # caller knows when publishing to a fresh broker session starts to be kept for it.
         self.ready = threading.Event()
-        self._metrics = None
-        self._pipeline: Pipeline | None = None
+        self._metrics_of_run: _Metrics | None = None
+        self._pipe: Pipeline | None = None
         self._fleet = FleetStatus(cfg.alarm_hold_ns)
         self._updates: dict[tuple[int, int], list[int]] = {}   # (key, start) -> [end, last seq]
         self._faults: dict[str, int] = {}
@@ -218,7 +220,7 @@ class Service:
     @property
     def stats(self) -> dict:
         counts = dict(self._metrics.counts) if self._metrics else {}
-        wm = self._pipeline.stats.get("watermark") if self._pipeline else None
+        wm = self._pipe.stats.get("watermark") if self._pipe else None
         return {**counts, "epoch": self._epoch, "watermark": wm, "keys": len(self._decoder.keys)}
 
     def stop(self) -> None:
@@ -228,7 +230,7 @@ class Service:
 
     def run(self) -> None:
         cfg = self.config
-        self._metrics = _Metrics(cfg.metrics_port)
+        self._metrics_of_run = _Metrics(cfg.metrics_port)
         progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         last_progress = time.monotonic()
         try:
@@ -271,13 +273,13 @@ class Service:
         latest = self._store.latest()
         positions = None
         if latest is None:
-            self._pipeline = build_pipeline(self.config.pipeline)
+            self._pipe = build_pipeline(self.config.pipeline)
             log.info("event=start epoch=0 backend=%s fresh=true", self._pipeline.backend)
         else:
             from ..sources.keydict import KeyDictionary
 
             pipeline_path, state, out = self._store.read(latest)
-            self._pipeline = Pipeline.restore(pipeline_path, backend=self.config.pipeline.get("backend", "auto"))
+            self._pipe = Pipeline.restore(pipeline_path, backend=self.config.pipeline.get("backend", "auto"))
             self._decoder.keys = KeyDictionary.from_json(state["keys"])
             self._fleet = FleetStatus.from_json(state["fleet"], self.config.alarm_hold_ns)
             self._updates = {(k, s): [e, q] for k, s, e, q in state["updates"]}
@@ -376,10 +378,28 @@ class Service:
         self._fleet.advance(watermark)
         self._metrics.watermark(watermark)
 
+    @property
+    def _metrics(self) -> _Metrics:
+        """The metrics of the current run()."""
+        if self._metrics_of_run is None:
+            raise RuntimeError("the service is not running: no metrics yet")
+        return self._metrics_of_run
+
+    @property
+    def _pipeline(self) -> Pipeline:
+        """The pipeline, once the service has started (built, or restored from a checkpoint)."""
+        if self._pipe is None:
+            raise RuntimeError("the service has not started: no pipeline yet")
+        return self._pipe
+
     # --- per epoch -------------------------------------------------------------------------------
     def _reset_epoch(self) -> None:
-        self._windows, self._late, self._alarms, self._silence = [], [], [], []
-        self._dead, self._raw = [], []
+        self._windows: list[Result] = []
+        self._late: list[Result] = []
+        self._alarms: list[Result] = []
+        self._silence: list[Result] = []
+        self._dead: list[Any] = []
+        self._raw: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._epoch_records = 0
 
     def _epoch_has_data(self) -> bool:
@@ -394,7 +414,7 @@ class Service:
         if window is None:
             return watermark
         if isinstance(window, (Tumbling, Sliding)):
-            return watermark - self._pipeline.allowed_lateness - window.size
+            return watermark - self._pipeline.allowed_lateness - to_nanoseconds(window.size)
         return None   # sessions have no bounded span: raw readings wait for retention alone
 
     def _epoch_output(self) -> EpochOutput:

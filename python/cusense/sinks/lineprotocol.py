@@ -85,12 +85,13 @@ class LineProtocolSink:
         self._epoch: int | None = None
         self._socket: socket.socket | None = None
         self._tcp_committed = -1   # a TCP server cannot be asked; the store deduplicates instead
+        self._address: tuple[str, int] | None = None
+        self._path: Path | None = None
         if self.target.startswith("tcp://"):
             host, _, port = self.target[len("tcp://"):].rpartition(":")
             self._address = (host.strip("[]"), int(port))
             self._path = None
         else:
-            self._address = None
             self._path = Path(self.target)
             self._sidecar = Path(self.target + ".committed")
 
@@ -148,6 +149,7 @@ class LineProtocolSink:
             return {"epoch": -1, "size": 0}
 
     def _append(self, payload: bytes, epoch: int) -> None:
+        assert self._path is not None   # a file target
         with open(self._path, "ab") as f:
             f.write(payload)
             f.flush()
@@ -165,6 +167,7 @@ class LineProtocolSink:
     def _send(self, payload: bytes) -> None:
         try:
             if self._socket is None:
+                assert self._address is not None   # a tcp:// target
                 self._socket = socket.create_connection(self._address, timeout=10)
             self._socket.sendall(payload)
         except OSError as err:

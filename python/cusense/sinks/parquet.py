@@ -169,6 +169,7 @@ class ParquetArchive:
         for hour_start, rows in frame.groupby(hour, sort=True):
             directory = self.root / kind / f"date={hour_start:%Y-%m-%d}" / f"hour={hour_start:%H}"
             directory.mkdir(parents=True, exist_ok=True)
+            assert self._pending is not None   # written between begin and commit
             final = directory / f"epoch-{self._pending.epoch:012d}.parquet"
             temporary = directory / f".{final.name}{TMP_SUFFIX}"
             self._pending.files.append((temporary, final))   # before writing: a failure cleans it up
@@ -224,7 +225,7 @@ class ParquetArchive:
 
     @staticmethod
     def _delete_hours_ending_by(kind_root: Path, cutoff: int) -> list[Path]:
-        deleted = []
+        deleted: list[Path] = []
         if not kind_root.is_dir():
             return deleted
         for date_dir in sorted(kind_root.iterdir()):

@@ -169,8 +169,10 @@ class PostgresSink:
     def committed_epoch(self) -> int:
         with self._server_call():
             conn = self._connection()
-            epoch = conn.execute(sql.SQL("SELECT coalesce(max(epoch), -1) FROM {}").format(
-                _ident(self.schema, "epochs"))).fetchone()[0]
+            row = conn.execute(sql.SQL("SELECT coalesce(max(epoch), -1) FROM {}").format(
+                _ident(self.schema, "epochs"))).fetchone()
+            assert row is not None   # an aggregate returns one row
+            epoch = row[0]
             if self._pending is None:
                 conn.rollback()       # end the read-only transaction: never idle in one
             return int(epoch)
@@ -329,8 +331,8 @@ class PostgresSink:
             _ident(self.schema, "windows_latest"), table))
         return wanted
 
-    def _check_windows_columns(self, existing: dict, wanted: list) -> None:
-        wanted = dict(wanted)
+    def _check_windows_columns(self, existing: dict, wanted_columns: list) -> None:
+        wanted = dict(wanted_columns)
         not_in_table = [f"{c} ({t})" for c, t in wanted.items() if c not in existing]
         not_in_epoch = [f"{c} ({t})" for c, t in existing.items() if c not in wanted]
         other_type = [f"{c} (table {existing[c]}, epoch {t})" for c, t in wanted.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from .base import Message
 
@@ -87,7 +88,7 @@ class KafkaSource:
         self.metadata_timeout_s = metadata_timeout_s
         self.stats = {"messages": 0, "bytes": 0, "polls": 0, "errors": 0, "commits": 0,
                       "partitions": 0}
-        self._consumer = None
+        self._consumer: Any = None   # confluent_kafka.Consumer once open
         self._next_offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._fatal_error: KafkaError | None = None
         self._next_refresh = 0.0
@@ -201,7 +202,7 @@ class KafkaSource:
 
     def _discover_partitions(self) -> list[tuple[str, int]]:
         """Every (topic, partition) of the topics, from the cluster's metadata."""
-        found = []
+        found: list[tuple[str, int]] = []
         for topic in self.topics:
             try:
                 metadata = self._consumer.list_topics(topic, timeout=self.metadata_timeout_s)

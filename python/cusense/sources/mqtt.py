@@ -83,7 +83,7 @@ class MqttSource:
                                    protocol=mqtt.MQTTv5, manual_ack=True)
         if username is not None:
             self._client.username_pw_set(username, password)
-        self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)
+        self._client.reconnect_delay_set(reconnect_min_s, reconnect_max_s)  # type: ignore[arg-type]  # float seconds work
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -156,7 +156,7 @@ class MqttSource:
                 if remaining <= 0 or self._closing:
                     return []
                 self._space_or_message.wait(remaining)
-            messages = []
+            messages: list[Message] = []
             while self._buffer and len(messages) < max_messages:
                 topic, payload, mid, session = self._buffer.popleft()
                 # A message from a session the broker has lost cannot be acknowledged: its packet

@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 import pandas as pd
+from typing import Any
 
 from .base import DeadLetter, Message, Readings
 from .keydict import KeyDictionary
@@ -56,15 +57,16 @@ class TopicTemplate:
         self._ends_with_hash = levels[-1] == "#"
         self._fixed_levels = len(levels) - self._ends_with_hash
         self._literals: list[tuple[int, str]] = []
-        self._key_level = self._channel_level = None
+        key_level: int | None = None
+        self._channel_level: int | None = None
         for i, level in enumerate(levels):
             if level == "#":
                 if i != len(levels) - 1:
                     raise ValueError(f"topic template {template!r}: '#' must be the last level")
             elif level == "{key}":
-                if self._key_level is not None:
+                if key_level is not None:
                     raise ValueError(f"topic template {template!r}: '{{key}}' appears twice")
-                self._key_level = i
+                key_level = i
             elif level == "{channel}":
                 if self._channel_level is not None:
                     raise ValueError(f"topic template {template!r}: '{{channel}}' appears twice")
@@ -75,8 +77,9 @@ class TopicTemplate:
                         f"topic template {template!r}: level {level!r} mixes text with a wildcard "
                         "or placeholder; '+', '#', '{key}' and '{channel}' must fill a whole level")
                 self._literals.append((i, level))
-        if self._key_level is None:
+        if key_level is None:
             raise ValueError(f"topic template {template!r} has no '{{key}}' level (the device id)")
+        self._key_level: int = key_level
         self._first_level_literal = self._literals[:1] == [(0, levels[0])]
         self._levels = levels
         self._cache: dict[str, tuple[str, str | None] | None] = {}
@@ -94,7 +97,7 @@ class TopicTemplate:
     def match(self, topic: str) -> tuple[str, str | None] | None:
         """``(device, channel)`` captured from ``topic`` (channel None without ``{channel}``), or
         None when the topic does not match."""
-        result = self._cache.get(topic, _MISSING)
+        result: Any = self._cache.get(topic, _MISSING)
         if result is _MISSING:
             result = self._match_uncached(topic)
             if len(self._cache) >= self._CACHE_LIMIT:
@@ -364,7 +367,7 @@ class Decoder:
         self.max_payload_bytes = max_payload_bytes
         self.device_tag = device_tag
         self.default_channel = default_channel
-        self._scan_json = json.JSONDecoder().scan_once
+        self._scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # the C scanner
         self._topic_pairs: dict[str, tuple[str, str] | None] = {}
 
     # -- the hot loop -------------------------------------------------------------------------
@@ -381,7 +384,7 @@ class Decoder:
         pair_codes, code_of_pair_get = batch.pair_codes, batch.code_of_pair.get
         message_of, item_of = batch.message, batch.item
         for m, message in enumerate(messages):
-            pair = topic_pairs_get(message.topic, _MISSING)
+            pair: Any = topic_pairs_get(message.topic, _MISSING)
             if pair is _MISSING:
                 pair = self._topic_pair(message.topic)
             if pair is None:
@@ -419,6 +422,7 @@ class Decoder:
                 continue
             # JSON. Fast path: one object {"ts": int|float, "value": number}, parsed by the C
             # scanner directly (json.loads adds layers and is twice as slow per message).
+            obj: Any
             try:
                 obj, end = scan_json(text, 0)
             except (StopIteration, ValueError, RecursionError):
@@ -427,8 +431,8 @@ class Decoder:
                 self._decode_json_text(batch, m, message, text, pair)
                 continue
             if type(obj) is dict and len(obj) == 2:
-                ts = obj.get("ts")
-                value = obj.get("value")
+                ts: Any = obj.get("ts")
+                value: Any = obj.get("value")
                 ts_type, value_type = type(ts), type(value)
                 if (value_type is float or value_type is int and -_FLOAT64_MAX_INT <= value <= _FLOAT64_MAX_INT) \
                         and (ts_type is int or ts_type is float and math.isfinite(ts)):
@@ -637,10 +641,10 @@ class Decoder:
 
     def _finish(self, batch: _Batch, messages: list[Message]) -> Readings:
         ts_ns, in_range = self._list_timestamps(batch)
-        values = np.array(batch.values, dtype=np.float64)
-        codes = np.array(batch.pair_codes, dtype=np.int64)
-        message = np.array(batch.message, dtype=np.int64)
-        item = np.array(batch.item, dtype=np.int64)
+        values: np.ndarray = np.array(batch.values, dtype=np.float64)
+        codes: np.ndarray = np.array(batch.pair_codes, dtype=np.int64)
+        message: np.ndarray = np.array(batch.message, dtype=np.int64)
+        item: np.ndarray = np.array(batch.item, dtype=np.int64)
         ok = in_range
         if batch.binary:
             # All binary records in one go; per batch only their message, pair and record index.
@@ -711,17 +715,18 @@ class Decoder:
         in_range = (raw >= -(-self._time_lo // unit)) & (raw < -(-self._time_hi // unit))
         ts_ns = np.where(in_range, raw, 0) * unit if unit != 1 else raw
         for i, ns, _ in overrides:
-            fits = ns is not None and self._time_lo <= ns < self._time_hi
-            in_range[i] = fits
-            if fits:
+            if ns is not None and self._time_lo <= ns < self._time_hi:
+                in_range[i] = True
                 ts_ns[i] = ns
+            else:
+                in_range[i] = False
         return ts_ns, in_range
 
     def _raw_timestamps(self, batch: _Batch):
         """For reasons: reading -> (timestamp as sent, its unit)."""
         sent = {i: value for i, _, value in batch.ts_override}
         binary_records = {m: records for m, _, records in batch.binary}
-        first_list_reading = {}  # (message, item) -> its first reading in the lists
+        first_list_reading: dict[tuple[int, int], int] = {}  # (message, item) -> its first reading in the lists
         for j, key in enumerate(zip(batch.message, batch.item)):
             first_list_reading.setdefault(key, j)
 
