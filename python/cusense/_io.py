@@ -21,6 +21,9 @@ import numpy as np
 from ._time import to_nanoseconds
 
 TIME_UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+# --out-times: "input" (the input's form), "iso" (ISO 8601 UTC), or epoch numbers in a unit.
+OUT_TIMES = ("input", "iso") + tuple(TIME_UNITS)
+_NO_TIME = np.iinfo(np.int64).min   # "none" in argmin_ts / argmax_ts columns
 # The parts of an ISO 8601 time that make its form: date/time separator, fraction, zone offset.
 _ISO_FORM = re.compile(r"\s*\d{4}-\d{2}-\d{2}(?P<sep>[T ])?[\d:]*(?:[.,](?P<fraction>\d+))?"
                        r"\s*(?P<zone>Z|[+-]\d{2}:?\d{2}|[+-]\d{2})?\s*$")
@@ -256,10 +259,14 @@ class Converter:
 
     def __init__(self, reader: Reader, key: str, time_col: str, values: list[str],
                  time_unit: str | None = None, time_format: str | None = None,
-                 key_type: str = "auto", spans=(), out_format: str = "csv"):
+                 key_type: str = "auto", spans=(), out_format: str = "csv",
+                 out_times: str = "input"):
         self.reader, self.key, self.time_col, self.value_cols = reader, key, time_col, list(values)
         self.spans = [int(span) for span in spans]   # window sizes etc. in ns
         self.out_format = out_format
+        if out_times not in OUT_TIMES:
+            raise ValueError(f"out_times must be one of {OUT_TIMES}, got {out_times!r}")
+        self.out_times = out_times
         # Datetime outputs keep the input's form, decided by its first batch: the unit (finer
         # when a window bound needs it), the zone, and for CSV the text layout.
         self.out_unit: str = "ns"
@@ -485,22 +492,47 @@ class Converter:
         return ns
 
     def time_output(self, ns: np.ndarray):
-        """Times as the input had them: timestamps for datetimes, else integers in --time-unit
-        (floats when the input had fractional numbers)."""
+        """Times as the input had them (``out_times="input"``): timestamps for datetimes, else
+        integers in --time-unit (floats when the input had fractional numbers). ``"iso"``:
+        ISO 8601 in UTC (text ending in Z in CSV, timestamp[unit, UTC] in Parquet), in the
+        input's unit or a finer one when window bounds need it; ``"s"`` ... ``"ns"``: int64
+        since the epoch in that unit. "No time" (argmin_ts of a window without values) is
+        null."""
         import pyarrow as pa
 
         import pyarrow.compute as pc
 
         ns = np.asarray(ns, dtype=np.int64)
+        none = ns == _NO_TIME
+        mask = none if none.any() else None
+        if self.out_times in TIME_UNITS:
+            return pa.array(ns // TIME_UNITS[self.out_times], type=pa.int64(), mask=mask)
+        if self.out_times == "iso":
+            unit = self._iso_unit()
+            times = pa.array(ns, type=pa.int64(), mask=mask).cast(pa.timestamp("ns", tz="UTC"))
+            times = times.cast(pa.timestamp(unit, tz="UTC"), safe=False)
+            if self.out_format == "csv":
+                return pc.strftime(times, format="%Y-%m-%dT%H:%M:%SZ")
+            return times
         if self.time_mode == "datetime":
-            utc = pa.array(ns).cast(pa.timestamp("ns", tz=self.out_tz))
+            utc = pa.array(ns, type=pa.int64(), mask=mask).cast(pa.timestamp("ns", tz=self.out_tz))
             times = utc.cast(pa.timestamp(self.out_unit, tz=self.out_tz), safe=False)
             if self.out_format == "csv" and self.text_format:
                 return pc.strftime(times, format=self.text_format)
             return times
         if self.time_mode == "float":
-            return pa.array(ns / self.unit, type=pa.float64())
-        return pa.array(ns // self.unit, type=pa.int64())
+            return pa.array(ns / self.unit, type=pa.float64(), mask=mask)
+        return pa.array(ns // self.unit, type=pa.int64(), mask=mask)
+
+    def _iso_unit(self) -> str:
+        """The unit of ISO output: the input's datetime unit, else the coarsest unit no finer
+        than --time-unit that holds every window bound (ns for fractional numbers)."""
+        if self.time_mode == "datetime":
+            return self.out_unit
+        if self.time_mode == "float":
+            return "ns"
+        names = [u for u in TIME_UNITS if TIME_UNITS[u] <= self.unit]
+        return next(u for u in names if all(span % TIME_UNITS[u] == 0 for span in self.spans))
 
     # values
     def values(self, batch: Batch) -> np.ndarray:
@@ -536,11 +568,13 @@ class Converter:
             col = res[name]
             if name == "key":
                 arr = self.key_output(col)
-            elif name in ("window_start", "window_end", "timestamp"):
+            elif name in ("window_start", "window_end", "timestamp") or (
+                    name.startswith(("argmin_ts", "argmax_ts")) and col.ndim == 1):
                 arr = self.time_output(col)
             elif col.ndim == 2:
+                is_time = name.startswith(("argmin_ts", "argmax_ts"))
                 for j, ch in enumerate(self.value_cols):
-                    cols.append(pa.array(col[:, j]))
+                    cols.append(self.time_output(col[:, j]) if is_time else pa.array(col[:, j]))
                     names.append(f"{name}_{ch}")
                 continue
             else:

@@ -46,7 +46,9 @@ NAME.partial and renamed when the run succeeds; a failed run removes them (or ke
 
 Times: integer columns are read as --time-unit since the epoch (default ns); strings as
 ISO 8601 datetimes (or with --time-format); Parquet timestamps as they are. Output times keep
-the input's form (ISO layout, fraction digits and zone; Parquet unit and zone). Keys: integer ids are used as they are (0..2^32-1); other ids (strings) are
+the input's form (ISO layout, fraction digits and zone; Parquet unit and zone; numbers in
+--time-unit), argmin_ts/argmax_ts included, unless --out-times asks for ISO 8601 in UTC or
+epoch numbers. Keys: integer ids are used as they are (0..2^32-1); other ids (strings) are
 mapped to codes and written back as the original ids.
 """
 
@@ -78,6 +80,10 @@ def _add_run(sub):
                       help="unit of integer (or decimal) times (default ns)")
     cols.add_argument("--time-format", metavar="FMT",
                       help="strptime format of string times, e.g. '%%d/%%m/%%Y %%H:%%M:%%S'")
+    cols.add_argument("--out-times", choices=["input", "iso", "s", "ms", "us", "ns"], default="input",
+                      help="output time columns: input (default) keeps the input's form (ISO text "
+                           "with its zone, or numbers in --time-unit); iso: ISO 8601 in UTC; "
+                           "s, ms, us, ns: integers since the epoch in that unit")
     cols.add_argument("--key-type", choices=["auto", "int", "string"], default="auto",
                       help="int: ids are uint32 numbers; string: map any ids to codes; "
                            "auto (default): decided by the first key")
@@ -316,6 +322,10 @@ def cmd_run(args) -> int:
     if any(span % unit for span in spans):
         raise UsageError(f"window sizes, slides, offsets and gaps must be whole multiples of "
                          f"--time-unit {args.time_unit}")
+    if args.out_times in ("s", "ms", "us") and any(
+            span % {"s": 10**9, "ms": 10**6, "us": 10**3}[args.out_times] for span in spans):
+        raise UsageError(f"--out-times {args.out_times}: window sizes, slides, offsets and gaps "
+                         f"must be whole multiples of it (window bounds would be rounded)")
     detectors = [make_detector(spec) for spec in settings["detectors"]]
     try:
         out_format = file_format(args.out, args.out_format)
@@ -332,7 +342,7 @@ def cmd_run(args) -> int:
                     na_values=na_values)
     conv = Converter(reader, args.key, args.time, args.value, time_unit=args.time_unit,
                      time_format=args.time_format, key_type=args.key_type,
-                     spans=spans, out_format=out_format)
+                     spans=spans, out_format=out_format, out_times=args.out_times)
     kwargs: dict[str, Any] = {}
     if len(args.value) > 1:
         kwargs["channels"] = list(args.value)

@@ -580,6 +580,90 @@ def test_parquet_zone_unit_and_value_dtype_are_kept(tmp_path, capsys):
     assert csv_windows["window_start"].tolist()[0] == "2026-03-01 01:00:00.000+01:00"
 
 
+# --- output times against a pandas oracle ---------------------------------------------------------
+
+def _oracle_stream(rng, n=3_000, keys=7):
+    """Readings over ~10 minutes, in order but for up to 2 s of jitter (covered by the bound)."""
+    ns = np.int64(1_772_323_200) * 10**9 + np.sort(rng.integers(0, 600 * 10**9, n))
+    ns = ns - rng.integers(0, 2 * 10**9, n)
+    ns -= ns % 10**6                       # whole milliseconds
+    return pd.DataFrame({"id": rng.integers(0, keys, n), "t_ns": ns,
+                         "v": rng.normal(20, 5, n).round(3)})
+
+
+def _pandas_windows(df, size_ns):
+    """Tumbling windows by plain pandas: key, window start (int ns), count, time of the max."""
+    g = df.assign(start=df["t_ns"] // size_ns * size_ns).groupby(["id", "start"])
+    out = g.agg(count=("v", "size")).reset_index()
+    out["argmax_ns"] = df.loc[g["v"].idxmax().to_numpy(), "t_ns"].to_numpy()
+    return out.sort_values(["start", "id"], ignore_index=True)
+
+
+def _run_oracle(tmp_path, capsys, df, time_text, *extra):
+    path = write_csv(tmp_path, "id,t,v\n" + "".join(
+        f"{k},{t},{v}\n" for k, t, v in zip(df["id"], time_text, df["v"])))
+    rc = main(["run", str(path), "--key", "id", "--time", "t", "--value", "v", "--window", "10s",
+               "--aggs", "count,argmax_ts", "--max-out-of-orderness", "3s", "--no-progress",
+               "--quiet", "--out", str(tmp_path / "w.csv"), *extra])
+    assert rc == 0, capsys.readouterr().err
+    assert not (tmp_path / "w.late.csv").read_text().strip().split("\n")[1:]   # nothing late
+    return pd.read_csv(tmp_path / "w.csv", dtype=str)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms"])
+def test_epoch_numbers_come_out_in_the_input_unit(tmp_path, capsys, rng, unit):
+    df = _oracle_stream(rng)
+    per = {"s": 10**9, "ms": 10**6}[unit]
+    df["t_ns"] -= df["t_ns"] % per
+    got = _run_oracle(tmp_path, capsys, df, (df["t_ns"] // per).astype(str), "--time-unit", unit)
+    want = _pandas_windows(df, 10 * 10**9)
+    assert got["window_start"].tolist() == (want["start"] // per).astype(str).tolist()
+    assert got["window_end"].tolist() == ((want["start"] + 10 * 10**9) // per).astype(str).tolist()
+    assert got["argmax_ts"].tolist() == (want["argmax_ns"] // per).astype(str).tolist()
+    assert got["count"].astype(int).tolist() == want["count"].tolist()
+
+
+@pytest.mark.parametrize("offset, layout", [("+05:30", "%Y-%m-%dT%H:%M:%S.%f"),
+                                            ("-08:00", "%Y-%m-%d %H:%M:%S.%f")])
+def test_zoned_iso_times_keep_their_zone(tmp_path, capsys, rng, offset, layout):
+    df = _oracle_stream(rng)
+    local = pd.to_datetime(df["t_ns"], unit="ns", utc=True).dt.tz_convert(offset)
+    text = local.dt.strftime(layout).str[:-3] + offset          # milliseconds, as a user writes
+    got = _run_oracle(tmp_path, capsys, df, text)
+    want = _pandas_windows(df, 10 * 10**9)
+    as_text = lambda ns: (pd.to_datetime(ns, unit="ns", utc=True).dt.tz_convert(offset)
+                          .dt.strftime(layout).str[:-3] + offset).tolist()
+    assert got["window_start"].tolist() == as_text(want["start"])
+    assert got["argmax_ts"].tolist() == as_text(want["argmax_ns"])
+    # read back by pandas: tz-aware, the same instants and the input's offset
+    starts = pd.to_datetime(got["window_start"], format="ISO8601")
+    assert str(starts.dt.tz) == f"UTC{offset}"
+    assert (starts.dt.tz_convert("UTC") == pd.to_datetime(want["start"], unit="ns", utc=True)).all()
+
+
+@pytest.mark.parametrize("out_times", ["iso", "ns", "ms"])
+def test_out_times_option(tmp_path, capsys, rng, out_times):
+    df = _oracle_stream(rng, n=500)
+    text = (pd.to_datetime(df["t_ns"], unit="ns", utc=True).dt.tz_convert("+02:00")
+            .dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "+02:00")
+    got = _run_oracle(tmp_path, capsys, df, text, "--out-times", out_times)
+    want = _pandas_windows(df, 10 * 10**9)
+    if out_times == "iso":
+        assert got["window_start"].str.endswith("Z").all()
+        starts = pd.to_datetime(got["window_start"], format="ISO8601", utc=True)
+        assert (starts == pd.to_datetime(want["start"], unit="ns", utc=True)).all()
+    else:
+        per = {"ns": 1, "ms": 10**6}[out_times]
+        assert got["window_start"].tolist() == (want["start"] // per).astype(str).tolist()
+        assert got["argmax_ts"].tolist() == (want["argmax_ns"] // per).astype(str).tolist()
+
+
+def test_out_times_coarser_than_the_window_is_refused(tmp_path, capsys):
+    path = write_csv(tmp_path, "id,t,v\n1,1,1.0\n")
+    rc, err = run_err(capsys, path, "--window", "500ms", "--out-times", "s")
+    assert rc == 2 and "--out-times s" in err
+
+
 # --- help -------------------------------------------------------------------------------------------
 
 def test_top_level_help_is_plain_text():
