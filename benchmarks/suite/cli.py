@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--windows", action="store_const", const="windows", dest="mode",
                    help="sliding, session and count windows vs peers: 1e6 records, 1e3 keys, "
                         "batches of 1e5 (--records/--keys/--batches take one value each here)")
+    g.add_argument("--detectors", action="store_const", const="detectors", dest="mode",
+                   help="anomaly detectors on one core vs a numpy reference and River: "
+                        "benchmarks/fleet/speed.py (--keys: one value, default 1e4)")
     g.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help=argparse.SUPPRESS)
     p.add_argument("--records", type=lambda x: int(float(x)), nargs="+", help="custom grid: records")
     p.add_argument("--keys", type=lambda x: int(float(x)), nargs="+", help="custom grid: keys")
@@ -54,6 +57,14 @@ def main(argv=None) -> int:
             if len(getattr(args, opt) or ()) > 1:
                 parser.error(f"--windows takes one value for --{opt}")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.mode == "detectors":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
+        import speed  # benchmarks/fleet/speed.py
+
+        argv_speed = ["--keys", str((args.keys or [10_000])[0])]
+        if not args.no_write:
+            argv_speed += ["--out", str(args.out or default_out_dir(machine_info()))]
+        return speed.main(argv_speed)
     out = None
     if not args.no_write:
         out = args.out or default_out_dir(machine_info())

@@ -264,3 +264,18 @@ def test_skab_command(tmp_path):
 
     m = json.loads((tmp_path / "skab_scores.json").read_text())["metrics"]
     assert m["F1"] >= 0.78 and m["FAR"] <= 15.0
+
+
+def test_speed_benchmark_smoke(tmp_path):
+    """benchmarks/fleet/speed.py (benchmarks/run.py --detectors) on a tiny stream; its numpy
+    reference of MultiScaleZ must equal cusense."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("fleet_speed", REPO / "benchmarks" / "fleet" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    assert speed.main(["--keys", "50", "--ticks", "80", "--river-records", "300", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "speed.json").read_text())
+    assert doc["numpy_vs_cusense_max_abs_diff"] < 1e-9
+    assert doc["records_per_s"]["cusense MultiScaleZ() (default)"] > 0
