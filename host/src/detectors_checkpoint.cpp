@@ -6,7 +6,7 @@
 #include <vector>
 
 #include <cusense/detail/checkpoint.hpp>
-#include <cusense/detail/detector_engine.hpp>
+#include <cusense/detail/detector_runner.hpp>
 
 namespace cusense::detail {
 

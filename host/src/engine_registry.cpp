@@ -42,18 +42,20 @@ bool cuda_supports(pipeline_options const& o, std::string* why)
   return true;
 }
 
-// The CUDA sliding engine runs a tumbling configuration in the CPU tumbling engine's state
-// form when that engine would run it.
+// The CUDA tumbling engine (the sliding engine's code, keeping the CPU tumbling engine's state
+// form) runs the tumbling configurations the CPU tumbling engine runs.
 bool cuda_tumbling_moments_supports(pipeline_options const& o, std::string* why)
 {
   return cuda_supports(o, why) && cpu_tumbling_supports(o, why);
 }
 
 #ifdef CUSENSE_WITH_CUDA
+constexpr engine_factory cuda_tumbling = &make_cuda_tumbling_engine;
 constexpr engine_factory cuda_sliding = &make_cuda_sliding_engine;
 constexpr engine_factory cuda_session = &make_cuda_session_engine;
 constexpr engine_factory cuda_rolling = &make_cuda_rolling_engine;
 #else
+constexpr engine_factory cuda_tumbling = nullptr;
 constexpr engine_factory cuda_sliding = nullptr;
 constexpr engine_factory cuda_session = nullptr;
 constexpr engine_factory cuda_rolling = nullptr;
@@ -67,7 +69,7 @@ constexpr engine_entry entries[] = {
   {"cpu_sliding", kind::sliding, backend::cpu, nullptr, &make_cpu_sliding_engine, state_form::panes},
   {"cpu_session", kind::session, backend::cpu, nullptr, &make_cpu_session_engine, state_form::session},
   {"cpu_rolling", kind::rolling, backend::cpu, nullptr, &make_cpu_rolling_engine, state_form::rolling},
-  {"cuda_sliding", kind::tumbling, backend::cuda, &cuda_tumbling_moments_supports, cuda_sliding,
+  {"cuda_tumbling", kind::tumbling, backend::cuda, &cuda_tumbling_moments_supports, cuda_tumbling,
    state_form::tumbling_moments},
   {"cuda_sliding", kind::tumbling, backend::cuda, &cuda_supports, cuda_sliding, state_form::panes},
   {"cuda_sliding", kind::sliding, backend::cuda, &cuda_supports, cuda_sliding, state_form::panes},

@@ -6,7 +6,7 @@
 
 #include <cusense/backend.hpp>
 #include <cusense/detail/scoped_use.hpp>
-#include <cusense/detail/detector_engine.hpp>
+#include <cusense/detail/detector_runner.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_registry.hpp>
 #include <cusense/detail/host_parallel.hpp>

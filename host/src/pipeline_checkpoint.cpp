@@ -6,7 +6,7 @@
 #include <string>
 
 #include <cusense/detail/checkpoint.hpp>
-#include <cusense/detail/detector_engine.hpp>
+#include <cusense/detail/detector_runner.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_registry.hpp>
 #include <cusense/detail/results.hpp>

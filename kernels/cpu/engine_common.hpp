@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <cusense/detail/accumulator.hpp>
-#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>

@@ -23,7 +23,7 @@
 #include <omp.h>
 #endif
 
-#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/results.hpp>
 
 #include "engine_common.hpp"

@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/ops/windows.hpp>
 

@@ -16,7 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/ops/windows.hpp>
 

@@ -4,7 +4,7 @@
 #include <exception>
 #include <vector>
 
-#include <cusense/backend.hpp>
+#include <cusense/types.hpp>
 #include <cusense/detail/cuda_devices.hpp>
 
 namespace cusense::detail {

@@ -45,7 +45,7 @@
 #include <utility>
 #include <vector>
 
-#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>

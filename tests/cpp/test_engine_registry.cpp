@@ -81,6 +81,7 @@ TEST(engine_registry, routes_and_state_tags)
   o.window = window_spec::tumbling(10);
   o.add_agg("mean");
   EXPECT_STREQ(detail::find_engine(o, backend::cpu)->name, "cpu_tumbling");
+  EXPECT_STREQ(detail::find_engine(o, backend::cuda)->name, "cuda_tumbling");
   EXPECT_STREQ(detail::engine_state_tag(o), "tumbling-moments");
   o.allowed_lateness = 5;  // the sliding engine runs it, as slide == size
   EXPECT_STREQ(detail::find_engine(o, backend::cpu)->name, "cpu_sliding");

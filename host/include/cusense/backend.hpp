@@ -7,15 +7,6 @@
 
 namespace cusense {
 
-/// A usable CUDA device.
-struct device_info {
-  int ordinal = 0;
-  std::string name;
-  int compute_major = 0;
-  int compute_minor = 0;
-  std::size_t total_memory = 0;  ///< bytes
-};
-
 /// True when the library was compiled with the CUDA backend. Never throws.
 bool cuda_built();
 /// CUDA devices usable by this process; empty without CUDA support, driver or device (any CUDA

@@ -12,7 +12,7 @@
 //   sliding   cpu      make_cpu_sliding_engine     everything                         panes
 //   session   cpu      make_cpu_session_engine     everything                         session
 //   rolling   cpu      make_cpu_rolling_engine     everything                         rolling
-//   tumbling  cuda     make_cuda_sliding_engine    as the CPU tumbling engine         tumbling-moments
+//   tumbling  cuda     make_cuda_tumbling_engine   as the CPU tumbling engine         tumbling-moments
 //   tumbling  cuda     make_cuda_sliding_engine    no quantiles, as slide == size     panes
 //   sliding   cuda     make_cuda_sliding_engine    no quantiles                       panes
 //   session   cuda     make_cuda_session_engine    no quantiles                       session
@@ -76,23 +76,5 @@ std::unique_ptr<window_engine> make_engine(pipeline_options const& options, back
 state_form engine_state_form(pipeline_options const& options);
 /// state_tag(engine_state_form(options)).
 char const* engine_state_tag(pipeline_options const& options);
-
-// ----- factories (each defined in its engine's source file)
-
-/// Tumbling windows with moment aggregations (count, sum, mean, min, max, var, std) and no
-/// allowed lateness: keyed open-addressing state sharded across threads.
-std::unique_ptr<window_engine> make_cpu_tumbling_engine(pipeline_options const& options);
-/// Sliding windows from panes of gcd(size, slide); also the tumbling configurations the
-/// tumbling engine does not run (slide == size): every aggregation, allowed lateness.
-std::unique_ptr<window_engine> make_cpu_sliding_engine(pipeline_options const& options);
-std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
-std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
-/// CUDA engine for sliding windows, and tumbling ones as slide == size (every aggregation but
-/// quantiles, allowed lateness, max_open_windows).
-std::unique_ptr<window_engine> make_cuda_sliding_engine(pipeline_options const& options);
-/// CUDA engine for session windows (every aggregation but quantiles).
-std::unique_ptr<window_engine> make_cuda_session_engine(pipeline_options const& options);
-/// CUDA engine for rolling (count) windows (every aggregation but quantiles).
-std::unique_ptr<window_engine> make_cuda_rolling_engine(pipeline_options const& options);
 
 }  // namespace cusense::detail

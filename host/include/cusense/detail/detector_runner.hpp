@@ -1,8 +1,7 @@
 #pragma once
-// Internal: detector scoring. The runner (host, shared by both backends) keeps the watermark,
-// buffers records until they can be scored causally, orders them, tracks silence and builds
-// the result tables; a backend engine holds the per-key detector state and scores released
-// records. Not part of the public API.
+// Internal: the detector runner (host side, shared by both backends): watermark, buffering until
+// records can be scored causally, release order, late records, silence and the output tables;
+// the backend's detector_engine scores released records. Not part of the public API.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -11,39 +10,12 @@
 #include <utility>
 #include <vector>
 
+#include <cusense/detail/detector_engine.hpp>
 #include <cusense/detectors.hpp>
-#include <cusense/ops/detectors.hpp>
 #include <cusense/table.hpp>
 #include <cusense/types.hpp>
 
 namespace cusense::detail {
-
-class state_writer;
-class state_reader;
-
-/// Per-key detector state and scoring of one backend.
-class detector_engine {
- public:
-  virtual ~detector_engine() = default;
-  /// Scores n released records. Records of one key come in their scoring order; slots[i] <
-  /// num_slots is the key's dense state slot (slots are assigned 0, 1, 2, ...). values holds n *
-  /// channels doubles, record-major. Writes scores[d * n + i] for each detector d. Synchronous.
-  virtual void score(std::uint32_t const* slots, double const* values, std::size_t n,
-                     std::uint32_t num_slots, double* scores) = 0;
-  /// Checkpoints: the state of slots [0, num_slots) of detector d, in the shared slot-major
-  /// layout (d_stride() doubles and i_stride() int64 per slot; slots never scored are zero).
-  virtual void export_state(std::uint32_t num_slots, std::vector<std::vector<double>>& d,
-                            std::vector<std::vector<std::int64_t>>& i) = 0;
-  /// Replaces the state by slots [0, num_slots) in the layout of export_state.
-  virtual void import_state(std::uint32_t num_slots, std::vector<std::vector<double>> const& d,
-                            std::vector<std::vector<std::int64_t>> const& i) = 0;
-};
-
-std::unique_ptr<detector_engine> make_cpu_detector_engine(std::vector<ops::detector_params> params,
-                                                          int channels);
-/// Defined only when the CUDA backend is built.
-std::unique_ptr<detector_engine> make_cuda_detector_engine(std::vector<ops::detector_params> params,
-                                                           int channels);
 
 /// Converts a validated scoring spec (not silence) to kernel parameters.
 ops::detector_params to_params(detector_spec const& spec);

@@ -59,7 +59,28 @@ class window_engine {
   virtual void load_state(state_reader& in) = 0;
 };
 
-/// Which engine runs a configuration, the factories and the checkpoint form of each engine's
-/// state: detail/engine_registry.hpp.
+/// Which engine runs a configuration and the checkpoint form of each engine's state: the
+/// engine registry (host: detail/engine_registry.hpp).
+
+// ----- factories (each defined in its engine's source file)
+
+/// Tumbling windows with moment aggregations (count, sum, mean, min, max, var, std) and no
+/// allowed lateness: keyed open-addressing state sharded across threads.
+std::unique_ptr<window_engine> make_cpu_tumbling_engine(pipeline_options const& options);
+/// Sliding windows from panes of gcd(size, slide); also the tumbling configurations the
+/// tumbling engine does not run (slide == size): every aggregation, allowed lateness.
+std::unique_ptr<window_engine> make_cpu_sliding_engine(pipeline_options const& options);
+std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
+std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
+/// CUDA engine for tumbling windows that keeps its state in the CPU tumbling engine's form
+/// (the configurations make_cpu_tumbling_engine runs, so checkpoints cross backends).
+std::unique_ptr<window_engine> make_cuda_tumbling_engine(pipeline_options const& options);
+/// CUDA engine for sliding windows, and tumbling ones as slide == size (every aggregation but
+/// quantiles, allowed lateness, max_open_windows).
+std::unique_ptr<window_engine> make_cuda_sliding_engine(pipeline_options const& options);
+/// CUDA engine for session windows (every aggregation but quantiles).
+std::unique_ptr<window_engine> make_cuda_session_engine(pipeline_options const& options);
+/// CUDA engine for rolling (count) windows (every aggregation but quantiles).
+std::unique_ptr<window_engine> make_cuda_rolling_engine(pipeline_options const& options);
 
 }  // namespace cusense::detail

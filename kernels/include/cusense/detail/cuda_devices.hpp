@@ -3,7 +3,7 @@
 // (kernels/cuda/devices.cu); plain C++ header, no CUDA headers.
 #include <vector>
 
-#include <cusense/backend.hpp>
+#include <cusense/types.hpp>
 
 namespace cusense::detail {
 

@@ -12,7 +12,7 @@
 
 #include <cusense/error.hpp>
 
-#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/ops/moments.hpp>

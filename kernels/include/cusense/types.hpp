@@ -1,4 +1,5 @@
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -162,6 +163,15 @@ struct pipeline_stats {
   std::uint64_t records_scored       = 0;  ///< released to the detectors and scored
   std::uint64_t records_score_late   = 0;  ///< too late to be scored causally (poll_scores, late)
   std::uint64_t records_score_buffered = 0;  ///< waiting for the watermark before scoring
+};
+
+/// A usable CUDA device.
+struct device_info {
+  int ordinal = 0;
+  std::string name;
+  int compute_major = 0;
+  int compute_minor = 0;
+  std::size_t total_memory = 0;  ///< bytes
 };
 
 }  // namespace cusense

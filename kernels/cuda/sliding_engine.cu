@@ -68,9 +68,8 @@
 #include <utility>
 #include <vector>
 
-#include <cusense/detail/checkpoint.hpp>
+#include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/engine.hpp>
-#include <cusense/detail/engine_registry.hpp>
 #include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/host_parallel.hpp>
 #include <cusense/detail/results.hpp>
@@ -838,8 +837,11 @@ struct task {
 
 class cuda_window_engine final : public window_engine {
  public:
-  cuda_window_engine(pipeline_options const& options, int device)
+  // tumbling_moments: a tumbling configuration kept in the CPU tumbling engine's state form
+  // (checkpoints), as the engine registry chose it.
+  cuda_window_engine(pipeline_options const& options, int device, bool tumbling_moments)
     : options_(options),
+      tumbling_moments_(tumbling_moments),
       window_{options.window.size, options.window.offset},
       slide_(ops::sliding::make(options.window.size,
                                 options.window.type == window_spec::kind::sliding ? options.window.slide
@@ -1081,11 +1083,8 @@ class cuda_window_engine final : public window_engine {
 
   std::int64_t watermark() const { return max_ts_ - options_.max_out_of_orderness; }
 
-  /// Whether the configuration's checkpoint form is the CPU tumbling engine's (registry).
-  bool tumbling_moments_form() const
-  {
-    return engine_state_form(options_) == state_form::tumbling_moments;
-  }
+  /// Whether the configuration's checkpoint form is the CPU tumbling engine's.
+  bool tumbling_moments_form() const { return tumbling_moments_; }
 
   // ----- queue and worker
   void enqueue(task const& t, staging_slot* slot)
@@ -1905,6 +1904,7 @@ class cuda_window_engine final : public window_engine {
   }
 
   pipeline_options options_;
+  bool tumbling_moments_;
   ops::tumbling window_;
   ops::sliding slide_;   // sliding windows (panes of gcd(size, slide))
   bool sliding_;         // the pane path: sliding windows with slide < size, or allowed lateness
@@ -2027,7 +2027,13 @@ void cuda_window_engine::load_state(state_reader& in)
 std::unique_ptr<window_engine> make_cuda_sliding_engine(pipeline_options const& options)
 {
   int const device = usable_cuda_device(reinterpret_cast<void const*>(&init_scalars_kernel));
-  return std::make_unique<cuda_window_engine>(options, device);
+  return std::make_unique<cuda_window_engine>(options, device, false);
+}
+
+std::unique_ptr<window_engine> make_cuda_tumbling_engine(pipeline_options const& options)
+{
+  int const device = usable_cuda_device(reinterpret_cast<void const*>(&init_scalars_kernel));
+  return std::make_unique<cuda_window_engine>(options, device, true);
 }
 
 }  // namespace cusense::detail
