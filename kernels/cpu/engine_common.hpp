@@ -40,10 +40,11 @@ class acc_pool {
   }
   channel_acc* at(std::uint32_t s) { return acc_.data() + std::size_t{s} * static_cast<std::size_t>(channels_); }
   std::size_t live() const { return acc_.size() / static_cast<std::size_t>(channels_) - free_.size(); }
-  /// Bytes held, sketches included (walks every slot).
+  /// Bytes of the live slots, sketches included (walks every slot; free slots hold empty
+  /// sketches). Memory kept for reuse is not counted.
   std::size_t bytes() const
   {
-    std::size_t b = acc_.capacity() * sizeof(channel_acc) + free_.capacity() * sizeof(std::uint32_t);
+    std::size_t b = live() * static_cast<std::size_t>(channels_) * sizeof(channel_acc);
     for (channel_acc const& a : acc_) b += a.s.bytes();
     return b;
   }

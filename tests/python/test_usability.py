@@ -401,3 +401,15 @@ def test_mean_with_infinite_values_matches_numpy(window, values):
     v = pd.Series(values)
     for agg in ("mean", "sum", "min", "max"):
         np.testing.assert_equal(row[agg], getattr(v, agg)(), err_msg=agg)
+
+
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda w: type(w).__name__)
+def test_state_bytes_follow_open_state_and_are_zero_after_flush(window, rng):
+    pipe = cusense.Pipeline(window, aggs=["count", "mean"], backend="cpu")
+    n = 5_000
+    pipe.push(rng.integers(0, 1_000, n).astype(np.uint32), np.sort(rng.integers(0, 10_000, n)),
+              rng.normal(size=n))
+    assert pipe.stats["state_bytes"] > 0
+    pipe.flush()
+    assert pipe.stats["open_windows"] == 0
+    assert pipe.stats["state_bytes"] == 0
