@@ -22,12 +22,13 @@ def plots(report: dict, out: Path, prefix: str) -> list[str]:
     h2d_rec = lim["h2d_pinned"] / RECORD_BYTES if lim else None
     for sweep, xkey, xlabel in (("batch", "batch", "micro-batch size (records)"),
                                 ("keys", "keys", "distinct keys"),
-                                ("records", "records", "records in the stream")):
+                                ("records", "records", "records in the stream"),
+                                ("per_window", "per_window", "records per (key, window)")):
         own = [r for r in report["results"] if r["sweep"] == sweep and "records_per_s" in r]
         if not own:
             continue
         # every measured row with this sweep's fixed parameters (other sweeps may hold points)
-        fixed_keys = [k for k in ("records", "keys", "batch") if k != xkey]
+        fixed_keys = [k for k in ("records", "keys", "batch", "per_window") if k != xkey]
         f0 = own[0]
         rows, seen = [], set()
         for r in report["results"]:
@@ -59,7 +60,9 @@ def plots(report: dict, out: Path, prefix: str) -> list[str]:
         r0 = rows[0]
         fixed_desc = {"batch": f"{si(r0['records'])} records, {si(r0['keys'])} keys",
                       "keys": f"{si(r0['records'])} records, batch {si(r0['batch'])}",
-                      "records": f"{si(r0['keys'])} keys, batch {si(r0['batch'])}"}[sweep]
+                      "records": f"{si(r0['keys'])} keys, batch {si(r0['batch'])}",
+                      "per_window": f"{si(r0['records'])} records, {si(r0['keys'])} keys, batch "
+                                    f"{si(r0['batch'])}"}[sweep]
         ax.set_title(f"tumbling windows, {len(r0['aggs'])} aggs: {fixed_desc}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
