@@ -1,6 +1,5 @@
-// Detector bindings: DetectorSpec, PipelineOptions.detectors / .windowed, Pipeline.poll_scores /
-// poll_silence / detector_stats, and the one-shot score(). Called from module.cpp after
-// PipelineOptions and Pipeline are bound (it adds methods to those classes).
+// Detector bindings: DetectorSpec and the one-shot score(). The pipeline's detector options and
+// outputs (PipelineOptions.detectors, Pipeline.poll_scores, ...) are bound in bind_pipeline.cpp.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -58,43 +57,6 @@ void bind_detectors(py::module_& m)
     .def_property_readonly("column_name", &detector_spec::column_name)
     .def("validate", [](detector_spec const& s, int channels) { validate(s, channels); },
          py::arg("channels") = 1);
-
-  auto options = py::reinterpret_borrow<py::class_<pipeline_options>>(m.attr("PipelineOptions"));
-  options.def_readwrite("detectors", &pipeline_options::detectors)
-    .def_readwrite("windowed", &pipeline_options::windowed);
-
-  auto pipe = py::reinterpret_borrow<py::class_<pipeline>>(m.attr("Pipeline"));
-  pipe
-    .def("poll_scores",
-         [](pipeline& p) {
-           table t;
-           {
-             py::gil_scoped_release release;
-             t = p.poll_scores();
-           }
-           return to_python(std::move(t));
-         })
-    .def("poll_silence",
-         [](pipeline& p) {
-           table t;
-           {
-             py::gil_scoped_release release;
-             t = p.poll_silence();
-           }
-           return to_python(std::move(t));
-         })
-    .def("detector_stats", [](pipeline& p) {
-      pipeline_stats s;
-      {
-        py::gil_scoped_release release;
-        s = p.stats();
-      }
-      py::dict d;
-      d["records_scored"]         = s.records_scored;
-      d["records_score_late"]     = s.records_score_late;
-      d["records_score_buffered"] = s.records_score_buffered;
-      return d;
-    });
 
   m.def(
     "score",

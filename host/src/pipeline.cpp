@@ -18,36 +18,9 @@ namespace {
 
 void validate_window(pipeline_options const& o)
 {
-  using kind = window_spec::kind;
-  window_spec const& w = o.window;
-  if (w.type == kind::tumbling || w.type == kind::sliding) {
-    CUSENSE_EXPECTS(w.size > 0, "window size must be positive, got " + std::to_string(w.size) + " ns");
-    CUSENSE_EXPECTS(w.size <= max_duration, "window size exceeds 2^61 ns");
-    CUSENSE_EXPECTS(w.offset >= -max_duration && w.offset <= max_duration,
-                    "window offset must lie within +-2^61 ns");
-  }
-  if (w.type == kind::sliding) {
-    CUSENSE_EXPECTS(w.slide > 0 && w.slide <= w.size,
-                    "sliding window slide must lie in (0, size], got slide " +
-                      std::to_string(w.slide) + " ns for size " + std::to_string(w.size) + " ns");    // Each record lies in ceil(size / slide) windows: bound the fan-out so one record cannot
-    // demand an unbounded number of window emissions.
-    CUSENSE_EXPECTS((w.size - 1) / w.slide + 1 <= max_windows_per_record,
-                    "sliding window size/slide ratio too large: each record would lie in " +
-                      std::to_string((w.size - 1) / w.slide + 1) + " windows (at most " +
-                      std::to_string(max_windows_per_record) + ")");
-  }
-  if (w.type == kind::session) {
-    CUSENSE_EXPECTS(w.gap > 0 && w.gap <= max_duration,
-                    "session gap must lie in (0, 2^61] ns, got " + std::to_string(w.gap));
-  }
-  if (w.type == kind::rolling) {
-    CUSENSE_EXPECTS(w.rows > 0 && w.rows <= (std::int64_t{1} << 24),
-                    "rolling window rows must lie in [1, 2^24], got " + std::to_string(w.rows));
-    CUSENSE_EXPECTS(w.min_periods >= -1 && w.min_periods <= w.rows,
-                    "rolling min_periods must lie in [0, rows], got " + std::to_string(w.min_periods));
-    CUSENSE_EXPECTS(o.allowed_lateness == 0,
-                    "allowed_lateness does not apply to rolling windows (rows are final when emitted)");
-  }
+  validate(o.window);
+  CUSENSE_EXPECTS(o.window.type != window_spec::kind::rolling || o.allowed_lateness == 0,
+                  "allowed_lateness does not apply to rolling windows (rows are final when emitted)");
   CUSENSE_EXPECTS(o.allowed_lateness >= 0 && o.allowed_lateness <= max_duration,
                   "allowed_lateness must lie in [0, 2^61] ns, got " + std::to_string(o.allowed_lateness));
   auto const nq = static_cast<std::size_t>(std::count(o.aggs.begin(), o.aggs.end(), agg::quantile));

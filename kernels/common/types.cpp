@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <utility>
 
 #include <cusense/error.hpp>
@@ -111,6 +112,41 @@ std::string to_string(window_spec::kind k)
     case window_spec::kind::rolling: return "rolling";
   }
   return "?";
+}
+
+void validate(window_spec const& w)
+{
+  using kind = window_spec::kind;
+  auto ns    = [](std::int64_t v) { return std::to_string(v) + " ns"; };
+  if (w.type == kind::tumbling || w.type == kind::sliding) {
+    CUSENSE_EXPECTS(w.size > 0, "window size must be positive, got " + ns(w.size));
+    CUSENSE_EXPECTS(w.size <= max_duration,
+                    "window size must lie in [1, 2**61] ns (about 73 years), got " + ns(w.size));
+    CUSENSE_EXPECTS(w.offset >= -max_duration && w.offset <= max_duration,
+                    "window offset must lie within +-2**61 ns (about 73 years), got " + ns(w.offset));
+  }
+  if (w.type == kind::sliding) {
+    CUSENSE_EXPECTS(w.slide > 0 && w.slide <= w.size, "window slide must lie in (0, size], got slide " +
+                                                        ns(w.slide) + " for size " + ns(w.size));
+    // Each record lies in ceil(size / slide) windows: bound the fan-out so one record cannot
+    // demand an unbounded number of window emissions.
+    CUSENSE_EXPECTS((w.size - 1) / w.slide + 1 <= max_windows_per_record,
+                    "sliding window size/slide ratio too large: each record would lie in " +
+                      std::to_string((w.size - 1) / w.slide + 1) + " windows (at most " +
+                      std::to_string(max_windows_per_record) + ")");
+  }
+  if (w.type == kind::session) {
+    CUSENSE_EXPECTS(w.gap > 0, "session gap must be positive, got " + ns(w.gap));
+    CUSENSE_EXPECTS(w.gap <= max_duration,
+                    "session gap must lie in [1, 2**61] ns (about 73 years), got " + ns(w.gap));
+  }
+  if (w.type == kind::rolling) {
+    CUSENSE_EXPECTS(w.rows > 0 && w.rows <= max_rolling_rows,
+                    "rolling window n (rows) must lie in [1, 2**24], got " + std::to_string(w.rows));
+    CUSENSE_EXPECTS(w.min_periods >= -1 && w.min_periods <= w.rows,
+                    "rolling window min_periods must lie in [0, n], got " + std::to_string(w.min_periods) +
+                      " for n " + std::to_string(w.rows));
+  }
 }
 
 void pipeline_options::add_agg(std::string const& name)

@@ -40,11 +40,48 @@ class DeviceInfo:
     @property
     def total_memory(self) -> int:
         ...
+class WindowSpec:
+    """A window (C++ cusense::window_spec), checked when made (ValueError naming the parameter);
+    durations in ns."""
+    @staticmethod
+    def rolling(rows: typing.SupportsInt | typing.SupportsIndex, min_periods: typing.SupportsInt | typing.SupportsIndex = -1) -> WindowSpec:
+        ...
+    @staticmethod
+    def session(gap: typing.SupportsInt | typing.SupportsIndex) -> WindowSpec:
+        ...
+    @staticmethod
+    def sliding(size: typing.SupportsInt | typing.SupportsIndex, slide: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex = 0) -> WindowSpec:
+        ...
+    @staticmethod
+    def tumbling(size: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex = 0) -> WindowSpec:
+        ...
+    def __repr__(self) -> str:
+        ...
+    @property
+    def gap(self) -> int:
+        ...
+    @property
+    def kind(self) -> str:
+        ...
+    @property
+    def min_periods(self) -> int:
+        ...
+    @property
+    def offset(self) -> int:
+        ...
+    @property
+    def rows(self) -> int:
+        ...
+    @property
+    def size(self) -> int:
+        ...
+    @property
+    def slide(self) -> int:
+        ...
 class PipelineOptions:
     """Everything that defines a pipeline (C++ cusense::pipeline_options); durations in ns."""
     backend: str
     nan_policy: str
-    window_kind: str
     windowed: bool
     def __init__(self) -> None:
         ...
@@ -97,28 +134,10 @@ class PipelineOptions:
     def max_out_of_orderness(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
-    def min_periods(self) -> int:
-        ...
-    @min_periods.setter
-    def min_periods(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
-    @property
     def quantile_accuracy(self) -> float:
         ...
     @quantile_accuracy.setter
     def quantile_accuracy(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def rolling_rows(self) -> int:
-        ...
-    @rolling_rows.setter
-    def rolling_rows(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def session_gap(self) -> int:
-        ...
-    @session_gap.setter
-    def session_gap(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def staging_records(self) -> int:
@@ -133,22 +152,10 @@ class PipelineOptions:
     def staging_slots(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
-    def window_offset(self) -> int:
+    def window(self) -> WindowSpec:
         ...
-    @window_offset.setter
-    def window_offset(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def window_size(self) -> int:
-        ...
-    @window_size.setter
-    def window_size(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
-        ...
-    @property
-    def window_slide(self) -> int:
-        ...
-    @window_slide.setter
-    def window_slide(self, arg1: typing.SupportsInt | typing.SupportsIndex) -> None:
+    @window.setter
+    def window(self, arg0: WindowSpec) -> None:
         ...
 class Pipeline:
     """The native pipeline behind cusense.Pipeline; results are dicts of numpy columns."""

@@ -56,11 +56,25 @@ def canonical_aggs(aggs: Sequence[str]) -> list[str]:
     return names
 
 
-def _window_offset(offset: Duration) -> int:
-    ns = to_nanoseconds(offset, "window offset")
-    if not -_core.MAX_DURATION <= ns <= _core.MAX_DURATION:
-        raise ValueError(f"window offset must lie within +-2**61 ns (about 73 years), got {offset!r}")
-    return ns
+def _int64(value: object, name: str) -> int:
+    """``value`` as an int that fits the native layer's int64 (the window limits themselves are
+    checked by the library, with messages naming the parameter)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{name} {value} is out of range (it does not fit in int64)")
+    return value
+
+
+def _duration(value: Duration, name: str) -> int:
+    """A duration (int ns, string, timedelta, ...) as int ns that fits in int64."""
+    return _int64(to_nanoseconds(value, name), name)
+
+
+# The window classes convert their durations to int ns and are checked by the library's
+# window_spec (cusense::validate, the one place the limits live) as they are built;
+# ``_core_spec()`` is the native WindowSpec a pipeline gets.
 
 
 @dataclass(frozen=True)
@@ -74,11 +88,12 @@ class Tumbling:
     offset: Duration = 0
 
     def __post_init__(self) -> None:
-        size = to_nanoseconds(self.size, "window size")
-        if size <= 0:
-            raise ValueError(f"window size must be positive, got {self.size!r}")
-        object.__setattr__(self, "size", _checked_duration(size, "window size", 1, self.size))
-        object.__setattr__(self, "offset", _window_offset(self.offset))
+        object.__setattr__(self, "size", _duration(self.size, "window size"))
+        object.__setattr__(self, "offset", _duration(self.offset, "window offset"))
+        self._core_spec()
+
+    def _core_spec(self) -> _core.WindowSpec:
+        return _core.WindowSpec.tumbling(to_nanoseconds(self.size), to_nanoseconds(self.offset))
 
 
 @dataclass(frozen=True)
@@ -92,15 +107,14 @@ class Sliding:
     offset: Duration = 0
 
     def __post_init__(self) -> None:
-        size = to_nanoseconds(self.size, "window size")
-        slide = to_nanoseconds(self.slide, "window slide")
-        if size <= 0:
-            raise ValueError(f"window size must be positive, got {self.size!r}")
-        if not 0 < slide <= size:
-            raise ValueError(f"window slide must lie in (0, size], got {self.slide!r} for size {self.size!r}")
-        object.__setattr__(self, "size", _checked_duration(size, "window size", 1, self.size))
-        object.__setattr__(self, "slide", slide)
-        object.__setattr__(self, "offset", _window_offset(self.offset))
+        object.__setattr__(self, "size", _duration(self.size, "window size"))
+        object.__setattr__(self, "slide", _duration(self.slide, "window slide"))
+        object.__setattr__(self, "offset", _duration(self.offset, "window offset"))
+        self._core_spec()
+
+    def _core_spec(self) -> _core.WindowSpec:
+        return _core.WindowSpec.sliding(to_nanoseconds(self.size), to_nanoseconds(self.slide),
+                                        to_nanoseconds(self.offset))
 
 
 @dataclass(frozen=True)
@@ -113,10 +127,11 @@ class Session:
     gap: Duration
 
     def __post_init__(self) -> None:
-        gap = to_nanoseconds(self.gap, "session gap")
-        if gap <= 0:
-            raise ValueError(f"session gap must be positive, got {self.gap!r}")
-        object.__setattr__(self, "gap", _checked_duration(gap, "session gap", 1, self.gap))
+        object.__setattr__(self, "gap", _duration(self.gap, "session gap"))
+        self._core_spec()
+
+    def _core_spec(self) -> _core.WindowSpec:
+        return _core.WindowSpec.session(to_nanoseconds(self.gap))
 
 
 @dataclass(frozen=True)
@@ -131,14 +146,14 @@ class Rolling:
     min_periods: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n <= 0:
-            raise ValueError(f"rolling window n must be a positive int, got {self.n!r}")
-        _checked_int(self.n, "rolling window n", 1, 2**24)
-        mp = self.n if self.min_periods is None else self.min_periods
-        if isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or not 0 <= mp <= self.n:
-            raise ValueError(f"min_periods must be an int in [0, n], got {self.min_periods!r}")
-        object.__setattr__(self, "n", int(self.n))
-        object.__setattr__(self, "min_periods", int(mp))
+        n = _int64(self.n, "rolling window n")
+        mp = n if self.min_periods is None else _int64(self.min_periods, "rolling window min_periods")
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "min_periods", mp)
+        self._core_spec()
+
+    def _core_spec(self) -> _core.WindowSpec:
+        return _core.WindowSpec.rolling(self.n, self.n if self.min_periods is None else self.min_periods)
 
 
 _WINDOWS = (Tumbling, Sliding, Session, Rolling)
@@ -146,39 +161,18 @@ _WINDOWS = (Tumbling, Sliding, Session, Rolling)
 Window = Union[Tumbling, Sliding, Session, Rolling]
 
 
-def _set_window(opts: _core.PipelineOptions, window: Window) -> None:
-    if not isinstance(window, _WINDOWS):
-        raise TypeError("window must be cusense.Tumbling, Sliding, Session or Rolling, "
-                        f"got {type(window).__name__}")
-    if isinstance(window, Tumbling):
-        opts.window_kind = "tumbling"
-        opts.window_size, opts.window_offset = to_nanoseconds(window.size), to_nanoseconds(window.offset)
-    elif isinstance(window, Sliding):
-        opts.window_kind = "sliding"
-        opts.window_size, opts.window_slide = to_nanoseconds(window.size), to_nanoseconds(window.slide)
-        opts.window_offset = to_nanoseconds(window.offset)
-    elif isinstance(window, Session):
-        opts.window_kind = "session"
-        opts.session_gap = to_nanoseconds(window.gap)
-    else:
-        opts.window_kind = "rolling"
-        opts.rolling_rows = window.n
-        opts.min_periods = window.n if window.min_periods is None else window.min_periods
-
-
 def _window_of(opts: _core.PipelineOptions) -> Window | None:
     """The window object of core options (None for a detectors-only pipeline)."""
     if not opts.windowed:
         return None
-    kind = opts.window_kind
-    if kind == "tumbling":
-        return Tumbling(opts.window_size, opts.window_offset)
-    if kind == "sliding":
-        return Sliding(opts.window_size, opts.window_slide, opts.window_offset)
-    if kind == "session":
-        return Session(opts.session_gap)
-    mp = opts.min_periods
-    return Rolling(opts.rolling_rows, None if mp < 0 else mp)
+    w = opts.window
+    if w.kind == "tumbling":
+        return Tumbling(w.size, w.offset)
+    if w.kind == "sliding":
+        return Sliding(w.size, w.slide, w.offset)
+    if w.kind == "session":
+        return Session(w.gap)
+    return Rolling(w.rows, None if w.min_periods < 0 else w.min_periods)
 
 
 def _length(column: Column) -> int | None:
@@ -300,7 +294,7 @@ class Pipeline:
         if window is None:
             opts.windowed = False  # detectors only
         else:
-            _set_window(opts, window)
+            opts.window = window._core_spec()
         opts.aggs = list(aggs)
         opts.nan_policy = nan_policy
         # Every integer is range-checked here: the native layer takes fixed-width integers and

@@ -76,6 +76,16 @@ struct window_spec {
 
 std::string to_string(window_spec::kind k);
 
+/// Maximum records per rolling (count) window.
+constexpr std::int64_t max_rolling_rows = std::int64_t{1} << 24;
+
+/// Checks the parameters of `w` against the engines' limits: size in [1, max_duration], offset
+/// within +-max_duration, slide in (0, size] with at most max_windows_per_record windows per
+/// record, gap in [1, max_duration], rows in [1, max_rolling_rows], min_periods in [0, rows] or
+/// -1. Throws invalid_argument naming the parameter and its range. The one place these limits
+/// are checked (the pipeline and the Python window classes call it).
+void validate(window_spec const& w);
+
 /// Aggregations: count, nan_count, sum, mean, min, max, var, std (sample, ddof = 1, like pandas),
 /// var_pop, std_pop (population, ddof = 0), first, last (value of the earliest / latest record
 /// by event time, ties by arrival), argmin_ts, argmax_ts (event time of the minimum / maximum,
