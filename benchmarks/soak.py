@@ -73,8 +73,7 @@ KNOWN_GROWTH = {
     "rolling": "a count window keeps each key's last n-1 records for the key's next row, "
                "for every key ever seen (there is no key expiry)",
     "detectors": "detectors keep per-key state (model, silence clock) for every key ever "
-                 "seen (there is no key expiry); state_bytes does not count detector state, "
-                 "the checkpoint size shows it",
+                 "seen (there is no key expiry)",
 }
 
 

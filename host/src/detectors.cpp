@@ -82,6 +82,12 @@ detector_runner::detector_runner(pipeline_options const& o, backend where)
     thresholds_.push_back(s.threshold);
     params.push_back(to_params(scorers_.back()));
   }
+  bytes_per_key_ = sizeof(std::uint32_t) + 4 * sizeof(std::uint64_t);  // slot_key_ and the key map's node
+  for (ops::detector_params const& p : params) {
+    bytes_per_key_ += static_cast<std::size_t>(p.d_stride()) * sizeof(double) +
+                      static_cast<std::size_t>(p.i_stride()) * sizeof(std::int64_t);
+  }
+  if (has_silence_) { bytes_per_key_ += sizeof(silence_state); }
   // multiscale_z and joint_z have no CUDA scorer yet: an explicit backend="cuda" is refused,
   // automatic runs the detectors on the CPU (the windows keep their backend).
   for (detector_spec const& s : scorers_) {
@@ -504,6 +510,9 @@ detector_counters detector_runner::counters() const
 {
   detector_counters c = counters_;
   c.buffered          = pending_.size();
+  c.keys              = slot_key_.size();
+  c.state_bytes       = slot_key_.size() * bytes_per_key_ +
+                  pending_.size() * (sizeof(pending) + static_cast<std::size_t>(channels_) * sizeof(double));
   c.has_watermark     = has_max_;
   c.watermark         = has_max_ ? max_ts_ - ooo_ : 0;
   return c;

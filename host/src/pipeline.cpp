@@ -246,7 +246,9 @@ pipeline_stats pipeline::current_stats()
     s.records_scored         = d.scored;
     s.records_score_late     = d.late;
     s.records_score_buffered = d.buffered;
+    s.state_bytes += d.state_bytes;
     if (!engine_) {
+      s.open_keys     = d.keys;
       s.has_watermark = d.has_watermark;
       s.watermark     = d.watermark;
     }

@@ -232,8 +232,7 @@ class cpu_rolling_engine final : public cpu_engine_base {
   engine_counters counters() override
   {
     return make_counters(held(), keys_.size(),
-                         held() * (static_cast<std::size_t>(channels_) * sizeof(double) + record_state_bytes) +
-                           keys_.size() * 96);
+                         state_bytes());
   }
 
   // Checkpoint: clock, counters, the waiting records in (t, key, arrival) order and the
@@ -309,10 +308,17 @@ class cpu_rolling_engine final : public cpu_engine_base {
   }
 
  private:
-  // Bytes counted per held record in the state estimate (the size of a record in the heap that
-  // earlier versions used; kept so the counter stays comparable).
-  static constexpr std::size_t record_state_bytes = 32;
   static constexpr std::size_t max_grouped_history = 4096;
+
+  // Bytes of the live state: each key's history entry, index bucket and history records, the
+  // waiting records, and the values of every held record (capacity kept for reuse not counted).
+  std::size_t state_bytes() const
+  {
+    std::size_t const history = held() - waiting_.size();
+    return keys_.size() * (sizeof(key_history) + 2 * sizeof(std::uint32_t)) +
+           history * sizeof(history_record) + waiting_.size() * sizeof(waiting_record) +
+           held() * static_cast<std::size_t>(channels_) * sizeof(double);
+  }
 
   // Records held: waiting rows and the per-key history.
   std::size_t held() const { return vals_.size() / static_cast<std::size_t>(channels_) - free_.size(); }

@@ -413,3 +413,16 @@ def test_state_bytes_follow_open_state_and_are_zero_after_flush(window, rng):
     pipe.flush()
     assert pipe.stats["open_windows"] == 0
     assert pipe.stats["state_bytes"] == 0
+
+
+def test_detector_state_is_counted(rng):
+    """Detector state per key shows in state_bytes (and open_keys for a detectors-only pipeline)."""
+    sizes = []
+    for keys in (100, 1_000):
+        pipe = cusense.Pipeline(detectors=[D.default(), D.Silence("1min")])
+        n = 20 * keys
+        pipe.push(rng.permutation(np.arange(n) % keys).astype(np.uint32), np.arange(n) * 10**6,
+                  rng.normal(size=n), time_unit="ns")
+        assert pipe.stats["open_keys"] == keys
+        sizes.append(pipe.stats["state_bytes"])
+    assert 0 < sizes[0] and 8 * sizes[0] < sizes[1] < 12 * sizes[0]

@@ -25,6 +25,8 @@ struct detector_counters {
   std::uint64_t late     = 0;
   std::uint64_t buffered = 0;  ///< waiting for the watermark
   std::uint64_t silence_events = 0;
+  std::uint64_t keys        = 0;  ///< keys holding detector state
+  std::uint64_t state_bytes = 0;  ///< per-key state and buffered records
   std::int64_t watermark = 0;  ///< valid when has_watermark
   bool has_watermark     = false;
 };
@@ -86,6 +88,7 @@ class detector_runner {
   std::unique_ptr<detector_engine> engine_;
   bool has_silence_     = false;
   std::int64_t timeout_ = 0;
+  std::size_t bytes_per_key_ = 0;  // detector state, silence state and the key's slot
 
   std::unordered_map<std::uint32_t, std::uint32_t> slot_of_;
   std::vector<std::uint32_t> slot_dense_;  // cache of slot_of_ for small keys: slot + 1, 0 = unknown
