@@ -23,7 +23,9 @@ void push(pipeline& p, carray<std::uint32_t> const& keys, carray<std::int64_t> c
 {
   auto const n        = static_cast<std::size_t>(keys.size());
   auto const channels = static_cast<std::size_t>(p.options().channels);
-  if (keys.ndim() != 1 || ts.ndim() != 1) { throw invalid_argument("keys and timestamps must be 1-D"); }
+  if (keys.ndim() != 1 || ts.ndim() != 1) {
+    throw invalid_argument("keys and timestamps must be 1-D");
+  }
   if (static_cast<std::size_t>(ts.size()) != n) {
     throw invalid_argument("length mismatch: " + std::to_string(n) + " keys but " +
                            std::to_string(ts.size()) + " timestamps");
@@ -53,11 +55,13 @@ std::string repr(window_spec const& w)
 {
   auto const i = [](std::int64_t v) { return std::to_string(v); };
   switch (w.type) {
-    case window_spec::kind::tumbling: return "WindowSpec.tumbling(" + i(w.size) + ", " + i(w.offset) + ")";
+    case window_spec::kind::tumbling:
+      return "WindowSpec.tumbling(" + i(w.size) + ", " + i(w.offset) + ")";
     case window_spec::kind::sliding:
       return "WindowSpec.sliding(" + i(w.size) + ", " + i(w.slide) + ", " + i(w.offset) + ")";
     case window_spec::kind::session: return "WindowSpec.session(" + i(w.gap) + ")";
-    case window_spec::kind::rolling: return "WindowSpec.rolling(" + i(w.rows) + ", " + i(w.min_periods) + ")";
+    case window_spec::kind::rolling:
+      return "WindowSpec.rolling(" + i(w.rows) + ", " + i(w.min_periods) + ")";
   }
   return "WindowSpec(?)";
 }
@@ -68,15 +72,22 @@ void bind_pipeline(py::module_& m)
 {
   using i64 = std::int64_t;
   py::class_<window_spec>(m, "WindowSpec")
-    .def_static("tumbling", [](i64 size, i64 offset) { return checked(&window_spec::tumbling, size, offset); },
-                py::arg("size"), py::arg("offset") = 0)
+    .def_static(
+      "tumbling",
+      [](i64 size, i64 offset) { return checked(&window_spec::tumbling, size, offset); },
+      py::arg("size"), py::arg("offset") = 0)
     .def_static(
       "sliding",
-      [](i64 size, i64 slide, i64 offset) { return checked(&window_spec::sliding, size, slide, offset); },
+      [](i64 size, i64 slide, i64 offset) {
+        return checked(&window_spec::sliding, size, slide, offset);
+      },
       py::arg("size"), py::arg("slide"), py::arg("offset") = 0)
-    .def_static("session", [](i64 gap) { return checked(&window_spec::session, gap); }, py::arg("gap"))
-    .def_static("rolling", [](i64 rows, i64 min_periods) { return checked(&window_spec::rolling, rows, min_periods); },
-                py::arg("rows"), py::arg("min_periods") = -1)
+    .def_static(
+      "session", [](i64 gap) { return checked(&window_spec::session, gap); }, py::arg("gap"))
+    .def_static(
+      "rolling",
+      [](i64 rows, i64 min_periods) { return checked(&window_spec::rolling, rows, min_periods); },
+      py::arg("rows"), py::arg("min_periods") = -1)
     .def_property_readonly("kind", [](window_spec const& w) { return to_string(w.type); })
     .def_readonly("size", &window_spec::size)
     .def_readonly("offset", &window_spec::offset)
@@ -91,8 +102,7 @@ void bind_pipeline(py::module_& m)
     .def_readwrite("window", &pipeline_options::window)
     .def_readwrite("windowed", &pipeline_options::windowed)
     .def_property(
-      "aggs",
-      [](pipeline_options const& o) { return o.agg_names(); },
+      "aggs", [](pipeline_options const& o) { return o.agg_names(); },
       [](pipeline_options& o, std::vector<std::string> const& names) {
         pipeline_options parsed;
         parsed.aggs.clear();
@@ -123,46 +133,64 @@ void bind_pipeline(py::module_& m)
          py::arg("values").noconvert())
     .def("push_f64", &push<double>, py::arg("keys").noconvert(), py::arg("timestamps").noconvert(),
          py::arg("values").noconvert())
-    .def("poll", [](pipeline& p) {
-      table t;
-      { py::gil_scoped_release release; t = p.poll(); }
-      return to_python(std::move(t));
-    })
-    .def("poll_late", [](pipeline& p) {
-      table t;
-      { py::gil_scoped_release release; t = p.poll_late(); }
-      return to_python(std::move(t));
-    })
-    .def("flush", [](pipeline& p) {
-      table t;
-      { py::gil_scoped_release release; t = p.flush(); }
-      return to_python(std::move(t));
-    })
-    .def("stats", [](pipeline& p) {
-      pipeline_stats s;
-      { py::gil_scoped_release release; s = p.stats(); }
-      py::dict d;
-      d["records_pushed"]     = s.records_pushed;
-      d["records_aggregated"] = s.records_aggregated;
-      d["records_late"]       = s.records_late;
-      d["records_rejected"]   = s.records_rejected;
-      d["nan_values"]         = s.nan_values;
-      d["windows_emitted"]    = s.windows_emitted;
-      d["open_windows"]       = s.open_windows;
-      d["open_keys"]          = s.open_keys;
-      d["state_bytes"]        = s.state_bytes;
-      d["watermark"]          = s.has_watermark ? py::object(py::int_(s.watermark)) : py::object(py::none());
-      // The detector totals come from the same snapshot (a second stats() call could see a
-      // later one when another thread is pushing).
-      d["records_scored"]         = s.records_scored;
-      d["records_score_late"]     = s.records_score_late;
-      d["records_score_buffered"] = s.records_score_buffered;
-      return d;
-    })
+    .def("poll",
+         [](pipeline& p) {
+           table t;
+           {
+             py::gil_scoped_release release;
+             t = p.poll();
+           }
+           return to_python(std::move(t));
+         })
+    .def("poll_late",
+         [](pipeline& p) {
+           table t;
+           {
+             py::gil_scoped_release release;
+             t = p.poll_late();
+           }
+           return to_python(std::move(t));
+         })
+    .def("flush",
+         [](pipeline& p) {
+           table t;
+           {
+             py::gil_scoped_release release;
+             t = p.flush();
+           }
+           return to_python(std::move(t));
+         })
+    .def("stats",
+         [](pipeline& p) {
+           pipeline_stats s;
+           {
+             py::gil_scoped_release release;
+             s = p.stats();
+           }
+           py::dict d;
+           d["records_pushed"]     = s.records_pushed;
+           d["records_aggregated"] = s.records_aggregated;
+           d["records_late"]       = s.records_late;
+           d["records_rejected"]   = s.records_rejected;
+           d["nan_values"]         = s.nan_values;
+           d["windows_emitted"]    = s.windows_emitted;
+           d["open_windows"]       = s.open_windows;
+           d["open_keys"]          = s.open_keys;
+           d["state_bytes"]        = s.state_bytes;
+           d["watermark"] =
+             s.has_watermark ? py::object(py::int_(s.watermark)) : py::object(py::none());
+           // The detector totals come from the same snapshot (a second stats() call could see a
+           // later one when another thread is pushing).
+           d["records_scored"]         = s.records_scored;
+           d["records_score_late"]     = s.records_score_late;
+           d["records_score_buffered"] = s.records_score_buffered;
+           return d;
+         })
     .def_property_readonly("backend", [](pipeline const& p) { return to_string(p.where()); })
     .def_property_readonly("options", [](pipeline const& p) { return p.options(); })
-    .def("checkpoint", [](pipeline& p, std::string const& path) { p.checkpoint(path); },
-         py::arg("path"), py::call_guard<py::gil_scoped_release>())
+    .def(
+      "checkpoint", [](pipeline& p, std::string const& path) { p.checkpoint(path); },
+      py::arg("path"), py::call_guard<py::gil_scoped_release>())
     .def_static(
       "restore",
       [](std::string const& path, std::string const& where) {

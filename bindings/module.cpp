@@ -40,14 +40,15 @@ PYBIND11_MODULE(_core, m)
   m.def("cuda_built", &cuda_built);
   m.def("aggregation_names", [] {
     std::vector<std::string> names;
-    for (int a = 0; a < static_cast<int>(agg::quantile); ++a) names.push_back(to_string(static_cast<agg>(a)));
+    for (int a = 0; a < static_cast<int>(agg::quantile); ++a)
+      names.push_back(to_string(static_cast<agg>(a)));
     names.push_back("pXX");  // quantiles: p50, p99, p99.9, ...
     return names;
   });
-  m.attr("MAX_TIMESTAMP") = max_timestamp;
-  m.attr("MAX_DURATION")  = max_duration;
-  m.attr("MAX_CHANNELS")  = max_channels;
-  m.attr("MAX_CPU_THREADS") = max_cpu_threads;
+  m.attr("MAX_TIMESTAMP")     = max_timestamp;
+  m.attr("MAX_DURATION")      = max_duration;
+  m.attr("MAX_CHANNELS")      = max_channels;
+  m.attr("MAX_CPU_THREADS")   = max_cpu_threads;
   m.attr("MAX_STAGING_SLOTS") = max_staging_slots;
   // Tests only: make checkpoint file writes fail like a full disk (see detail/checkpoint.hpp).
   m.def("_fail_checkpoint_writes_for_testing", &detail::fail_checkpoint_writes_for_testing,

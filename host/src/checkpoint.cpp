@@ -118,14 +118,14 @@ std::string unique_temporary_name(std::filesystem::path const& target)
 bool left_by_dead_writer(std::filesystem::directory_entry const& entry, std::size_t prefix_size)
 {
   std::string const name = entry.path().filename().string();
-  std::size_t end = prefix_size;
+  std::size_t end        = prefix_size;
   while (end < name.size() && name[end] >= '0' && name[end] <= '9') ++end;
   if (end == prefix_size || end - prefix_size > 9 || (end < name.size() && name[end] != '-')) {
     return false;  // not a name this library writes
   }
   auto const pid = static_cast<pid_t>(std::stol(name.substr(prefix_size, end - prefix_size)));
   if (pid > 0 && pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) { return true; }
-  struct stat st{};
+  struct stat st {};
   if (::lstat(entry.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) { return false; }
   return ::time(nullptr) - st.st_mtime > stale_temporary_seconds;
 }
@@ -175,7 +175,7 @@ void write_options(state_writer& w, pipeline_options const& o)
     w.i64(d.timeout);
   }
   w.boolean(o.windowed);
-  w.u8(static_cast<std::uint8_t>(o.on_nan));  // since format version 2
+  w.u8(static_cast<std::uint8_t>(o.on_nan));    // since format version 2
   for (detector_spec const& d : o.detectors) {  // since format version 3
     w.f64(d.beta);
     w.f64(d.gamma);
@@ -220,7 +220,7 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
   o.quantile_accuracy = r.f64();
   state_reader::check(o.quantile_accuracy >= 1e-4 && o.quantile_accuracy <= 0.5,
                       "quantile_accuracy out of range");
-  o.allowed_lateness  = r.i64();
+  o.allowed_lateness = r.i64();
   o.detectors.resize(r.count(90));
   for (detector_spec& d : o.detectors) {
     d.kind           = read_enum<detector_kind>(r, version >= 3 ? 7 : 5, "detector kind");
@@ -266,11 +266,10 @@ void check_schema(table const& got, table const& want, char const* what)
                                                    " table does not match the pipeline's columns");
 }
 
-
 std::uint32_t crc32(char const* data, std::size_t n)
 {
   static std::array<std::uint32_t, 256> const table = make_crc_table();
-  std::uint32_t c = 0xFFFFFFFFu;
+  std::uint32_t c                                   = 0xFFFFFFFFu;
   for (std::size_t i = 0; i < n; ++i) {
     c = table[(c ^ static_cast<unsigned char>(data[i])) & 0xFFu] ^ (c >> 8);
   }
@@ -293,9 +292,9 @@ std::string unframe_checkpoint(std::string const& file, std::uint32_t* version_o
 {
   if (file.empty()) { throw checkpoint_error("checkpoint is empty (0 bytes)"); }
   if (file.size() < header_bytes + trailer_bytes) {
-    throw checkpoint_error("checkpoint is truncated: " + std::to_string(file.size()) +
-                           " bytes, shorter than the " + std::to_string(header_bytes + trailer_bytes) +
-                           "-byte header and checksum");
+    throw checkpoint_error(
+      "checkpoint is truncated: " + std::to_string(file.size()) + " bytes, shorter than the " +
+      std::to_string(header_bytes + trailer_bytes) + "-byte header and checksum");
   }
   if (std::memcmp(file.data(), magic, sizeof magic) != 0) {
     throw checkpoint_error("not a cusense checkpoint (wrong magic bytes)");
@@ -333,10 +332,14 @@ void write_table(state_writer& w, table const& t)
         using T = typename std::decay_t<decltype(v)>::value_type;
         w.u64(v.size());
         for (T x : v) {
-          if constexpr (std::is_same_v<T, std::uint32_t>) w.u32(x);
-          else if constexpr (std::is_same_v<T, std::int64_t>) w.i64(x);
-          else if constexpr (std::is_same_v<T, double>) w.f64(x);
-          else w.u8(x);
+          if constexpr (std::is_same_v<T, std::uint32_t>)
+            w.u32(x);
+          else if constexpr (std::is_same_v<T, std::int64_t>)
+            w.i64(x);
+          else if constexpr (std::is_same_v<T, double>)
+            w.f64(x);
+          else
+            w.u8(x);
         }
       },
       c.data);
@@ -432,7 +435,7 @@ void write_atomically(std::string const& path, std::string const& bytes)
   };
   std::size_t done = 0;
   while (done < bytes.size()) {
-    std::size_t chunk = bytes.size() - done;
+    std::size_t chunk  = bytes.size() - done;
     int const injected = injected_write_errno.load();
     if (injected != 0) {
       std::size_t const allowed = injected_write_after.load();

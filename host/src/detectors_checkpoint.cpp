@@ -62,7 +62,7 @@ void detector_runner::save_state(state_writer& w)
 
 void detector_runner::load_state(state_reader& r)
 {
-  auto const ch = static_cast<std::size_t>(channels_);
+  auto const ch           = static_cast<std::size_t>(channels_);
   std::size_t const slots = r.count(15);
   state_reader::check(slots <= std::numeric_limits<std::uint32_t>::max(), "too many detector keys");
   for (std::size_t s = 0; s < slots; ++s) {
@@ -101,7 +101,7 @@ void detector_runner::load_state(state_reader& r)
   counters_.scored         = r.u64();
   counters_.late           = r.u64();
   counters_.silence_events = r.u64();
-  std::size_t const nd = r.count(12);
+  std::size_t const nd     = r.count(12);
   for (std::size_t k = 0; k < nd; ++k) {
     std::int64_t const when  = checked_time(r.i64(), max_duration);
     std::uint32_t const slot = r.u32();
@@ -109,7 +109,8 @@ void detector_runner::load_state(state_reader& r)
     deadlines_.push({when, slot});
   }
   bool const has_engine = r.boolean();
-  state_reader::check(has_engine == (engine_ != nullptr), "detector state does not match the detectors");
+  state_reader::check(has_engine == (engine_ != nullptr),
+                      "detector state does not match the detectors");
   if (!engine_) { return; }
   std::size_t const n = r.count(16);
   state_reader::check(n == scorers_.size(), "detector state does not match the detectors");
@@ -117,8 +118,8 @@ void detector_runner::load_state(state_reader& r)
   std::vector<std::vector<std::int64_t>> i(n);
   for (std::size_t k = 0; k < n; ++k) {
     ops::detector_params const p = to_params(scorers_[k]);
-    auto const ds = static_cast<std::size_t>(p.d_stride());
-    auto const is = static_cast<std::size_t>(p.i_stride());
+    auto const ds                = static_cast<std::size_t>(p.d_stride());
+    auto const is                = static_cast<std::size_t>(p.i_stride());
     d[k].resize(r.count(8));
     state_reader::check(d[k].size() == slots * ds, "detector state has the wrong size");
     for (double& x : d[k]) x = r.f64();
@@ -127,7 +128,7 @@ void detector_runner::load_state(state_reader& r)
     for (std::int64_t& x : i[k]) x = r.i64();
     for (std::size_t s = 0; s < slots; ++s) {
       std::int64_t const* st = i[k].data() + s * is;
-      bool ok = st[0] >= 0;
+      bool ok                = st[0] >= 0;
       if (p.kind == ops::detector_kind_id::knn_discord) {
         std::int64_t const c2 = p.H2 + 1, c3 = p.K + 1;
         ok = ok && st[1] >= 0 && st[1] < c2 && st[2] >= 0 && st[2] <= c2 && st[3] >= 0 &&

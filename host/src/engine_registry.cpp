@@ -51,24 +51,28 @@ bool cuda_tumbling_moments_supports(pipeline_options const& o, std::string* why)
 
 #ifdef CUSENSE_WITH_CUDA
 constexpr engine_factory cuda_tumbling = &make_cuda_tumbling_engine;
-constexpr engine_factory cuda_sliding = &make_cuda_sliding_engine;
-constexpr engine_factory cuda_session = &make_cuda_session_engine;
-constexpr engine_factory cuda_rolling = &make_cuda_rolling_engine;
+constexpr engine_factory cuda_sliding  = &make_cuda_sliding_engine;
+constexpr engine_factory cuda_session  = &make_cuda_session_engine;
+constexpr engine_factory cuda_rolling  = &make_cuda_rolling_engine;
 #else
 constexpr engine_factory cuda_tumbling = nullptr;
-constexpr engine_factory cuda_sliding = nullptr;
-constexpr engine_factory cuda_session = nullptr;
-constexpr engine_factory cuda_rolling = nullptr;
+constexpr engine_factory cuda_sliding  = nullptr;
+constexpr engine_factory cuda_session  = nullptr;
+constexpr engine_factory cuda_rolling  = nullptr;
 #endif
 
 // In order of preference; see the table in engine_registry.hpp.
 constexpr engine_entry entries[] = {
   {"cpu_tumbling", kind::tumbling, backend::cpu, &cpu_tumbling_supports, &make_cpu_tumbling_engine,
    state_form::tumbling_moments},
-  {"cpu_sliding", kind::tumbling, backend::cpu, nullptr, &make_cpu_sliding_engine, state_form::panes},
-  {"cpu_sliding", kind::sliding, backend::cpu, nullptr, &make_cpu_sliding_engine, state_form::panes},
-  {"cpu_session", kind::session, backend::cpu, nullptr, &make_cpu_session_engine, state_form::session},
-  {"cpu_rolling", kind::rolling, backend::cpu, nullptr, &make_cpu_rolling_engine, state_form::rolling},
+  {"cpu_sliding", kind::tumbling, backend::cpu, nullptr, &make_cpu_sliding_engine,
+   state_form::panes},
+  {"cpu_sliding", kind::sliding, backend::cpu, nullptr, &make_cpu_sliding_engine,
+   state_form::panes},
+  {"cpu_session", kind::session, backend::cpu, nullptr, &make_cpu_session_engine,
+   state_form::session},
+  {"cpu_rolling", kind::rolling, backend::cpu, nullptr, &make_cpu_rolling_engine,
+   state_form::rolling},
   {"cuda_tumbling", kind::tumbling, backend::cuda, &cuda_tumbling_moments_supports, cuda_tumbling,
    state_form::tumbling_moments},
   {"cuda_sliding", kind::tumbling, backend::cuda, &cuda_supports, cuda_sliding, state_form::panes},
@@ -115,8 +119,12 @@ std::unique_ptr<window_engine> make_engine(pipeline_options const& options, back
 {
   std::string why;
   engine_entry const* e = find_engine(options, where, &why);
-  if (e == nullptr) { throw std::logic_error("no engine runs this configuration on this backend: " + why); }
-  if (e->make == nullptr) { throw std::logic_error(std::string("engine ") + e->name + " is not built"); }
+  if (e == nullptr) {
+    throw std::logic_error("no engine runs this configuration on this backend: " + why);
+  }
+  if (e->make == nullptr) {
+    throw std::logic_error(std::string("engine ") + e->name + " is not built");
+  }
   return e->make(options);
 }
 
@@ -127,6 +135,9 @@ state_form engine_state_form(pipeline_options const& options)
   return e->form;
 }
 
-char const* engine_state_tag(pipeline_options const& options) { return state_tag(engine_state_form(options)); }
+char const* engine_state_tag(pipeline_options const& options)
+{
+  return state_tag(engine_state_form(options));
+}
 
 }  // namespace cusense::detail

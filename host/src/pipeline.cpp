@@ -19,27 +19,30 @@ namespace {
 void validate_window(pipeline_options const& o)
 {
   validate(o.window);
-  CUSENSE_EXPECTS(o.window.type != window_spec::kind::rolling || o.allowed_lateness == 0,
-                  "allowed_lateness does not apply to rolling windows (rows are final when emitted)");
-  CUSENSE_EXPECTS(o.allowed_lateness >= 0 && o.allowed_lateness <= max_duration,
-                  "allowed_lateness must lie in [0, 2^61] ns, got " + std::to_string(o.allowed_lateness));
+  CUSENSE_EXPECTS(
+    o.window.type != window_spec::kind::rolling || o.allowed_lateness == 0,
+    "allowed_lateness does not apply to rolling windows (rows are final when emitted)");
+  CUSENSE_EXPECTS(
+    o.allowed_lateness >= 0 && o.allowed_lateness <= max_duration,
+    "allowed_lateness must lie in [0, 2^61] ns, got " + std::to_string(o.allowed_lateness));
   auto const nq = static_cast<std::size_t>(std::count(o.aggs.begin(), o.aggs.end(), agg::quantile));
-  CUSENSE_EXPECTS(nq == o.quantiles.size(),
-                  std::to_string(nq) + " quantile aggregations but " + std::to_string(o.quantiles.size()) +
-                    " entries in quantiles");
+  CUSENSE_EXPECTS(nq == o.quantiles.size(), std::to_string(nq) + " quantile aggregations but " +
+                                              std::to_string(o.quantiles.size()) +
+                                              " entries in quantiles");
   for (double q : o.quantiles) {
     CUSENSE_EXPECTS(q >= 0.0 && q <= 1.0, "quantiles must lie in [0, 1], got " + std::to_string(q));
   }
-  CUSENSE_EXPECTS(o.quantile_accuracy >= 1e-4 && o.quantile_accuracy <= 0.5,
-                  "quantile_accuracy must lie in [1e-4, 0.5], got " + std::to_string(o.quantile_accuracy));
+  CUSENSE_EXPECTS(
+    o.quantile_accuracy >= 1e-4 && o.quantile_accuracy <= 0.5,
+    "quantile_accuracy must lie in [1e-4, 0.5], got " + std::to_string(o.quantile_accuracy));
 }
 
 // Checks that apply with or without a window.
 void validate_stream(pipeline_options const& o)
 {
-  CUSENSE_EXPECTS(o.max_out_of_orderness >= 0 && o.max_out_of_orderness <= max_duration,
-                  "max_out_of_orderness must lie in [0, 2^61] ns, got " +
-                    std::to_string(o.max_out_of_orderness));
+  CUSENSE_EXPECTS(
+    o.max_out_of_orderness >= 0 && o.max_out_of_orderness <= max_duration,
+    "max_out_of_orderness must lie in [0, 2^61] ns, got " + std::to_string(o.max_out_of_orderness));
   CUSENSE_EXPECTS(o.channels >= 1 && o.channels <= max_channels,
                   "channels must lie in [1, " + std::to_string(max_channels) + "], got " +
                     std::to_string(o.channels));
@@ -48,10 +51,10 @@ void validate_stream(pipeline_options const& o)
                     "] (0 = automatic), got " + std::to_string(o.cpu_threads));
   CUSENSE_EXPECTS(o.on_nan == nan_policy::skip || o.on_nan == nan_policy::raise,
                   "nan_policy must be skip or raise");
-  CUSENSE_EXPECTS(o.channel_names.empty() ||
-                    o.channel_names.size() == static_cast<std::size_t>(o.channels),
-                  "channel_names has " + std::to_string(o.channel_names.size()) +
-                    " names for " + std::to_string(o.channels) + " channels");
+  CUSENSE_EXPECTS(
+    o.channel_names.empty() || o.channel_names.size() == static_cast<std::size_t>(o.channels),
+    "channel_names has " + std::to_string(o.channel_names.size()) + " names for " +
+      std::to_string(o.channels) + " channels");
 }
 
 void validate(pipeline_options const& o)
@@ -70,7 +73,8 @@ void validate(pipeline_options const& o)
   auto names = detail::value_column_names(o);
   std::sort(names.begin(), names.end());
   auto dup = std::adjacent_find(names.begin(), names.end());
-  CUSENSE_EXPECTS(dup == names.end(), "duplicate output column '" + (dup == names.end() ? "" : *dup) + "'");
+  CUSENSE_EXPECTS(dup == names.end(),
+                  "duplicate output column '" + (dup == names.end() ? "" : *dup) + "'");
 }
 
 // Moves the rows of `held` (outputs kept by a checkpoint or restore) to the end of `t`.
@@ -100,7 +104,8 @@ pipeline::pipeline(pipeline_options options) : options_(std::move(options))
   if (options_.windowed && backend_ == backend::cuda &&
       !detail::engine_supports(options_, backend::cuda, &why)) {
     if (options_.where == backend::cuda) {
-      throw backend_unavailable(why + " is not yet supported on the CUDA backend; use backend='cpu'");
+      throw backend_unavailable(why +
+                                " is not yet supported on the CUDA backend; use backend='cpu'");
     }
     backend_ = backend::cpu;  // automatic: the CPU engines run every configuration
   }
@@ -115,8 +120,8 @@ pipeline::pipeline(pipeline&&) noexcept            = default;
 pipeline& pipeline::operator=(pipeline&&) noexcept = default;
 
 template <typename T>
-void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestamps,
-                         T const* values, std::size_t n)
+void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestamps, T const* values,
+                         std::size_t n)
 {
   if (n == 0) { return; }
   CUSENSE_EXPECTS(keys && timestamps && values, "push: null data pointer");
@@ -138,13 +143,12 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
   }
   if (options_.on_nan == nan_policy::raise) {
     std::size_t const count = n * static_cast<std::size_t>(options_.channels);
-    T const* nan = std::find_if(values, values + count, [](T v) { return v != v; });
+    T const* nan            = std::find_if(values, values + count, [](T v) { return v != v; });
     if (nan != values + count) {
       rejected_ += n;
-      throw invalid_argument("value is NaN at index " +
-                             std::to_string((nan - values) / options_.channels) +
-                             " (nan_policy='raise'); batch of " + std::to_string(n) +
-                             " records rejected");
+      throw invalid_argument(
+        "value is NaN at index " + std::to_string((nan - values) / options_.channels) +
+        " (nan_policy='raise'); batch of " + std::to_string(n) + " records rejected");
     }
   }
   detail::record_batch batch;
@@ -170,14 +174,14 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
   if (detectors_) { detectors_->push(keys, timestamps, values, batch.values_f32, n); }
 }
 
-void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps,
-                    float const* values, std::size_t n)
+void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps, float const* values,
+                    std::size_t n)
 {
   push_impl(keys, timestamps, values, n);
 }
 
-void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps,
-                    double const* values, std::size_t n)
+void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps, double const* values,
+                    std::size_t n)
 {
   push_impl(keys, timestamps, values, n);
 }

@@ -82,7 +82,7 @@ void pipeline::checkpoint(std::ostream& out)
 
 pipeline pipeline::restore_bytes(std::string const& file, backend where)
 {
-  std::uint32_t version      = 0;
+  std::uint32_t version     = 0;
   std::string const payload = detail::unframe_checkpoint(file, &version);
   detail::state_reader r(payload.data(), payload.size());
   r.expect("options");
@@ -106,7 +106,8 @@ pipeline pipeline::restore_bytes(std::string const& file, backend where)
   p.rejected_ = r.u64();
   r.expect("engine");
   bool const has_engine = r.boolean();
-  detail::state_reader::check(has_engine == (p.engine_ != nullptr), "engine section does not match the options");
+  detail::state_reader::check(has_engine == (p.engine_ != nullptr),
+                              "engine section does not match the options");
   if (p.engine_) {
     r.expect(detail::engine_state_tag(p.options_));
     p.engine_->load_state(r);
@@ -137,7 +138,8 @@ pipeline pipeline::restore_bytes(std::string const& file, backend where)
   p.held_silence_ = detail::read_table(r);
   detail::check_schema(p.held_silence_, want_silence, "silence");
   r.expect("end");
-  detail::state_reader::check(r.at_end(), std::to_string(r.left()) + " unexpected bytes after the end");
+  detail::state_reader::check(r.at_end(),
+                              std::to_string(r.left()) + " unexpected bytes after the end");
   p.publish_stats(p.current_stats());
   return p;
 }

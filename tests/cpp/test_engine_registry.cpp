@@ -47,7 +47,7 @@ bool has_quantile(pipeline_options const& o)
 TEST(engine_registry, cpu_runs_every_configuration)
 {
   for (pipeline_options const& o : configurations()) {
-    std::string why = "unchanged";
+    std::string why               = "unchanged";
     detail::engine_entry const* e = detail::find_engine(o, backend::cpu, &why);
     ASSERT_NE(e, nullptr);
     EXPECT_EQ(why, "");

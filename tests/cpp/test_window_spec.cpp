@@ -30,16 +30,22 @@ TEST(window_spec, limits_are_checked_with_the_parameter_named)
   EXPECT_EQ(error_of(window_spec::rolling(max_rolling_rows, 0)), "");
   EXPECT_EQ(error_of(window_spec::rolling(3)), "");  // min_periods -1: rows
 
-  EXPECT_NE(error_of(window_spec::tumbling(0)).find("window size must be positive"), std::string::npos);
-  EXPECT_NE(error_of(window_spec::tumbling(max_duration + 1)).find("window size"), std::string::npos);
-  EXPECT_NE(error_of(window_spec::tumbling(10, max_duration + 1)).find("window offset"), std::string::npos);
+  EXPECT_NE(error_of(window_spec::tumbling(0)).find("window size must be positive"),
+            std::string::npos);
+  EXPECT_NE(error_of(window_spec::tumbling(max_duration + 1)).find("window size"),
+            std::string::npos);
+  EXPECT_NE(error_of(window_spec::tumbling(10, max_duration + 1)).find("window offset"),
+            std::string::npos);
   EXPECT_NE(error_of(window_spec::sliding(10, 11)).find("window slide"), std::string::npos);
   EXPECT_NE(error_of(window_spec::sliding(10, 0)).find("window slide"), std::string::npos);
-  EXPECT_NE(error_of(window_spec::sliding(max_windows_per_record + 1, 1)).find("ratio"), std::string::npos);
+  EXPECT_NE(error_of(window_spec::sliding(max_windows_per_record + 1, 1)).find("ratio"),
+            std::string::npos);
   EXPECT_NE(error_of(window_spec::session(0)).find("session gap"), std::string::npos);
-  EXPECT_NE(error_of(window_spec::session(max_duration + 1)).find("session gap"), std::string::npos);
+  EXPECT_NE(error_of(window_spec::session(max_duration + 1)).find("session gap"),
+            std::string::npos);
   EXPECT_NE(error_of(window_spec::rolling(0)).find("rolling window n"), std::string::npos);
-  EXPECT_NE(error_of(window_spec::rolling(max_rolling_rows + 1)).find("rolling window n"), std::string::npos);
+  EXPECT_NE(error_of(window_spec::rolling(max_rolling_rows + 1)).find("rolling window n"),
+            std::string::npos);
   EXPECT_NE(error_of(window_spec::rolling(3, 4)).find("min_periods"), std::string::npos);
   EXPECT_NE(error_of(window_spec::rolling(3, -2)).find("min_periods"), std::string::npos);
 }

@@ -62,7 +62,8 @@ engine_entries engine_registry();
 
 /// The entry that runs the windowed configuration `options` on `where` (cpu or cuda), or null
 /// when that backend cannot run it (`why` then gets the reason, else "").
-engine_entry const* find_engine(pipeline_options const& options, backend where, std::string* why = nullptr);
+engine_entry const* find_engine(pipeline_options const& options, backend where,
+                                std::string* why = nullptr);
 
 /// Whether `where` (cpu or cuda) can run `options`; `why` gets the reason when not (else "").
 /// Does not depend on whether the backend is built or a device is present.

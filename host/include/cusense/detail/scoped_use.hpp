@@ -25,7 +25,8 @@ class pipeline::scoped_use {
     auto& state = p_.usage_.state;
     for (;;) {
       int seen = detail::usage_state::idle;
-      if (state.compare_exchange_weak(seen, detail::usage_state::in_call, std::memory_order_acquire)) {
+      if (state.compare_exchange_weak(seen, detail::usage_state::in_call,
+                                      std::memory_order_acquire)) {
         return;
       }
       if (seen == detail::usage_state::in_call) {

@@ -41,11 +41,12 @@ CUSENSE_HD constexpr std::int64_t minus_clamped(std::int64_t w, std::int64_t d)
 
 /// The capacity_error message: `open` `what` (e.g. "sessions") are open and the batch of `n`
 /// records opens (`up_to`: up to) `added` more, which would exceed max_open_windows = `cap`.
-inline std::string capacity_message(std::size_t cap, std::size_t open, std::size_t added, std::size_t n,
-                                    char const* what, bool up_to = true)
+inline std::string capacity_message(std::size_t cap, std::size_t open, std::size_t added,
+                                    std::size_t n, char const* what, bool up_to = true)
 {
-  return "max_open_windows = " + std::to_string(cap) + " would be exceeded: " + std::to_string(open) +
-         " " + what + " are open and the batch of " + std::to_string(n) + " records opens " +
+  return "max_open_windows = " + std::to_string(cap) +
+         " would be exceeded: " + std::to_string(open) + " " + what +
+         " are open and the batch of " + std::to_string(n) + " records opens " +
          (up_to ? "up to " : "") + std::to_string(added) +
          " more; the batch was rejected and the pipeline is unchanged";
 }
@@ -54,7 +55,9 @@ inline std::string capacity_message(std::size_t cap, std::size_t open, std::size
 inline void check_cap(std::size_t cap, std::size_t open, std::size_t added, std::size_t n,
                       char const* what)
 {
-  if (cap != 0 && open + added > cap) { throw capacity_error(capacity_message(cap, open, added, n, what)); }
+  if (cap != 0 && open + added > cap) {
+    throw capacity_error(capacity_message(cap, open, added, n, what));
+  }
 }
 
 /// Calls f(values) with the batch's values as float const* or double const*.
