@@ -22,9 +22,6 @@ void validate_window(pipeline_options const& o)
   CUSENSE_EXPECTS(
     o.window.type != window_spec::kind::rolling || o.allowed_lateness == 0,
     "allowed_lateness does not apply to rolling windows (rows are final when emitted)");
-  CUSENSE_EXPECTS(
-    o.allowed_lateness >= 0 && o.allowed_lateness <= max_duration,
-    "allowed_lateness must lie in [0, 2^61] ns, got " + std::to_string(o.allowed_lateness));
   auto const nq = static_cast<std::size_t>(std::count(o.aggs.begin(), o.aggs.end(), agg::quantile));
   CUSENSE_EXPECTS(nq == o.quantiles.size(), std::to_string(nq) + " quantile aggregations but " +
                                               std::to_string(o.quantiles.size()) +
@@ -40,9 +37,12 @@ void validate_window(pipeline_options const& o)
 // Checks that apply with or without a window.
 void validate_stream(pipeline_options const& o)
 {
-  CUSENSE_EXPECTS(
-    o.max_out_of_orderness >= 0 && o.max_out_of_orderness <= max_duration,
-    "max_out_of_orderness must lie in [0, 2^61] ns, got " + std::to_string(o.max_out_of_orderness));
+  CUSENSE_EXPECTS(o.max_out_of_orderness >= 0 && o.max_out_of_orderness <= max_duration,
+                  "max_out_of_orderness must lie in [0, 2**61] ns (about 73 years), got " +
+                    std::to_string(o.max_out_of_orderness) + " ns");
+  CUSENSE_EXPECTS(o.allowed_lateness >= 0 && o.allowed_lateness <= max_duration,
+                  "allowed_lateness must lie in [0, 2**61] ns (about 73 years), got " +
+                    std::to_string(o.allowed_lateness) + " ns");
   CUSENSE_EXPECTS(o.channels >= 1 && o.channels <= max_channels,
                   "channels must lie in [1, " + std::to_string(max_channels) + "], got " +
                     std::to_string(o.channels));

@@ -32,15 +32,6 @@ def _checked_int(value: object, name: str, low: int, high: int, note: str = "") 
     return value
 
 
-def _checked_duration(value: Duration, name: str, low: int, shown: object = None) -> int:
-    """A duration in int ns within [low, 2**61] (about 73 years), the bound of the engines'
-    window arithmetic."""
-    ns = to_nanoseconds(value, name)
-    if not low <= ns <= _core.MAX_DURATION:
-        raise ValueError(f"{name} must lie in [{low}, 2**61] ns (about 73 years), "
-                         f"got {value if shown is None else shown!r}")
-    return ns
-
 # Aggregation names accepted as spellings of another. The pipeline runs (and checkpoints) the
 # canonical name, so the output column is the canonical one: a restored pipeline, which knows
 # only the checkpointed names, emits the same columns.
@@ -297,11 +288,12 @@ class Pipeline:
             opts.window = window._core_spec()
         opts.aggs = list(aggs)
         opts.nan_policy = nan_policy
-        # Every integer is range-checked here: the native layer takes fixed-width integers and
-        # would refuse larger ones with a message about argument types.
-        opts.allowed_lateness = _checked_duration(allowed_lateness, "allowed_lateness", 0)
+        # Integers are checked here to fit the native layer's fixed-width types (which would
+        # refuse larger ones with a message about argument types); the library checks the
+        # ranges of durations, with messages naming the option.
+        opts.allowed_lateness = _duration(allowed_lateness, "allowed_lateness")
         opts.quantile_accuracy = float(quantile_accuracy)
-        opts.max_out_of_orderness = _checked_duration(max_out_of_orderness, "max_out_of_orderness", 0)
+        opts.max_out_of_orderness = _duration(max_out_of_orderness, "max_out_of_orderness")
         opts.backend = backend
         if channels is None:
             opts.channels = 1
