@@ -21,6 +21,11 @@ if [ -z "${CUDA_ARCHS:-}" ]; then
   if nvidia-smi -L >/dev/null 2>&1; then CUDA_ARCHS=native; else CUDA_ARCHS=90; fi
 fi
 if [ -n "${CUSENSE_JOBS:-}" ]; then export CMAKE_BUILD_PARALLEL_LEVEL="$CUSENSE_JOBS"; fi
+# The C++ tests stay in the build once scripts/test.sh has added them (so scripts/demo.sh after
+# scripts/test.sh does not drop them and the next test run does not rebuild them).
+if [ -z "${CUSENSE_BUILD_TESTS:-}" ] && grep -q '^CUSENSE_BUILD_TESTS:[A-Z]*=ON' build/dev/CMakeCache.txt 2>/dev/null; then
+  CUSENSE_BUILD_TESTS=ON
+fi
 TESTS=${CUSENSE_BUILD_TESTS:-OFF}
 echo "== building cusense in build/dev (CUSENSE_CUDA=${CUSENSE_CUDA:-AUTO}, CUDA architectures" \
      "${CUDA_ARCHS}, C++ tests ${TESTS}); a first build takes minutes ==" >&2
