@@ -631,8 +631,11 @@ def test_zoned_iso_times_keep_their_zone(tmp_path, capsys, rng, offset, layout):
     text = local.dt.strftime(layout).str[:-3] + offset          # milliseconds, as a user writes
     got = _run_oracle(tmp_path, capsys, df, text)
     want = _pandas_windows(df, 10 * 10**9)
-    as_text = lambda ns: (pd.to_datetime(ns, unit="ns", utc=True).dt.tz_convert(offset)
-                          .dt.strftime(layout).str[:-3] + offset).tolist()
+
+    def as_text(ns):
+        return (pd.to_datetime(ns, unit="ns", utc=True).dt.tz_convert(offset)
+                .dt.strftime(layout).str[:-3] + offset).tolist()
+
     assert got["window_start"].tolist() == as_text(want["start"])
     assert got["argmax_ts"].tolist() == as_text(want["argmax_ns"])
     # read back by pandas: tz-aware, the same instants and the input's offset

@@ -108,7 +108,7 @@ def test_every_detector_has_a_page_with_its_parameters():
         assert signature in text, found[0]
         assert f"detectors/{found[0]}" in nav and f"]({found[0]})" in index, found[0]
         # The signature line lists every parameter with its default.
-        line = next(l for l in text.splitlines() if signature in l)
+        line = next(line for line in text.splitlines() if signature in line)
         for field in dataclasses.fields(cls):
             assert f"{field.name}=" in line, (cls.__name__, field.name)
             if isinstance(field.default, (int, float)) and not isinstance(field.default, bool):
@@ -127,7 +127,7 @@ def test_every_command_and_run_option_is_documented():
     page = _read("cli.md")
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, p in sub.choices.items():
+    for name in sub.choices:
         assert f"`cusense {name}" in page, name
     run = sub.choices["run"]
     for action in run._actions:
