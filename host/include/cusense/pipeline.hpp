@@ -115,9 +115,10 @@ class pipeline {
   /// Late records since the last call: key, timestamp, value columns, in arrival order
   /// (value_<channel> with several channels). Waits like poll().
   table poll_late();
-  /// Ends the stream: emits every open window, then returns poll(). The pipeline stays usable:
-  /// records pushed afterwards start new windows (a record whose window was already emitted is
-  /// late).
+  /// Emits every open window, then returns poll(). The watermark does not move, so the
+  /// pipeline stays usable: records pushed afterwards are late or not as before, and a record
+  /// of a window the flush emitted opens it again (a later row for that key and window holds
+  /// only the records after the flush).
   table flush();
 
   /// Records scored by options.detectors since the last call, in release order: rows ordered by
