@@ -182,10 +182,10 @@ class key_table {
 
   std::size_t home(std::uint32_t key) const
   {
-    // Not the Fibonacci hash of shard_of(), which would put a shard's keys in half the table.
-    std::uint64_t h = (std::uint64_t{key} ^ 0x5851F42D4C957F2Dull) * 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 31;
-    return static_cast<std::size_t>((h * 0x94D049BB133111EBull) >> shift_);
+    // Multiplicative hashing (one multiply, the product's high bits), with a multiplier
+    // unrelated to shard_of()'s golden-ratio one, which would put a shard's keys in half the
+    // table.
+    return static_cast<std::size_t>((std::uint64_t{key} * 0xD6E8FEB86659FD93ull) >> shift_);
   }
 
   static bool holds_open(key_entry const& e, std::int64_t live_from)
