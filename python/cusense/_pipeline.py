@@ -342,7 +342,9 @@ class Pipeline:
         """Records pushed / aggregated / late / rejected, NaN values, windows emitted and open
         (``open_windows``: (key, window) states; (key, pane) partials for sliding windows,
         sessions, held records for rolling windows), ``open_keys`` (keys holding state),
-        ``state_bytes`` (approximate), current watermark (ns, None before the first record).
+        ``state_bytes`` (bytes of the live state), the current ``watermark`` (int ns, None
+        before the first record) and the same as a time, ``watermark_time``
+        (``numpy.datetime64`` in ns UTC, NaT before the first record).
 
         Readable at any time, also while another thread is inside a call on the pipeline: it
         then gives the totals as of the end of an earlier call (on the CPU backend the last
@@ -352,6 +354,8 @@ class Pipeline:
         # A refused push counts as pushed and rejected, wherever it was refused.
         stats["records_pushed"] += self._records_rejected_in_python
         stats["records_rejected"] += self._records_rejected_in_python
+        wm = stats.get("watermark")
+        stats["watermark_time"] = np.datetime64("NaT", "ns") if wm is None else np.datetime64(wm, "ns")
         return stats
 
     def push(self, keys: Column, timestamps: Column, values: Column, time_unit: str | None = None) -> None:

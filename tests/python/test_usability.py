@@ -426,3 +426,11 @@ def test_detector_state_is_counted(rng):
         assert pipe.stats["open_keys"] == keys
         sizes.append(pipe.stats["state_bytes"])
     assert 0 < sizes[0] and 8 * sizes[0] < sizes[1] < 12 * sizes[0]
+
+
+def test_watermark_also_as_a_time():
+    pipe = cusense.Pipeline(cusense.Tumbling("1s"), aggs=["count"])
+    assert np.isnat(pipe.stats["watermark_time"])
+    pipe.push([1, 2], np.array(["2026-01-01T00:00:05", "2026-01-01T00:00:07"], "datetime64[ns]"), [1.0, 2.0])
+    assert pipe.stats["watermark_time"] == np.datetime64("2026-01-01T00:00:07", "ns")
+    assert pipe.stats["watermark_time"].astype("int64") == pipe.stats["watermark"]
