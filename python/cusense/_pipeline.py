@@ -343,8 +343,7 @@ class Pipeline:
         (``open_windows``: (key, window) states; (key, pane) partials for sliding windows,
         sessions, held records for rolling windows), ``open_keys`` (keys holding state),
         ``state_bytes`` (bytes of the live state), the current ``watermark`` (int ns, None
-        before the first record) and the same as a time, ``watermark_time``
-        (``numpy.datetime64`` in ns UTC, NaT before the first record).
+        before the first record; as a time: :attr:`watermark_time`).
 
         Readable at any time, also while another thread is inside a call on the pipeline: it
         then gives the totals as of the end of an earlier call (on the CPU backend the last
@@ -354,9 +353,14 @@ class Pipeline:
         # A refused push counts as pushed and rejected, wherever it was refused.
         stats["records_pushed"] += self._records_rejected_in_python
         stats["records_rejected"] += self._records_rejected_in_python
-        wm = stats.get("watermark")
-        stats["watermark_time"] = np.datetime64("NaT", "ns") if wm is None else np.datetime64(wm, "ns")
         return stats
+
+    @property
+    def watermark_time(self) -> np.datetime64:
+        """The current watermark as a time (``numpy.datetime64`` in ns, UTC; NaT before the
+        first record); ``stats["watermark"]`` holds it as int ns (JSON-friendly)."""
+        wm = self.stats.get("watermark")
+        return np.datetime64("NaT", "ns") if wm is None else np.datetime64(wm, "ns")
 
     def push(self, keys: Column, timestamps: Column, values: Column, time_unit: str | None = None) -> None:
         """Push a micro-batch of records: keys (uint32 ids), timestamps, values.

@@ -2,6 +2,7 @@
 time units, empty and malformed batches, result conversions, aliases, restored detectors and
 the rejected-records count."""
 import datetime as dt
+import json
 import warnings
 
 import numpy as np
@@ -430,7 +431,8 @@ def test_detector_state_is_counted(rng):
 
 def test_watermark_also_as_a_time():
     pipe = cusense.Pipeline(cusense.Tumbling("1s"), aggs=["count"])
-    assert np.isnat(pipe.stats["watermark_time"])
+    assert np.isnat(pipe.watermark_time)
     pipe.push([1, 2], np.array(["2026-01-01T00:00:05", "2026-01-01T00:00:07"], "datetime64[ns]"), [1.0, 2.0])
-    assert pipe.stats["watermark_time"] == np.datetime64("2026-01-01T00:00:07", "ns")
-    assert pipe.stats["watermark_time"].astype("int64") == pipe.stats["watermark"]
+    assert pipe.watermark_time == np.datetime64("2026-01-01T00:00:07", "ns")
+    assert pipe.watermark_time.astype("int64") == pipe.stats["watermark"]
+    json.dumps(pipe.stats)  # stats stay plain numbers
