@@ -14,6 +14,8 @@ bool is_int_agg(agg a)
 
 constexpr std::int64_t nat = std::numeric_limits<std::int64_t>::min();
 
+constexpr double no_value() { return std::numeric_limits<double>::quiet_NaN(); }
+
 // The quantile of each entry of output_aggs(options) (0 for other aggregations).
 std::vector<double> output_quantiles(pipeline_options const& options)
 {
@@ -79,8 +81,9 @@ void fill_moment_column(agg a, double* col, At&& at, std::size_t lo, std::size_t
   switch (a) {
     case agg::sum: fill([](ops::moments const& m) { return m.sum; }); break;
     case agg::mean: fill([](ops::moments const& m) { return mean_of(m); }); break;
-    case agg::min: fill([](ops::moments const& m) { return m.count > 0 ? m.min : nan; }); break;
-    case agg::max: fill([](ops::moments const& m) { return m.count > 0 ? m.max : nan; }); break;
+    // (the lambdas name no local: a constexpr local read in a glvalue ?: would need a capture)
+    case agg::min: fill([](ops::moments const& m) { return m.count > 0 ? m.min : no_value(); }); break;
+    case agg::max: fill([](ops::moments const& m) { return m.count > 0 ? m.max : no_value(); }); break;
     default: fill([a](ops::moments const& m) { return finalize(m, a); });
   }
 }
