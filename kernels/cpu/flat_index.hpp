@@ -57,23 +57,12 @@ class flat_index {
     ++size_;
   }
 
-  /// Calls f(key, win, slot) for every entry.
-  template <typename F>
-  void for_each(F&& f) const
-  {
-    for (entry const& e : entries_) {
-      if (e.slot != none) { f(e.key, e.win, e.slot); }
-    }
-  }
-
   /// Removes every entry, keeping the capacity (no allocation).
   void clear()
   {
     for (entry& e : entries_) e.slot = none;
     size_ = 0;
   }
-
-  std::size_t bytes() const { return entries_.capacity() * sizeof(entry); }
 
   /// Removes (key, win) if present.
   void erase(std::uint32_t key, std::int64_t win)

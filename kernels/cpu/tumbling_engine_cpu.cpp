@@ -14,6 +14,7 @@
 
 #include <cusense/detail/state_codec.hpp>
 #include <cusense/detail/engine.hpp>
+#include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/ops/moments.hpp>
 #include <cusense/ops/windows.hpp>
@@ -770,12 +771,8 @@ class cpu_window_engine final : public window_engine {
       for (auto& s : shards_) s.roll_back(channels);
       auto const failed = std::find_if(errors.begin(), errors.end(), [](auto const& e) { return e != nullptr; });
       if (failed != errors.end()) { std::rethrow_exception(*failed); }
-      std::size_t const cap = options_.max_open_windows;
-      throw capacity_error("max_open_windows = " + std::to_string(cap) + " would be exceeded: " +
-                           std::to_string(open - created) + " (key, window) states are open and " +
-                           "the batch of " + std::to_string(batch.n) + " records opens " +
-                           std::to_string(created) + " more; the batch was rejected and the " +
-                           "pipeline is unchanged");
+      throw capacity_error(capacity_message(options_.max_open_windows, open - created, created, batch.n,
+                                            "(key, window) states", false));
     }
     std::int64_t max_ts = max_ts_;
     bool has_max        = has_max_;
