@@ -42,6 +42,43 @@ void push(pipeline& p, carray<std::uint32_t> const& keys, carray<std::int64_t> c
   p.push(k, t, v, n);
 }
 
+/// push under external watermarks: positions and the steps (at, watermark, position) as int64
+/// arrays.
+template <typename T>
+void push_external(pipeline& p, carray<std::uint32_t> const& keys, carray<std::int64_t> const& ts,
+                   carray<T> const& values, carray<std::int64_t> const& positions,
+                   carray<std::int64_t> const& at, carray<std::int64_t> const& watermark,
+                   carray<std::int64_t> const& position)
+{
+  auto const n        = static_cast<std::size_t>(keys.size());
+  auto const channels = static_cast<std::size_t>(p.options().channels);
+  if (keys.ndim() != 1 || ts.ndim() != 1 || positions.ndim() != 1) {
+    throw invalid_argument("keys, timestamps and positions must be 1-D");
+  }
+  if (static_cast<std::size_t>(ts.size()) != n || static_cast<std::size_t>(positions.size()) != n ||
+      static_cast<std::size_t>(values.size()) != n * channels) {
+    throw invalid_argument("length mismatch: " + std::to_string(n) + " keys, " +
+                           std::to_string(ts.size()) + " timestamps, " +
+                           std::to_string(positions.size()) + " positions, " +
+                           std::to_string(values.size()) + " values for " +
+                           std::to_string(channels) + " channel(s)");
+  }
+  if (at.size() != watermark.size() || at.size() != position.size()) {
+    throw invalid_argument("watermark steps: at, watermark and position must have one length");
+  }
+  watermark_steps steps;
+  steps.at        = at.data();
+  steps.watermark = watermark.data();
+  steps.position  = position.data();
+  steps.count     = static_cast<std::size_t>(at.size());
+  std::uint32_t const* k = keys.data();
+  std::int64_t const* t  = ts.data();
+  T const* v             = values.data();
+  std::int64_t const* q  = positions.data();
+  py::gil_scoped_release release;
+  p.push(k, t, v, n, q, steps);
+}
+
 /// A window spec made by `make`, checked (ValueError naming the parameter when out of range).
 template <typename... A>
 window_spec checked(window_spec (*make)(A...), A... args)
@@ -101,6 +138,7 @@ void bind_pipeline(py::module_& m)
     .def(py::init<>())
     .def_readwrite("window", &pipeline_options::window)
     .def_readwrite("windowed", &pipeline_options::windowed)
+    .def_readwrite("external_watermark", &pipeline_options::external_watermark)
     .def_property(
       "aggs", [](pipeline_options const& o) { return o.agg_names(); },
       [](pipeline_options& o, std::vector<std::string> const& names) {
@@ -133,6 +171,14 @@ void bind_pipeline(py::module_& m)
          py::arg("values").noconvert())
     .def("push_f64", &push<double>, py::arg("keys").noconvert(), py::arg("timestamps").noconvert(),
          py::arg("values").noconvert())
+    .def("push_external_f32", &push_external<float>, py::arg("keys").noconvert(),
+         py::arg("timestamps").noconvert(), py::arg("values").noconvert(),
+         py::arg("positions").noconvert(), py::arg("at").noconvert(),
+         py::arg("watermark").noconvert(), py::arg("position").noconvert())
+    .def("push_external_f64", &push_external<double>, py::arg("keys").noconvert(),
+         py::arg("timestamps").noconvert(), py::arg("values").noconvert(),
+         py::arg("positions").noconvert(), py::arg("at").noconvert(),
+         py::arg("watermark").noconvert(), py::arg("position").noconvert())
     .def("poll",
          [](pipeline& p) {
            table t;

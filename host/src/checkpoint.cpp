@@ -184,6 +184,7 @@ void write_options(state_writer& w, pipeline_options const& o)
     w.f64(d.freeze);
     w.i32(d.channels);
   }
+  w.boolean(o.external_watermark);  // since format version 4
 }
 
 // Reads the options as written; the ranges are checked by the pipeline constructor, as for
@@ -251,6 +252,7 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
       d.channels = r.i32();
     }
   }
+  o.external_watermark = version >= 4 && r.boolean();
   return o;
 }
 

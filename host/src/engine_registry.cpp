@@ -5,6 +5,7 @@
 #include <string>
 
 #include <cusense/detail/engine_registry.hpp>
+#include <cusense/detail/window_runner.hpp>
 
 namespace cusense::detail {
 namespace {
@@ -30,9 +31,13 @@ bool cpu_tumbling_supports(pipeline_options const& o, std::string* why)
   return true;
 }
 
-// The CUDA engines: every configuration but quantiles.
+// The CUDA engines: every configuration but quantiles and external watermarks.
 bool cuda_supports(pipeline_options const& o, std::string* why)
 {
+  if (o.external_watermark) {
+    *why = "an external watermark";
+    return false;
+  }
   for (std::string const& name : o.agg_names()) {
     if (parse_agg(name) == agg::quantile) {
       *why = "aggregation '" + name + "'";

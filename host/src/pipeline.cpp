@@ -60,6 +60,9 @@ void validate_stream(pipeline_options const& o)
 void validate(pipeline_options const& o)
 {
   validate_stream(o);
+  CUSENSE_EXPECTS(!o.external_watermark || (o.windowed && o.detectors.empty()),
+                  "external_watermark applies to windowed pipelines without detectors (detectors "
+                  "keep their own watermark)");
   if (!o.windowed) {
     CUSENSE_EXPECTS(!o.detectors.empty(), "a pipeline without a window needs detectors");
     return;
@@ -121,15 +124,29 @@ pipeline& pipeline::operator=(pipeline&&) noexcept = default;
 
 template <typename T>
 void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestamps, T const* values,
-                         std::size_t n)
+                         std::size_t n, std::int64_t const* positions, watermark_steps const* steps)
 {
-  if (n == 0) { return; }
-  CUSENSE_EXPECTS(keys && timestamps && values, "push: null data pointer");
+  CUSENSE_EXPECTS((steps != nullptr) == options_.external_watermark,
+                  options_.external_watermark
+                    ? "push: this pipeline takes external watermarks (options.external_watermark): "
+                      "give the records' positions and the watermark steps"
+                    : "push: positions and watermark steps are for pipelines with "
+                      "options.external_watermark");
+  if (n == 0 && (steps == nullptr || steps->count == 0)) { return; }
+  CUSENSE_EXPECTS(n == 0 || (keys && timestamps && values), "push: null data pointer");
   scoped_use use(*this);
   pushed_ += n;
+  if (steps) {
+    try {
+      check_external(positions, *steps, n);
+    } catch (invalid_argument const&) {
+      rejected_ += n;
+      throw;
+    }
+  }
   // Range check: a branch-free pass over the values; positions only on the error path.
   std::int64_t tmin = 0, tmax = 0;
-  detail::parallel_minmax(timestamps, n, tmin, tmax);
+  if (n != 0) { detail::parallel_minmax(timestamps, n, tmin, tmax); }
   if (tmin < -max_timestamp || tmax > max_timestamp) {
     auto [lo, hi] = std::minmax_element(timestamps, timestamps + n);
     rejected_ += n;
@@ -159,7 +176,11 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
   batch.n          = n;
   // An engine that throws has changed nothing (strong guarantee): the batch counts as rejected.
   try {
-    if (engine_) { engine_->push(batch); }
+    if (engine_ && steps) {
+      engine_->push_external(batch, positions, *steps);
+    } else if (engine_) {
+      engine_->push(batch);
+    }
   } catch (capacity_error const&) {
     rejected_ += n;
     throw;
@@ -172,6 +193,61 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
                         " records; the batch was rejected and the pipeline is unchanged");
   }
   if (detectors_) { detectors_->push(keys, timestamps, values, batch.values_f32, n); }
+  if (steps) {
+    if (n != 0) { last_position_ = positions[n - 1]; }
+    if (steps->count != 0) {
+      last_position_ = std::max(last_position_, steps->position[steps->count - 1]);
+    }
+  }
+}
+
+void pipeline::check_external(std::int64_t const* positions, watermark_steps const& steps,
+                              std::size_t n)
+{
+  auto const fail = [&](std::string const& why) {
+    throw invalid_argument("push: " + why + "; the batch of " + std::to_string(n) +
+                           " records was rejected");
+  };
+  if (n != 0 && positions == nullptr) { fail("positions are missing"); }
+  if (steps.count != 0 && (!steps.at || !steps.watermark || !steps.position)) {
+    fail("watermark steps are missing");
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    std::int64_t const prev = i == 0 ? last_position_ : positions[i - 1];
+    if (positions[i] <= prev) {
+      fail("record positions must increase strictly (also across pushes): position " +
+           std::to_string(positions[i]) + " of record " + std::to_string(i) + " follows " +
+           std::to_string(prev));
+    }
+  }
+  detail::engine_counters const c = engine_ ? engine_->counters() : detail::engine_counters{};
+  std::int64_t const ooo          = options_.max_out_of_orderness;
+  for (std::size_t s = 0; s < steps.count; ++s) {
+    std::int64_t const at = steps.at[s];
+    std::int64_t const w  = steps.watermark[s];
+    std::int64_t const p  = steps.position[s];
+    std::string const step = "watermark step " + std::to_string(s);
+    if (at < 0 || static_cast<std::size_t>(at) > n || (s > 0 && at < steps.at[s - 1])) {
+      fail(step + ": at = " + std::to_string(at) + " must lie in [0, " + std::to_string(n) +
+           "] and not decrease");
+    }
+    if (w < -max_timestamp - ooo || w > max_timestamp - ooo) {
+      fail(step + ": watermark " + std::to_string(w) +
+           " ns is outside the valid range (a time in +-2^62 ns minus max_out_of_orderness)");
+    }
+    bool const has_prev       = s > 0 || c.has_watermark;
+    std::int64_t const prev_w = s > 0 ? steps.watermark[s - 1] : c.watermark;
+    if (has_prev && w <= prev_w) {
+      fail(step + ": watermarks must increase strictly, got " + std::to_string(w) + " after " +
+           std::to_string(prev_w));
+    }
+    std::int64_t const prev_p = s > 0 ? std::max(steps.position[s - 1], at > 0 ? positions[at - 1] : last_position_)
+                                      : (at > 0 ? positions[at - 1] : last_position_);
+    if (p <= prev_p || (static_cast<std::size_t>(at) < n && p >= positions[at])) {
+      fail(step + ": its position " + std::to_string(p) +
+           " must lie between the positions of the records and steps around it");
+    }
+  }
 }
 
 void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps, float const* values,
@@ -184,6 +260,18 @@ void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps, d
                     std::size_t n)
 {
   push_impl(keys, timestamps, values, n);
+}
+
+void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps, float const* values,
+                    std::size_t n, std::int64_t const* positions, watermark_steps const& steps)
+{
+  push_impl(keys, timestamps, values, n, positions, &steps);
+}
+
+void pipeline::push(std::uint32_t const* keys, std::int64_t const* timestamps, double const* values,
+                    std::size_t n, std::int64_t const* positions, watermark_steps const& steps)
+{
+  push_impl(keys, timestamps, values, n, positions, &steps);
 }
 
 table pipeline::poll()

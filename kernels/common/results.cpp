@@ -307,7 +307,9 @@ table window_table_builder::finish()
 
 table empty_window_table(pipeline_options const& options)
 {
-  return window_table_builder(options).finish();
+  table t = window_table_builder(options).finish();
+  if (options.external_watermark) { t.columns.push_back({"position", std::vector<std::int64_t>{}}); }
+  return t;
 }
 
 late_table_builder::late_table_builder(pipeline_options const& options)

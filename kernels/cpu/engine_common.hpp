@@ -1,7 +1,8 @@
 #pragma once
-// Helpers shared by the general CPU engines (sliding, sessions, rolling): pools of per-channel
-// accumulators and the engine plumbing (outputs, counters, checkpointed clock and counters).
-// What the CUDA engines share with them is in cusense/detail/engine_shared.hpp.
+// Helpers shared by the CPU window kinds (sliding, sessions, rolling): pools of per-channel
+// accumulators and a base class. The watermark, counters and outputs are the window runner's
+// (detail/window_kind.hpp); what the CUDA engines share with them is in
+// cusense/detail/engine_shared.hpp.
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -12,6 +13,7 @@
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>
+#include <cusense/detail/window_kind.hpp>
 #include <cusense/error.hpp>
 #include <cusense/types.hpp>
 
@@ -69,92 +71,20 @@ std::uint64_t add_record(channel_acc* acc, acc_layout const& layout, T const* v,
   return nans;
 }
 
-/// What the general CPU engines share: options, accumulator layout, output builders, the
-/// watermark clock and the counters, with their checkpoint form.
-class cpu_engine_base : public window_engine {
+/// What the CPU window kinds share: options, accumulator layout, and the output of the call
+/// in progress (set by each entry point).
+class cpu_kind_base : public window_kind {
  public:
-  explicit cpu_engine_base(pipeline_options const& options)
-    : options_(options),
-      layout_(acc_layout::of(options)),
-      channels_(options.channels),
-      windows_out_(options),
-      late_out_(options)
+  explicit cpu_kind_base(pipeline_options const& options)
+    : options_(options), layout_(acc_layout::of(options)), channels_(options.channels)
   {
-    clock_.ooo = options.max_out_of_orderness;
-  }
-
-  void drain(table* windows, table* late) override
-  {
-    if (windows) { windows->append(windows_out_.finish()); }
-    if (late) { late->append(late_out_.finish()); }
   }
 
  protected:
-  /// The counters, with the engine's own measure of the state it holds.
-  engine_counters make_counters(std::size_t open_windows, std::size_t open_keys,
-                                std::size_t state_bytes) const
-  {
-    engine_counters c;
-    c.aggregated    = aggregated_;
-    c.late          = late_count_;
-    c.nan_values    = nan_values_;
-    c.emitted       = emitted_;
-    c.open_windows  = open_windows;
-    c.open_keys     = open_keys;
-    c.state_bytes   = state_bytes;
-    c.has_watermark = clock_.has;
-    c.watermark     = clock_.has ? clock_.value() : 0;
-    return c;
-  }
-
-  /// A late record: to the late table.
-  template <typename T>
-  void reject_late(std::uint32_t key, std::int64_t t, T const* v)
-  {
-    late_out_.append(key, t, v);
-    ++late_count_;
-  }
-
-  // Checkpoint form: the clock, then (after any engine fields) the sequence and counters.
-  void save_clock(state_writer& out) const
-  {
-    out.boolean(clock_.has);
-    out.i64(clock_.max_ts);
-  }
-  void load_clock(state_reader& in)
-  {
-    clock_.has    = in.boolean();
-    clock_.max_ts = in.i64();
-    if (clock_.has) { checked_time(clock_.max_ts); }
-  }
-  void save_counts(state_writer& out) const
-  {
-    out.u64(seq_);
-    out.u64(aggregated_);
-    out.u64(late_count_);
-    out.u64(nan_values_);
-    out.u64(emitted_);
-  }
-  void load_counts(state_reader& in)
-  {
-    seq_        = in.u64();
-    aggregated_ = in.u64();
-    late_count_ = in.u64();
-    nan_values_ = in.u64();
-    emitted_    = in.u64();
-  }
-
   pipeline_options options_;
   acc_layout layout_;
   int channels_;
-  window_table_builder windows_out_;
-  late_table_builder late_out_;
-  watermark_clock clock_;
-  std::uint64_t seq_        = 0;
-  std::uint64_t aggregated_ = 0;
-  std::uint64_t late_count_ = 0;
-  std::uint64_t nan_values_ = 0;
-  std::uint64_t emitted_    = 0;
+  window_output* out_ = nullptr;  // the output of the apply, flush or settle in progress
 };
 
 }  // namespace cusense::detail

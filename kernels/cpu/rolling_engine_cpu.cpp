@@ -200,10 +200,10 @@ class row_order_sorter {
   std::uint32_t counts_[std::size_t{1} << max_digit_bits];
 };
 
-class cpu_rolling_engine final : public cpu_engine_base {
+class cpu_rolling_kind final : public cpu_kind_base {
  public:
-  explicit cpu_rolling_engine(pipeline_options const& options)
-    : cpu_engine_base(options),
+  explicit cpu_rolling_kind(pipeline_options const& options)
+    : cpu_kind_base(options),
       rows_(options.window.rows),
       min_periods_(options.window.min_periods < 0 ? options.window.rows : options.window.min_periods),
       history_capacity_(rows_ > 1 ? static_cast<std::size_t>(rows_ - 1) : 0),
@@ -214,13 +214,15 @@ class cpu_rolling_engine final : public cpu_engine_base {
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
 
-  void push(record_batch const& batch) override
+  void apply(watermark_feed& feed, window_output& out) override
   {
-    with_values(batch, [&](auto const* values) { push_typed(batch, values); });
+    out_ = &out;
+    with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
   }
 
-  void flush() override
+  void flush(window_output& out) override
   {
+    out_ = &out;
     emit_before(std::numeric_limits<std::int64_t>::max());
     for (key_history const& h : keys_) {
       for (history_record const& r : h.ring) free_.push_back(r.slot);
@@ -229,18 +231,14 @@ class cpu_rolling_engine final : public cpu_engine_base {
     key_index_.clear();
   }
 
-  engine_counters counters() override
-  {
-    return make_counters(held(), keys_.size(),
-                         state_bytes());
-  }
+  kind_size size() const override { return {held(), keys_.size(), state_bytes()}; }
 
   // Checkpoint: clock, counters, the waiting records in (t, key, arrival) order and the
   // per-key history (the last rows - 1 emitted records), with their values.
-  void save_state(state_writer& out) override
+  void save_state(state_writer& out, runner_fields const& fields) override
   {
-    save_clock(out);
-    save_counts(out);
+    fields.save_clock(out);
+    fields.save_counts(out);
     auto const ch  = static_cast<std::size_t>(channels_);
     auto write_rec = [&](std::int64_t t, std::uint32_t key, std::uint64_t seq, std::uint32_t slot) {
       out.i64(t);
@@ -263,10 +261,10 @@ class cpu_rolling_engine final : public cpu_engine_base {
     }
   }
 
-  void load_state(state_reader& in) override
+  void load_state(state_reader& in, runner_fields& fields) override
   {
-    load_clock(in);
-    load_counts(in);
+    fields.load_clock(in);
+    fields.load_counts(in);
     auto const ch = static_cast<std::size_t>(channels_);
     struct loaded {
       std::int64_t t;
@@ -333,41 +331,53 @@ class cpu_rolling_engine final : public cpu_engine_base {
   }
 
   template <typename T>
-  void push_typed(record_batch const& batch, T const* values)
+  void push_typed(watermark_feed& feed, T const* values)
   {
-    if (options_.max_open_windows != 0) { check_capacity(batch); }
-    auto const ch = static_cast<std::size_t>(channels_);
+    record_batch const& batch = feed.batch();
+    auto const ch             = static_cast<std::size_t>(channels_);
+    auto const no_op          = [](std::int64_t) {};
+    // Lateness record by record; rows are emitted once, after the batch (below).
+    watermark_feed during = feed;
+    during.start(no_op);
     arrivals_.resize(batch.n);
     waiting_record* accepted = arrivals_.data();
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::int64_t const t    = batch.timestamps[i];
       std::uint32_t const key = batch.keys[i];
       T const* v              = values + i * ch;
-      std::uint64_t const seq = seq_++;
-      if (clock_.has && t < clock_.value()) {
-        reject_late(key, t, v);
+      if (during.has() && t < during.value()) {
+        out_->reject_late(key, t, v, during.position(i));
+        during.after(i, t, no_op);
         continue;
       }
       std::uint32_t const slot = take();
       double* dst              = &vals_[std::size_t{slot} * ch];
       for (std::size_t c = 0; c < ch; ++c) {
         dst[c] = static_cast<double>(v[c]);
-        nan_values_ += ops::is_nan(dst[c]) ? 1 : 0;
+        out_->nan_values += ops::is_nan(dst[c]) ? 1 : 0;
       }
       std::uint32_t key_index = no_index;
       if (rows_ > 1) {  // the key holds state from now on
         key_index = key_index_.find(key);
         if (key_index == no_index) { key_index = add_key(key); }
       }
-      *accepted++ = {t, seq, key, slot, key_index, dst[0]};
-      ++aggregated_;
-      clock_.see(t);
+      *accepted++ = {t, feed.seq(i), key, slot, key_index, dst[0]};
+      during.after(i, t, no_op);
     }
     arrivals_.resize(static_cast<std::size_t>(accepted - arrivals_.data()));
     merge_waiting(arrivals_);
     // Rows do not depend on when they are emitted (a record that could precede a waiting
-    // row is late), so emitting once per batch gives the same rows in the same order.
-    if (clock_.has) { emit_before(clock_.value()); }
+    // row is late), so emitting once per batch gives the same rows in the same order; under
+    // external watermarks, step by step, so that each row gets the position of its step.
+    if (feed.external()) {
+      feed.finish([&](std::int64_t position) {
+        emit_before(feed.value());
+        out_->tag_windows(position);
+      });
+    } else {
+      feed = during;
+      if (feed.has()) { emit_before(feed.value()); }
+    }
   }
 
   // Merges records (in any order) into the waiting records, which stay in row order.
@@ -417,7 +427,7 @@ class cpu_rolling_engine final : public cpu_engine_base {
       waiting_.begin(), waiting_.end(), [&](waiting_record const& r) { return r.t < limit; });
     auto const n_ready = static_cast<std::size_t>(ready_end - waiting_.begin());
     if (n_ready == 0) { return; }
-    windows_out_.reserve(n_ready);
+    out_->windows.reserve(n_ready);
     bool const moments_only = !layout_.extent && !layout_.sketch;
     // The grouped path gathers lanes * rows values; long windows take the per-row one.
     if (moments_only && channels_ == 1 && history_capacity_ < max_grouped_history) {
@@ -489,8 +499,7 @@ class cpu_rolling_engine final : public cpu_engine_base {
       row_keys_[i] = waiting_[i].key;
       row_ts_[i]   = waiting_[i].t;
     }
-    windows_out_.append_rows(n, row_keys_.data(), row_ts_.data(), row_acc_.data(), min_periods_);
-    emitted_ += n;
+    out_->windows.append_rows(n, row_keys_.data(), row_ts_.data(), row_acc_.data(), min_periods_);
   }
 
   // The rows of the first n waiting records whose key belongs to thread `tid` of `team`.
@@ -546,8 +555,7 @@ class cpu_rolling_engine final : public cpu_engine_base {
       waiting_record const& r = waiting_[i];
       key_history* h          = history_of(r);
       aggregate(h, r);
-      windows_out_.append_row(r.key, r.t, tmp_.data(), min_periods_);
-      ++emitted_;
+      out_->windows.append_row(r.key, r.t, tmp_.data(), min_periods_);
       retire(h, r);
     }
   }
@@ -583,15 +591,16 @@ class cpu_rolling_engine final : public cpu_engine_base {
 
   // Refuses (before changing anything) a batch whose non-late records would take the records
   // held beyond max_open_windows.
-  void check_capacity(record_batch const& batch)
+  void check_capacity(watermark_feed feed) override
   {
-    watermark_clock clock = clock_;
-    std::size_t added     = 0;
+    record_batch const& batch = feed.batch();
+    auto const no_op          = [](std::int64_t) {};
+    std::size_t added         = 0;
+    feed.start(no_op);
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::int64_t const t = batch.timestamps[i];
-      if (clock.has && t < clock.value()) { continue; }
-      ++added;
-      clock.see(t);
+      added += feed.has() && t < feed.value() ? 0 : 1;
+      feed.after(i, t, no_op);
     }
     check_cap(options_.max_open_windows, held(), added, batch.n, "records");
   }
@@ -620,9 +629,9 @@ class cpu_rolling_engine final : public cpu_engine_base {
 
 }  // namespace
 
-std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options)
+std::unique_ptr<window_kind> make_cpu_rolling_kind(pipeline_options const& options)
 {
-  return std::make_unique<cpu_rolling_engine>(options);
+  return std::make_unique<cpu_rolling_kind>(options);
 }
 
 }  // namespace cusense::detail

@@ -160,20 +160,22 @@ class key_map {
   std::size_t size_ = 0;
 };
 
-class cpu_session_engine final : public cpu_engine_base {
+class cpu_session_kind final : public cpu_kind_base {
  public:
-  explicit cpu_session_engine(pipeline_options const& options)
-    : cpu_engine_base(options), sess_{options.window.gap}, pool_(options.channels)
+  explicit cpu_session_kind(pipeline_options const& options)
+    : cpu_kind_base(options), sess_{options.window.gap}, pool_(options.channels)
   {
   }
 
-  void push(record_batch const& batch) override
+  void apply(watermark_feed& feed, window_output& out) override
   {
-    with_values(batch, [&](auto const* values) { push_typed(batch, values); });
+    out_ = &out;
+    with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
   }
 
-  void flush() override
+  void flush(window_output& out) override
   {
+    out_ = &out;
     emit_open_until(std::numeric_limits<std::int64_t>::max());
     free_until(std::numeric_limits<std::int64_t>::max());
     // Every session is freed and the freed-session marks are dropped: no key holds state.
@@ -186,18 +188,18 @@ class cpu_session_engine final : public cpu_engine_base {
     freed_order_.clear();
   }
 
-  engine_counters counters() override
+  kind_size size() const override
   {
-    return make_counters(pool_.live(), live_keys_,
-                         pool_.bytes() + pool_.live() * 128 + live_keys_ * 64 + freed_marks_ * 96);
+    return {pool_.live(), live_keys_,
+            pool_.bytes() + pool_.live() * 128 + live_keys_ * 64 + freed_marks_ * 96};
   }
 
   // Checkpoint: clock, counters, the sessions sorted by (key, first) with their flags and
   // accumulators, and the freed-session marks.
-  void save_state(state_writer& out) override
+  void save_state(state_writer& out, runner_fields const& fields) override
   {
-    save_clock(out);
-    save_counts(out);
+    fields.save_clock(out);
+    fields.save_counts(out);
     std::vector<std::pair<std::uint32_t, std::uint32_t>> with_sessions;  // key, index
     std::vector<std::pair<std::uint32_t, std::int64_t>> freed;            // key, until
     std::size_t n = 0;
@@ -233,10 +235,10 @@ class cpu_session_engine final : public cpu_engine_base {
     }
   }
 
-  void load_state(state_reader& in) override
+  void load_state(state_reader& in, runner_fields& fields) override
   {
-    load_clock(in);
-    load_counts(in);
+    fields.load_clock(in);
+    fields.load_counts(in);
     std::size_t const n = in.count(22);
     for (std::size_t i = 0; i < n; ++i) {
       std::uint32_t const key = in.u32();
@@ -274,18 +276,23 @@ class cpu_session_engine final : public cpu_engine_base {
 
  private:
   template <typename T>
-  void push_typed(record_batch const& batch, T const* values)
+  void push_typed(watermark_feed& feed, T const* values)
   {
-    if (options_.max_open_windows != 0) { check_capacity(batch); }
-    std::int64_t const gap = sess_.gap;
+    record_batch const& batch = feed.batch();
+    std::int64_t const gap    = sess_.gap;
+    auto const advance        = [&](std::int64_t position) {
+      this->advance(feed.value());
+      out_->tag_windows(position);
+    };
+    feed.start(advance);
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::uint32_t const key = batch.keys[i];
       std::int64_t const t    = batch.timestamps[i];
       T const* v              = values + i * static_cast<std::size_t>(channels_);
-      std::uint64_t const seq = seq_++;
       std::uint32_t index     = keys_.find(key);
-      if (is_late(index, t)) {
-        reject_late(key, t, v);
+      if (is_late(feed, index, t)) {
+        out_->reject_late(key, t, v, feed.position(i));
+        feed.after(i, t, advance);
         continue;
       }
       if (index == key_map::none) { index = state_of(key); }
@@ -318,10 +325,9 @@ class cpu_session_engine final : public cpu_engine_base {
         }
         keeps_entry = hi - lo == 1 && s.first == base.first;
       }
-      nan_values_ += add_record(pool_.at(s.slot), layout_, v, channels_, t, seq);
-      ++aggregated_;
+      out_->nan_values += add_record(pool_.at(s.slot), layout_, v, channels_, t, feed.seq(i));
       std::int64_t const end = sess_.end(s.last);
-      if (clock_.has && end <= clock_.value()) {
+      if (feed.has() && end <= feed.value()) {
         // Changes a session that is already closed (allowed lateness): emit it again now.
         keeps_entry = keeps_entry && sessions[lo].closed;
         s.closed    = true;
@@ -339,14 +345,15 @@ class cpu_session_engine final : public cpu_engine_base {
         sessions.erase(sessions.begin() + static_cast<std::ptrdiff_t>(lo + 1),
                        sessions.begin() + static_cast<std::ptrdiff_t>(hi));
       }
-      if (clock_.see(t)) { advance(); }
+      out_->tag_windows(feed.position(i));  // an update emitted above
+      feed.after(i, t, advance);
     }
   }
 
-  bool is_late(std::uint32_t index, std::int64_t t) const
+  bool is_late(watermark_feed const& feed, std::uint32_t index, std::int64_t t) const
   {
-    if (!clock_.has) { return false; }
-    std::int64_t const horizon = minus_clamped(clock_.value(), options_.allowed_lateness);
+    if (!feed.has()) { return false; }
+    std::int64_t const horizon = minus_clamped(feed.value(), options_.allowed_lateness);
     if (sess_.end(t) <= horizon) { return true; }
     if (index == key_map::none) { return false; }
     key_state const& ks = key_states_[index];
@@ -413,13 +420,12 @@ class cpu_session_engine final : public cpu_engine_base {
 
   void append(std::uint32_t key, std::int64_t first, session_state const& s, bool update)
   {
-    windows_out_.append(key, first, sess_.end(s.last), pool_.at(s.slot), update);
-    ++emitted_;
+    out_->windows.append(key, first, sess_.end(s.last), pool_.at(s.slot), update);
   }
 
-  void advance()
+  // The watermark moved to `wm`: emit the sessions it closed, free what can no longer change.
+  void advance(std::int64_t wm)
   {
-    std::int64_t const wm = clock_.value();
     emit_open_until(wm);
     free_until(minus_clamped(wm, options_.allowed_lateness));
     // Freed-session marks that can no longer decide anything: a record before `until` has
@@ -460,7 +466,7 @@ class cpu_session_engine final : public cpu_engine_base {
     std::sort(ready_.begin(), ready_.end(), [](ready_session const& a, ready_session const& b) {
       return a.first != b.first ? a.first < b.first : a.key < b.key;
     });
-    windows_out_.reserve(ready_.size());
+    out_->windows.reserve(ready_.size());
     for (ready_session const& r : ready_) {
       session_state& s = key_states_[r.index].sessions[r.pos];
       append(r.key, r.first, s, s.emitted);
@@ -501,15 +507,18 @@ class cpu_session_engine final : public cpu_engine_base {
   // Refuses (before changing anything) a batch that could take the sessions held beyond
   // max_open_windows: counts the gap-separated runs, per key, of its non-late records (an
   // upper bound on the sessions it opens).
-  void check_capacity(record_batch const& batch)
+  void check_capacity(watermark_feed feed) override
   {
-    watermark_clock clock = clock_;
+    record_batch const& batch = feed.batch();
+    auto const no_op          = [](std::int64_t) {};
     std::vector<std::pair<std::uint32_t, std::int64_t>> recs;
+    feed.start(no_op);
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::int64_t const t = batch.timestamps[i];
-      if (clock.has && sess_.end(t) <= minus_clamped(clock.value(), options_.allowed_lateness)) { continue; }
-      recs.emplace_back(batch.keys[i], t);
-      clock.see(t);
+      if (!(feed.has() && sess_.end(t) <= minus_clamped(feed.value(), options_.allowed_lateness))) {
+        recs.emplace_back(batch.keys[i], t);
+      }
+      feed.after(i, t, no_op);
     }
     std::sort(recs.begin(), recs.end());
     std::size_t runs = 0;
@@ -542,9 +551,9 @@ class cpu_session_engine final : public cpu_engine_base {
 
 }  // namespace
 
-std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options)
+std::unique_ptr<window_kind> make_cpu_session_kind(pipeline_options const& options)
 {
-  return std::make_unique<cpu_session_engine>(options);
+  return std::make_unique<cpu_session_kind>(options);
 }
 
 }  // namespace cusense::detail

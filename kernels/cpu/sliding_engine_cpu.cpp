@@ -27,10 +27,10 @@ namespace {
 
 constexpr std::int64_t none = std::numeric_limits<std::int64_t>::min();
 
-class cpu_sliding_engine final : public cpu_engine_base {
+class cpu_sliding_kind final : public cpu_kind_base {
  public:
-  explicit cpu_sliding_engine(pipeline_options const& options)
-    : cpu_engine_base(options),
+  explicit cpu_sliding_kind(pipeline_options const& options)
+    : cpu_kind_base(options),
       win_(ops::sliding::make(options.window.size,
                               options.window.type == window_spec::kind::sliding ? options.window.slide
                                                                                  : options.window.size,
@@ -40,30 +40,32 @@ class cpu_sliding_engine final : public cpu_engine_base {
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
 
-  void push(record_batch const& batch) override
+  void apply(watermark_feed& feed, window_output& out) override
   {
-    with_values(batch, [&](auto const* values) { push_typed(batch, values); });
+    out_ = &out;
+    with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
   }
 
-  void flush() override
+  void flush(window_output& out) override
   {
+    out_ = &out;
     emit_windows(emitted_before_, std::numeric_limits<std::int64_t>::max());
     free_panes_before(std::numeric_limits<std::int64_t>::max());
   }
 
-  engine_counters counters() override
+  kind_size size() const override
   {
-    return make_counters(pool_.live(), keys_.size(), pool_.bytes() + pool_.live() * 64 + keys_.size() * 64);
+    return {pool_.live(), keys_.size(), pool_.bytes() + pool_.live() * 64 + keys_.size() * 64};
   }
 
   // Checkpoint: clock, emission bounds, counters, then the (key, pane) partials sorted by
   // (pane, key), `channels` full accumulators each.
-  void save_state(state_writer& out) override
+  void save_state(state_writer& out, runner_fields const& fields) override
   {
-    save_clock(out);
+    fields.save_clock(out);
     out.i64(emitted_before_);
     out.i64(kept_from_);
-    save_counts(out);
+    fields.save_counts(out);
     std::size_t n = 0;
     for (auto const& [j, keys] : keys_by_pane_) n += keys.size();
     out.u64(n);
@@ -80,15 +82,15 @@ class cpu_sliding_engine final : public cpu_engine_base {
     }
   }
 
-  void load_state(state_reader& in) override
+  void load_state(state_reader& in, runner_fields& fields) override
   {
-    load_clock(in);
+    fields.load_clock(in);
     auto bound = [&](std::int64_t k) {
       return k == none ? k : checked_window(k, win_.slide, win_.offset);
     };
     emitted_before_ = bound(in.i64());
     kept_from_      = bound(in.i64());
-    load_counts(in);
+    fields.load_counts(in);
     std::size_t const n = in.count(12);
     std::int64_t prev_j = 0;
     std::uint32_t prev_key = 0;
@@ -110,23 +112,29 @@ class cpu_sliding_engine final : public cpu_engine_base {
  private:
   using pane_map = std::map<std::int64_t, std::uint32_t>;  // pane id -> slot
 
-  std::int64_t closed_before(std::int64_t lateness) const
+  // The windows closed at watermark `wm` - lateness: those with ids below the result.
+  std::int64_t closed_before(std::int64_t wm, std::int64_t lateness) const
   {
-    return win_.closed_before(minus_clamped(clock_.value(), lateness));
+    return win_.closed_before(minus_clamped(wm, lateness));
   }
 
   template <typename T>
-  void push_typed(record_batch const& batch, T const* values)
+  void push_typed(watermark_feed& feed, T const* values)
   {
-    if (options_.max_open_windows != 0) { check_capacity(batch); }
+    record_batch const& batch = feed.batch();
+    auto const advance = [&](std::int64_t position) {
+      this->advance(feed.value());
+      out_->tag_windows(position);
+    };
+    feed.start(advance);
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::uint32_t const key = batch.keys[i];
       std::int64_t const t    = batch.timestamps[i];
       T const* v              = values + i * static_cast<std::size_t>(channels_);
-      std::uint64_t const seq = seq_++;
       std::int64_t const j    = win_.pane_id(t);
-      if (clock_.has && win_.last_window(j) < kept_from_) {
-        reject_late(key, t, v);
+      if (feed.has() && win_.last_window(j) < kept_from_) {
+        out_->reject_late(key, t, v, feed.position(i));
+        feed.after(i, t, advance);
         continue;
       }
       pane_map& panes = keys_[key];
@@ -135,27 +143,27 @@ class cpu_sliding_engine final : public cpu_engine_base {
         it = panes.emplace(j, pool_.take()).first;
         keys_by_pane_[j].push_back(key);
       }
-      nan_values_ += add_record(pool_.at(it->second), layout_, v, channels_, t, seq);
-      ++aggregated_;
-      if (clock_.has && options_.allowed_lateness > 0) {
+      out_->nan_values += add_record(pool_.at(it->second), layout_, v, channels_, t, feed.seq(i));
+      if (feed.has() && options_.allowed_lateness > 0) {
         // Windows holding the record that were emitted and are still kept: emit them again.
         std::int64_t const lo = std::max(win_.first_window(j), kept_from_);
         std::int64_t const hi = std::min(win_.last_window(j), emitted_before_ - 1);
         for (std::int64_t k = lo; k <= hi; ++k) emit_window(key, panes, k, true);
+        out_->tag_windows(feed.position(i));
       }
-      if (clock_.see(t)) { advance(); }
+      feed.after(i, t, advance);
     }
   }
 
-  // The watermark moved: emit the windows it closed, free what can no longer change.
-  void advance()
+  // The watermark moved to `wm`: emit the windows it closed, free what can no longer change.
+  void advance(std::int64_t wm)
   {
-    std::int64_t const closed = closed_before(0);
+    std::int64_t const closed = closed_before(wm, 0);
     if (emitted_before_ == none || closed > emitted_before_) {
       emit_windows(emitted_before_, closed);
       emitted_before_ = closed;
     }
-    std::int64_t const kept = closed_before(options_.allowed_lateness);
+    std::int64_t const kept = closed_before(wm, options_.allowed_lateness);
     if (kept_from_ == none || kept > kept_from_) {
       free_panes_before(kept);
       kept_from_ = kept;
@@ -183,7 +191,7 @@ class cpu_sliding_engine final : public cpu_engine_base {
     }
     std::sort(ready_.begin(), ready_.end());
     ready_.erase(std::unique(ready_.begin(), ready_.end()), ready_.end());
-    windows_out_.reserve(ready_.size());
+    out_->windows.reserve(ready_.size());
     for (auto const& [k, key] : ready_) emit_window(key, keys_.at(key), k, false);
   }
 
@@ -196,8 +204,7 @@ class cpu_sliding_engine final : public cpu_engine_base {
       channel_acc const* a = pool_.at(p->second);
       for (int c = 0; c < channels_; ++c) merge_into(tmp_[c], a[c], layout_);
     }
-    windows_out_.append(key, win_.start(k), win_.end(k), tmp_.data(), update);
-    ++emitted_;
+    out_->windows.append(key, win_.start(k), win_.end(k), tmp_.data(), update);
   }
 
   // Frees the panes of windows k < kept only (panes j < kept * panes_per_slide).
@@ -221,20 +228,24 @@ class cpu_sliding_engine final : public cpu_engine_base {
 
   // Refuses (before changing anything) a batch that would take the (key, pane) states held
   // beyond max_open_windows, counting the new states of its non-late records.
-  void check_capacity(record_batch const& batch)
+  void check_capacity(watermark_feed feed) override
   {
-    watermark_clock clock = clock_;
-    std::int64_t kept     = kept_from_;
+    record_batch const& batch = feed.batch();
+    std::int64_t kept         = kept_from_;
+    auto const advance        = [&](std::int64_t) {
+      std::int64_t const k = closed_before(feed.value(), options_.allowed_lateness);
+      kept                 = kept == none ? k : std::max(kept, k);
+    };
     std::vector<std::pair<std::uint32_t, std::int64_t>> fresh;
+    feed.start(advance);
     for (std::size_t i = 0; i < batch.n; ++i) {
       std::int64_t const t = batch.timestamps[i];
       std::int64_t const j = win_.pane_id(t);
-      if (clock.has && win_.last_window(j) < kept) { continue; }
-      auto k = keys_.find(batch.keys[i]);
-      if (k == keys_.end() || k->second.count(j) == 0) { fresh.emplace_back(batch.keys[i], j); }
-      if (clock.see(t)) {
-        kept = std::max(kept, win_.closed_before(minus_clamped(clock.value(), options_.allowed_lateness)));
+      if (!(feed.has() && win_.last_window(j) < kept)) {
+        auto k = keys_.find(batch.keys[i]);
+        if (k == keys_.end() || k->second.count(j) == 0) { fresh.emplace_back(batch.keys[i], j); }
       }
+      feed.after(i, t, advance);
     }
     std::sort(fresh.begin(), fresh.end());
     fresh.erase(std::unique(fresh.begin(), fresh.end()), fresh.end());
@@ -253,9 +264,9 @@ class cpu_sliding_engine final : public cpu_engine_base {
 
 }  // namespace
 
-std::unique_ptr<window_engine> make_cpu_sliding_engine(pipeline_options const& options)
+std::unique_ptr<window_kind> make_cpu_sliding_kind(pipeline_options const& options)
 {
-  return std::make_unique<cpu_sliding_engine>(options);
+  return std::make_unique<cpu_sliding_kind>(options);
 }
 
 }  // namespace cusense::detail

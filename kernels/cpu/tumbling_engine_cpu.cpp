@@ -16,6 +16,7 @@
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_shared.hpp>
 #include <cusense/detail/results.hpp>
+#include <cusense/detail/window_kind.hpp>
 #include <cusense/ops/moments.hpp>
 #include <cusense/ops/windows.hpp>
 
@@ -529,13 +530,10 @@ struct shard_state {
   }
 };
 
-class cpu_window_engine final : public window_engine {
+class cpu_tumbling_kind final : public window_kind {
  public:
-  explicit cpu_window_engine(pipeline_options const& options)
-    : options_(options),
-      window_{options.window.size, options.window.offset},
-      windows_out_(options),
-      late_out_(options)
+  explicit cpu_tumbling_kind(pipeline_options const& options)
+    : options_(options), window_{options.window.size, options.window.offset}
   {
     int threads = options.cpu_threads;
     if (threads <= 0) {
@@ -544,51 +542,48 @@ class cpu_window_engine final : public window_engine {
     shards_.resize(static_cast<std::size_t>(threads));
   }
 
-  void push(record_batch const& batch) override
+  // Capacity is checked while the batch is applied (pass 1), which rolls back on failure.
+  void check_capacity(watermark_feed) override {}
+
+  void apply(watermark_feed& feed, window_output& out) override
   {
-    if (batch.values_f32) {
-      push_typed(batch, static_cast<float const*>(batch.values));
-    } else {
-      push_typed(batch, static_cast<double const*>(batch.values));
-    }
+    out_ = &out;
+    with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
   }
 
-  void flush() override { emit_before(std::numeric_limits<std::int64_t>::max()); }
-
-  void drain(table* windows, table* late) override
+  void flush(window_output& out) override
   {
-    if (windows) {
-      emit_closed();  // windows whose emission a push deferred (out of memory), if any
-      windows->append(windows_out_.finish());
-    }
-    if (late) { late->append(late_out_.finish()); }
+    out_ = &out;
+    emit_before(std::numeric_limits<std::int64_t>::max());
   }
 
-  engine_counters counters() override
+  // Windows whose emission a push deferred (out of memory), if any.
+  void settle(window_output& out) override
   {
-    engine_counters c;
+    out_ = &out;
+    emit_closed();
+    out_->tag_windows(last_position_);
+  }
+
+  kind_size size() const override
+  {
+    kind_size z;
     for (auto const& s : shards_) {
-      c.aggregated += s.aggregated;
-      c.nan_values += s.nan_values;
-      c.open_windows += s.open_states();
-      c.state_bytes += s.state_bytes(options_.channels);
+      z.open_windows += s.open_states();
+      z.state_bytes += s.state_bytes(options_.channels);
     }
-    c.late          = late_count_;
-    c.emitted       = emitted_;
-    c.has_watermark = has_max_;
-    c.watermark     = has_max_ ? watermark() : 0;
-    return c;
+    return z;
   }
 
-  void save_state(state_writer& out) override;
-  void load_state(state_reader& in) override;
+  void save_state(state_writer& out, runner_fields const& fields) override;
+  void load_state(state_reader& in, runner_fields& fields) override;
 
  private:
-  std::int64_t watermark() const { return max_ts_ - options_.max_out_of_orderness; }
-
   template <typename T>
-  void push_typed(record_batch const& batch, T const* values)
+  void push_typed(watermark_feed& feed, T const* values)
   {
+    record_batch const& batch = feed.batch();
+    bool const external       = feed.external();
     auto const shards = static_cast<std::uint32_t>(shards_.size());
     int const channels = options_.channels;
     if (batch.n > std::numeric_limits<std::uint32_t>::max()) {
@@ -613,6 +608,7 @@ class cpu_window_engine final : public window_engine {
       parts_[c].error = nullptr;
     }
     std::vector<std::exception_ptr> errors(shards);
+    std::vector<std::uint64_t> nan_added(shards, 0);
     bool ok = true;
     std::size_t open = 0, created = 0;  // states open after pass 1, and created by it
     auto const chunk_begin = [&](std::uint32_t c) { return n / parts * c + std::min<std::size_t>(c, n % parts); };
@@ -650,8 +646,14 @@ class cpu_window_engine final : public window_engine {
         part& pc = parts_[c];
         try {
           // m: the largest time so far, or INT64_MIN (below every valid time) when there is none.
-          std::int64_t m = has_max_ ? max_ts_ : std::numeric_limits<std::int64_t>::min();
-          for (std::uint32_t d = 0; d < c; ++d) m = std::max(m, parts_[d].max);
+          // External watermarks: the caller's watermark plus max_out_of_orderness (the time
+          // that would have raised it), moved before each record.
+          watermark_feed ahead = feed;
+          ahead.move_to(chunk_begin(c));
+          std::int64_t m = ahead.has() ? ahead.clock().max_ts : std::numeric_limits<std::int64_t>::min();
+          if (!external) {
+            for (std::uint32_t d = 0; d < c; ++d) m = std::max(m, parts_[d].max);
+          }
           // A record is late when its window id is below closed_before(watermark), that is when
           // its time is below the start of that window: compare times, no division per record.
           // The bound changes only when the watermark reaches the end of that window.
@@ -674,6 +676,21 @@ class cpu_window_engine final : public window_engine {
           }
           std::uint32_t** const cursor = pc.cursor.data();
           auto const split = [&](auto&& to_shard) {
+            if (external) {
+              for (std::size_t i = chunk_begin(c), e = chunk_begin(c + 1); i < e; ++i) {
+                ahead.move_to(i);
+                if (ahead.has() && ahead.clock().max_ts >= recompute) {
+                  m = ahead.clock().max_ts;
+                  update();
+                }
+                if (batch.timestamps[i] < late_below) {
+                  pc.late.push_back(static_cast<std::uint32_t>(i));
+                  continue;
+                }
+                to_shard(static_cast<std::uint32_t>(i), batch.keys[i]);
+              }
+              return;
+            }
             for (std::size_t i = chunk_begin(c), e = chunk_begin(c + 1); i < e; ++i) {
               std::int64_t const t = batch.timestamps[i];
               if (t < late_below) {
@@ -741,7 +758,8 @@ class cpu_window_engine final : public window_engine {
             std::size_t late = 0;
             for (std::uint32_t c = 0; c < parts; ++c) late += parts_[c].late.size();
             late_idx_.reserve(late);
-            late_out_.reserve(late);
+            out_->late.reserve(late);
+            if (out_->keep_positions) { reserve_more(out_->late_positions, late); }
             for (std::uint32_t c = 0; c < parts; ++c) {
               late_idx_.insert(late_idx_.end(), parts_[c].late.begin(), parts_[c].late.end());
             }
@@ -753,7 +771,11 @@ class cpu_window_engine final : public window_engine {
       }
       // Pass 2: apply.
       if (ok) {
-        for (std::uint32_t s = tid; s < shards; s += team) shards_[s].accumulate(values, channels);
+        for (std::uint32_t s = tid; s < shards; s += team) {
+          std::uint64_t const nan_before = shards_[s].nan_values;
+          shards_[s].accumulate(values, channels);
+          nan_added[s] = shards_[s].nan_values - nan_before;
+        }
       }
     };
 #pragma omp parallel num_threads(parts) if (parallel)
@@ -774,31 +796,41 @@ class cpu_window_engine final : public window_engine {
       throw capacity_error(capacity_message(options_.max_open_windows, open - created, created, batch.n,
                                             "(key, window) states", false));
     }
-    std::int64_t max_ts = max_ts_;
-    bool has_max        = has_max_;
-    for (std::uint32_t c = 0; c < parts; ++c) {
-      if (chunk_begin(c) < chunk_begin(c + 1)) {
-        max_ts  = has_max ? std::max(max_ts, parts_[c].max) : parts_[c].max;
-        has_max = true;
-      }
-    }  // (a late record is below the running maximum, so chunk maxima are maxima of on-time ones)
+    for (std::uint64_t a : nan_added) out_->nan_values += a;
+    if (!external) {
+      for (std::uint32_t c = 0; c < parts; ++c) {
+        if (chunk_begin(c) < chunk_begin(c + 1)) { feed.raise(parts_[c].max); }
+      }  // (a late record is below the running maximum, so chunk maxima are maxima of on-time ones)
+    }
     for (std::uint32_t i : late_idx_) {
-      late_out_.append(batch.keys[i], batch.timestamps[i], values + std::size_t{i} * channels);
+      out_->reject_late(batch.keys[i], batch.timestamps[i], values + std::size_t{i} * channels,
+                        feed.position(i));
     }
-    late_count_ += late_idx_.size();
-    max_ts_  = max_ts;
-    has_max_ = has_max;
-    // The batch is applied; windows it closes are emitted now, or, when memory runs out here,
-    // by the next call (drain retries), so the caller never sees an applied batch fail.
+    // The batch is applied; windows it closes are emitted now (step by step under external
+    // watermarks, each row tagged with its step's position), or, when memory runs out here, by
+    // the next call (settle), so the caller never sees an applied batch fail.
     try {
-      emit_closed();
+      if (external) {
+        feed.finish([&](std::int64_t position) {
+          clock_ = feed.clock();
+          emit_closed();
+          out_->tag_windows(position);
+          last_position_ = position;
+        });
+      } else {
+        clock_ = feed.clock();
+        emit_closed();
+      }
     } catch (std::bad_alloc const&) {
+      feed.move_to(batch.n);
+      if (feed.steps().count != 0) { last_position_ = feed.steps().position[feed.steps().count - 1]; }
     }
+    clock_ = feed.clock();
   }
 
   void emit_closed()
   {
-    if (has_max_) { emit_before(window_.closed_before(watermark())); }
+    if (clock_.has) { emit_before(window_.closed_before(clock_.value())); }
   }
 
   // Emits, in (window start, key) order, every open window whose id is below `limit`. Throws
@@ -834,7 +866,7 @@ class cpu_window_engine final : public window_engine {
     emit_.scratch.resize(total);
     emit_.keys.resize(widest * shards);
     emit_.acc.resize(widest * shards);
-    windows_out_.reserve(total);
+    out_->windows.reserve(total);
     for (auto& sh : shards_) sh.free_slots.reserve(sh.slot_key.size());
     // Nothing below allocates.
     auto const collect = [&](std::uint32_t s) {
@@ -883,7 +915,7 @@ class cpu_window_engine final : public window_engine {
         emit_.acc[n]  = &shards_[best].acc[(best_row & 0xFFFFFFFFu) * static_cast<std::size_t>(channels)];
         ++n;
       }
-      windows_out_.append_window(window_.start(win), window_.end(win), n, emit_.keys.data(), emit_.acc.data());
+      out_->windows.append_window(window_.start(win), window_.end(win), n, emit_.keys.data(), emit_.acc.data());
       for (std::uint32_t s = 0; s < shards; ++s) {
         if (next[s] < emit_.first_range[s + 1] && emit_.ranges[next[s]].win == win) { ++next[s]; }
       }
@@ -895,18 +927,14 @@ class cpu_window_engine final : public window_engine {
       }
       sh.closed_below(limit);
     }
-    emitted_ += total;
   }
 
   pipeline_options options_;
   ops::tumbling window_;
   std::vector<shard_state> shards_;
-  window_table_builder windows_out_;
-  late_table_builder late_out_;
-  std::int64_t max_ts_   = 0;
-  bool has_max_          = false;
-  std::uint64_t late_count_ = 0;
-  std::uint64_t emitted_    = 0;
+  window_output* out_ = nullptr;  // the output of the apply, flush or settle in progress
+  watermark_clock clock_;          // as of the end of the last batch
+  std::int64_t last_position_ = 0;  // of the last watermark step (external watermarks)
   std::vector<std::uint32_t> late_idx_;  // scratch: late records of the current batch
   // Scratch of emit_before, kept across calls so that emission does not allocate in steady
   // state: per shard its rows (first) and windows (first_range) below the limit.
@@ -936,14 +964,15 @@ class cpu_window_engine final : public window_engine {
 
 // ----- checkpoints: the neutral tumbling_state (open states sorted by (window, key))
 
-void cpu_window_engine::save_state(state_writer& out)
+void cpu_tumbling_kind::save_state(state_writer& out, runner_fields const& fields)
 {
-  emit_closed();
   tumbling_state st;
-  st.has_max    = has_max_;
-  st.max_ts     = max_ts_;
-  st.late       = late_count_;
-  st.emitted    = emitted_;
+  st.has_max    = fields.clock.has;
+  st.max_ts     = fields.clock.max_ts;
+  st.late       = fields.late;
+  st.emitted    = fields.emitted;
+  st.aggregated = fields.aggregated;
+  st.nan_values = fields.nan_values;
   int const channels = options_.channels;
   struct entry {
     std::int64_t win;
@@ -952,8 +981,6 @@ void cpu_window_engine::save_state(state_writer& out)
   };
   std::vector<entry> all;
   for (auto const& sh : shards_) {
-    st.aggregated += sh.aggregated;
-    st.nan_values += sh.nan_values;
     for (auto const& [win, slots] : sh.open_by_window) {
       for (std::uint32_t slot : slots) {
         all.push_back({win, sh.slot_key[slot], &sh.acc[std::size_t{slot} * channels]});
@@ -971,7 +998,7 @@ void cpu_window_engine::save_state(state_writer& out)
   write_tumbling_state(out, st, channels);
 }
 
-void cpu_window_engine::load_state(state_reader& in)
+void cpu_tumbling_kind::load_state(state_reader& in, runner_fields& fields)
 {
   tumbling_state const st = read_tumbling_state(in, options_);
   int const channels      = options_.channels;
@@ -985,19 +1012,22 @@ void cpu_window_engine::load_state(state_reader& in)
                 &sh.acc[std::size_t{slot} * channels]);
   }
   for (auto& sh : shards_) sh.created.clear();
-  shards_[0].aggregated = st.aggregated;
-  shards_[0].nan_values = st.nan_values;
-  has_max_    = st.has_max;
-  max_ts_     = st.max_ts;
-  late_count_ = st.late;
-  emitted_    = st.emitted;
+  fields.aggregated = st.aggregated;
+  fields.nan_values = st.nan_values;
+  fields.clock.has    = st.has_max;
+  fields.clock.max_ts = st.max_ts;
+  fields.late       = st.late;
+  fields.emitted    = st.emitted;
+  // fields.seq is not part of this state form: only order statistics use it, and this kind
+  // runs moment aggregations only.
+  clock_ = fields.clock;
 }
 
 }  // namespace
 
-std::unique_ptr<window_engine> make_cpu_tumbling_engine(pipeline_options const& options)
+std::unique_ptr<window_kind> make_cpu_tumbling_kind(pipeline_options const& options)
 {
-  return std::make_unique<cpu_window_engine>(options);
+  return std::make_unique<cpu_tumbling_kind>(options);
 }
 
 }  // namespace cusense::detail

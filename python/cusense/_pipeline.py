@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 from ._time import (check_no_nulls, check_time_unit, timestamp_array, timestamps_to_ns,
                     to_nanoseconds, warn_if_seconds_or_ms)
 
+_WATERMARKS = ("records", "external")
 _NAN_POLICIES = ("skip", "raise")
 _UINT64_MAX = 2**64 - 1
 
@@ -256,6 +257,13 @@ class Pipeline:
         Cap on the (key, window) states held at once (0 = unlimited), counted while a batch is
         applied. A push that would exceed it raises :class:`cusense.CapacityError` (a
         ``MemoryError``) and is rejected whole; the pipeline stays usable.
+    watermark : "records" | "external"
+        ``"records"`` (the default): the watermark is the largest event time pushed so far minus
+        ``max_out_of_orderness``. ``"external"``: only the caller moves it, with the
+        ``watermark_steps`` of each :meth:`push` (for a pipeline that holds some of the keys of a
+        stream whose watermark is kept elsewhere, as the partitions of
+        :mod:`cusense.distributed` do); output rows then carry their stream position
+        (``poll(positions=True)``). Windowed pipelines without detectors, CPU backend.
 
     A pipeline is not thread-safe: a call made while another thread is inside a call on the
     same pipeline raises :class:`cusense.ConcurrentUseError` and changes nothing. Use one
@@ -270,7 +278,8 @@ class Pipeline:
                  nan_policy: str = "skip", staging_records: int | None = None,
                  cpu_threads: int = 0, max_open_windows: int = 0,
                  detectors: Sequence[Detector] | None = None,
-                 allowed_lateness: Duration = 0, quantile_accuracy: float = 0.01) -> None:
+                 allowed_lateness: Duration = 0, quantile_accuracy: float = 0.01,
+                 watermark: str = "records") -> None:
         if window is None and not detectors:
             raise TypeError("window is required unless detectors are given")
         if window is not None and not isinstance(window, _WINDOWS):
@@ -281,7 +290,10 @@ class Pipeline:
         aggs = canonical_aggs(aggs)
         if nan_policy not in _NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
+        if watermark not in _WATERMARKS:
+            raise ValueError(f"watermark must be one of {_WATERMARKS}, got {watermark!r}")
         opts = _core.PipelineOptions()
+        opts.external_watermark = watermark == "external"
         if window is None:
             opts.windowed = False  # detectors only
         else:
@@ -362,7 +374,14 @@ class Pipeline:
         wm = self.stats.get("watermark")
         return np.datetime64("NaT", "ns") if wm is None else np.datetime64(wm, "ns")
 
-    def push(self, keys: Column, timestamps: Column, values: Column, time_unit: str | None = None) -> None:
+    @property
+    def watermark(self) -> str:
+        """``"records"`` or ``"external"`` (see the ``watermark`` parameter)."""
+        return "external" if self._core.options.external_watermark else "records"
+
+    def push(self, keys: Column, timestamps: Column, values: Column, time_unit: str | None = None,
+             *, positions: Column | None = None,
+             watermark_steps: tuple[Column, Column, Column] | None = None) -> None:
         """Push a micro-batch of records: keys (uint32 ids), timestamps, values.
 
         Columns may be numpy arrays, sequences, pandas Series, pyarrow arrays or polars Series.
@@ -373,7 +392,25 @@ class Pipeline:
         milliseconds of the present era give a :class:`TimeUnitWarning` (once per pipeline).
         An empty batch is a no-op. A refused batch (ValueError / TypeError) changes nothing
         but ``stats["records_rejected"]``.
+
+        With ``watermark="external"`` every push gives ``positions`` (int64, one per record: its
+        stream position, increasing strictly within and across pushes) and
+        ``watermark_steps = (at, watermark, position)``, three int64 arrays of one length: step
+        ``s`` means that after the first ``at[s]`` records of this batch the watermark becomes
+        ``watermark[s]`` (int ns; the watermark itself), at stream position ``position[s]``.
+        ``at`` does not decrease, watermarks increase strictly (also across pushes), and step
+        positions increase strictly and fall between the positions of the records around them.
+        A push may hold steps and no records.
         """
+        external = self._core.options.external_watermark
+        if (positions is None or watermark_steps is None) == external:
+            raise TypeError("a pipeline with watermark='external' needs positions and "
+                            "watermark_steps with every push" if external else
+                            "positions and watermark_steps are for pipelines with "
+                            "watermark='external'")
+        if watermark_steps is not None and positions is not None:
+            self._push_external(keys, timestamps, values, time_unit, positions, watermark_steps)
+            return
         if _is_empty_batch(keys, timestamps, values):
             return
         try:
@@ -382,6 +419,26 @@ class Pipeline:
             self._records_rejected_in_python += _batch_length(keys, timestamps, values)
             raise
         self._push_checked(k, t, v)
+
+    def _push_external(self, keys: Column, timestamps: Column, values: Column,
+                       time_unit: str | None, positions: Column,
+                       watermark_steps: tuple[Column, Column, Column]) -> None:
+        try:
+            if _is_empty_batch(keys, timestamps, values):
+                k = np.empty(0, np.uint32)
+                t = np.empty(0, np.int64)
+                v = np.empty((0, self._channels) if self._channels > 1 else 0, np.float64)
+            else:
+                k, t, v = self._checked_batch(keys, timestamps, values, time_unit)
+            pos = np.ascontiguousarray(positions, dtype=np.int64)
+            if len(watermark_steps) != 3:
+                raise ValueError("watermark_steps must be (at, watermark, position)")
+            at, wm, step_pos = (np.ascontiguousarray(a, dtype=np.int64) for a in watermark_steps)
+        except (TypeError, ValueError):
+            self._records_rejected_in_python += _batch_length(keys, timestamps, values)
+            raise
+        push = self._core.push_external_f32 if v.dtype == np.float32 else self._core.push_external_f64
+        push(k, t, v, pos, at, wm, step_pos)
 
     def _checked_batch(self, keys: Column, timestamps: Column, values: Column,
                        time_unit: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -402,17 +459,28 @@ class Pipeline:
         else:
             self._core.push_f64(k, t, v)
 
-    def poll(self) -> Result:
-        """Windows emitted since the last poll, ordered by (window_start, key)."""
-        return Result(self._core.poll())
+    def poll(self, positions: bool = False) -> Result:
+        """Windows emitted since the last poll, ordered by (window_start, key) within each
+        watermark step. ``positions=True`` (``watermark="external"`` only) adds an int64
+        ``position`` column: the stream position of the step that emitted the row (of its record
+        for an ``is_update`` row; 2**63-1 for rows emitted by :meth:`flush`)."""
+        return self._output(self._core.poll(), positions)
 
-    def poll_late(self) -> Result:
-        """Late records since the last call (key, timestamp, value), in arrival order."""
-        return Result(self._core.poll_late())
+    def poll_late(self, positions: bool = False) -> Result:
+        """Late records since the last call (key, timestamp, value), in arrival order;
+        ``positions=True`` (``watermark="external"``) adds each record's ``position``."""
+        return self._output(self._core.poll_late(), positions)
 
-    def flush(self) -> Result:
+    def flush(self, positions: bool = False) -> Result:
         """End of stream: emit every open window and return what poll() would."""
-        return Result(self._core.flush())
+        return self._output(self._core.flush(), positions)
+
+    def _output(self, columns: dict[str, np.ndarray], positions: bool) -> Result:
+        if positions and not self._core.options.external_watermark:
+            raise ValueError("positions=True needs a pipeline with watermark='external'")
+        if not positions:
+            columns.pop("position", None)
+        return Result(columns)
 
     def poll_scores(self) -> Result:
         """Records scored by the detectors since the last call, in release order ((timestamp,

@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <iosfwd>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -107,6 +108,16 @@ class pipeline {
             std::size_t n);
   void push(std::uint32_t const* keys, std::int64_t const* timestamps, double const* values,
             std::size_t n);
+  /// Pushes n records under external watermarks (options.external_watermark): the watermark
+  /// moves only by `steps`, and `positions` gives each record's stream position (see
+  /// watermark_steps). Records are late or not against the watermark in force just before
+  /// them, as with push(). Throws invalid_argument (changing nothing but the rejected count)
+  /// naming the problem when positions or steps break the rules of watermark_steps, or when the
+  /// pipeline does not take external watermarks.
+  void push(std::uint32_t const* keys, std::int64_t const* timestamps, float const* values,
+            std::size_t n, std::int64_t const* positions, watermark_steps const& steps);
+  void push(std::uint32_t const* keys, std::int64_t const* timestamps, double const* values,
+            std::size_t n, std::int64_t const* positions, watermark_steps const& steps);
 
   /// Windows emitted since the last poll (waits for pushed batches to finish: synchronises the
   /// pipeline's streams, then copies the emitted windows back to host memory). The returned
@@ -176,7 +187,10 @@ class pipeline {
 
  private:
   template <typename T>
-  void push_impl(std::uint32_t const*, std::int64_t const*, T const*, std::size_t);
+  void push_impl(std::uint32_t const*, std::int64_t const*, T const*, std::size_t,
+                 std::int64_t const* positions = nullptr, watermark_steps const* steps = nullptr);
+  // Throws invalid_argument when external positions or steps break the rules.
+  void check_external(std::int64_t const* positions, watermark_steps const& steps, std::size_t n);
   class scoped_use;  // holds usage_ for one call or stats() (detail/scoped_use.hpp)
   std::string checkpoint_bytes();  // the caller holds a scoped_use
   static pipeline restore_bytes(std::string const& file, backend where);
@@ -190,6 +204,8 @@ class pipeline {
   std::unique_ptr<detail::detector_runner> detectors_;
   std::uint64_t pushed_   = 0;
   std::uint64_t rejected_ = 0;
+  // External watermarks: the last stream position given (positions increase across pushes).
+  std::int64_t last_position_ = std::numeric_limits<std::int64_t>::min();
   // Outputs taken out of the engines by checkpoint() (or read by restore) that the next
   // poll / poll_late / poll_scores / poll_silence returns first.
   table held_windows_, held_late_, held_scores_, held_silence_;

@@ -149,11 +149,28 @@ struct pipeline_options {
   std::vector<detector_spec> detectors;
   /// false: a detectors-only pipeline (`window` and `aggs` are ignored, poll() gives nothing).
   bool windowed = true;
+  /// true: the watermark moves only by the steps the caller gives with each push (see
+  /// watermark_steps), never by the records' times; output rows then carry their stream
+  /// position (a `position` column), the key that merges the outputs of pipelines that each
+  /// hold part of the keys of one stream into that stream's order.
+  bool external_watermark = false;
 
   /// Appends an aggregation by name (also "pXX" quantiles).
   void add_agg(std::string const& name);
   /// Output names of the aggregations, in order ("p99" for quantiles).
   std::vector<std::string> agg_names() const;
+};
+
+/// Watermark steps given by the caller with a push (pipeline_options::external_watermark), as
+/// `count` entries of three arrays: after the first at[s] records of the batch the watermark
+/// becomes watermark[s] (nanoseconds; the watermark itself, not an event time), at stream
+/// position position[s]. `at` is nondecreasing in [0, n]; watermarks increase strictly (also
+/// across pushes); positions increase strictly and interleave with the records' positions.
+struct watermark_steps {
+  std::int64_t const* at        = nullptr;
+  std::int64_t const* watermark = nullptr;
+  std::int64_t const* position  = nullptr;
+  std::size_t count             = 0;
 };
 
 /// Running totals. Every record pushed is aggregated, late, or rejected:

@@ -13,9 +13,10 @@
 namespace cusense::detail {
 
 /// Version of the checkpoint file format written by this build. Version 2 added the NaN policy
-/// at the end of the options, version 3 the parameters of multiscale_z and joint_z after it;
-/// older files are still read (as nan_policy::skip, and those parameters' defaults).
-constexpr std::uint32_t checkpoint_format_version = 3;
+/// at the end of the options, version 3 the parameters of multiscale_z and joint_z after it,
+/// version 4 external_watermark after those; older files are still read (as nan_policy::skip,
+/// those parameters' defaults, and the watermark from the records).
+constexpr std::uint32_t checkpoint_format_version = 4;
 /// The oldest format version this build reads.
 constexpr std::uint32_t oldest_checkpoint_format_version = 1;
 /// CRC-32 (IEEE 802.3, as zlib's crc32).

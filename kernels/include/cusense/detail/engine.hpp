@@ -43,6 +43,11 @@ class window_engine {
   /// Consumes a batch. May return before the work is done (the batch memory must stay valid
   /// only until push returns).
   virtual void push(record_batch const& batch) = 0;
+  /// Consumes a batch under external watermarks (options.external_watermark): `positions`
+  /// holds each record's stream position, `steps` the caller's watermark steps (validated by
+  /// the pipeline). Engines without it throw logic_error (the registry does not pick them).
+  virtual void push_external(record_batch const& batch, std::int64_t const* positions,
+                             watermark_steps const& steps);
   /// Ends the stream: every open window is emitted.
   virtual void flush() = 0;
   /// Waits for pending work, then moves out the windows emitted and the late records
@@ -62,16 +67,9 @@ class window_engine {
 /// Which engine runs a configuration and the checkpoint form of each engine's state: the
 /// engine registry (host: detail/engine_registry.hpp).
 
-// ----- factories (each defined in its engine's source file)
+// ----- CUDA factories (each defined in its engine's source file). The CPU engines are the
+// window runner with a window kind (host: detail/window_runner.hpp).
 
-/// Tumbling windows with moment aggregations (count, sum, mean, min, max, var, std) and no
-/// allowed lateness: keyed open-addressing state sharded across threads.
-std::unique_ptr<window_engine> make_cpu_tumbling_engine(pipeline_options const& options);
-/// Sliding windows from panes of gcd(size, slide); also the tumbling configurations the
-/// tumbling engine does not run (slide == size): every aggregation, allowed lateness.
-std::unique_ptr<window_engine> make_cpu_sliding_engine(pipeline_options const& options);
-std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options);
-std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options);
 /// CUDA engine for tumbling windows that keeps its state in the CPU tumbling engine's form
 /// (the configurations make_cpu_tumbling_engine runs, so checkpoints cross backends).
 std::unique_ptr<window_engine> make_cuda_tumbling_engine(pipeline_options const& options);

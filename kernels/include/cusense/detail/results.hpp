@@ -55,6 +55,8 @@ class window_table_builder {
   /// append_row. Filled column by column.
   void append_rows(std::size_t n, std::uint32_t const* keys, std::int64_t const* ts,
                    ops::moments const* acc, std::int64_t min_periods);
+  /// Rows appended since the last finish().
+  std::size_t size() const { return keys_.size(); }
   table finish();
 
  private:

@@ -1,0 +1,121 @@
+// The window runner: see detail/window_runner.hpp.
+#include <limits>
+#include <utility>
+
+#include <cusense/detail/window_runner.hpp>
+
+namespace cusense::detail {
+
+window_runner::window_runner(pipeline_options const& options, std::unique_ptr<window_kind> kind)
+  : options_(options), kind_(std::move(kind)), out_(options)
+{
+  fields_.clock.ooo = options.max_out_of_orderness;
+}
+
+void window_runner::push(record_batch const& batch)
+{
+  run(watermark_feed(fields_.clock, batch, fields_.seq));
+}
+
+void window_runner::push_external(record_batch const& batch, std::int64_t const* positions,
+                                  watermark_steps const& steps)
+{
+  run(watermark_feed(fields_.clock, batch, fields_.seq, positions, steps, true));
+}
+
+void window_runner::run(watermark_feed feed)
+{
+  if (feed.batch().n == 0 && feed.steps().count == 0) { return; }
+  if (options_.max_open_windows != 0) { kind_->check_capacity(feed); }
+  std::size_t const late_before = out_.late.size();
+  std::size_t const rows_before = out_.windows.size();
+  std::uint64_t const nan_before = out_.nan_values;
+  // A kind that throws has changed nothing, so the fields are only updated after it returns.
+  kind_->apply(feed, out_);
+  std::size_t const late = out_.late.size() - late_before;
+  fields_.clock = feed.clock();
+  fields_.seq += feed.batch().n;
+  fields_.late += late;
+  fields_.aggregated += feed.batch().n - late;
+  fields_.nan_values += out_.nan_values - nan_before;
+  fields_.emitted += out_.windows.size() - rows_before;
+}
+
+void window_runner::flush()
+{
+  std::size_t const rows_before = out_.windows.size();
+  kind_->flush(out_);
+  out_.tag_windows(std::numeric_limits<std::int64_t>::max());
+  fields_.emitted += out_.windows.size() - rows_before;
+}
+
+void window_runner::drain(table* windows, table* late)
+{
+  std::size_t const rows_before = out_.windows.size();
+  kind_->settle(out_);
+  fields_.emitted += out_.windows.size() - rows_before;
+  if (windows) {
+    table t = out_.windows.finish();
+    if (out_.keep_positions) {
+      t.columns.push_back({"position", std::move(out_.window_positions)});
+      out_.window_positions.clear();
+    }
+    windows->append(std::move(t));
+  }
+  if (late) {
+    table t = out_.late.finish();
+    if (out_.keep_positions) {
+      t.columns.push_back({"position", std::move(out_.late_positions)});
+      out_.late_positions.clear();
+    }
+    late->append(std::move(t));
+  }
+}
+
+engine_counters window_runner::counters()
+{
+  kind_size const s = kind_->size();
+  engine_counters c;
+  c.aggregated    = fields_.aggregated;
+  c.late          = fields_.late;
+  c.nan_values    = fields_.nan_values;
+  c.emitted       = fields_.emitted;
+  c.open_windows  = s.open_windows;
+  c.open_keys     = s.open_keys;
+  c.state_bytes   = s.state_bytes;
+  c.has_watermark = fields_.clock.has;
+  c.watermark     = fields_.clock.has ? fields_.clock.value() : 0;
+  return c;
+}
+
+void window_runner::save_state(state_writer& out)
+{
+  std::size_t const rows_before = out_.windows.size();
+  kind_->settle(out_);
+  fields_.emitted += out_.windows.size() - rows_before;
+  kind_->save_state(out, fields_);
+}
+
+void window_runner::load_state(state_reader& in) { kind_->load_state(in, fields_); }
+
+std::unique_ptr<window_engine> make_cpu_tumbling_engine(pipeline_options const& options)
+{
+  return std::make_unique<window_runner>(options, make_cpu_tumbling_kind(options));
+}
+
+std::unique_ptr<window_engine> make_cpu_sliding_engine(pipeline_options const& options)
+{
+  return std::make_unique<window_runner>(options, make_cpu_sliding_kind(options));
+}
+
+std::unique_ptr<window_engine> make_cpu_session_engine(pipeline_options const& options)
+{
+  return std::make_unique<window_runner>(options, make_cpu_session_kind(options));
+}
+
+std::unique_ptr<window_engine> make_cpu_rolling_engine(pipeline_options const& options)
+{
+  return std::make_unique<window_runner>(options, make_cpu_rolling_kind(options));
+}
+
+}  // namespace cusense::detail

@@ -1,0 +1,12 @@
+#include <stdexcept>
+
+#include <cusense/detail/engine.hpp>
+
+namespace cusense::detail {
+
+void window_engine::push_external(record_batch const&, std::int64_t const*, watermark_steps const&)
+{
+  throw std::logic_error("this window engine does not take external watermarks");
+}
+
+}  // namespace cusense::detail

@@ -1,0 +1,147 @@
+"""External watermarks: pipelines that each hold part of the keys of one stream, fed the
+stream's watermark steps, give that stream's single-pipeline output once their rows are merged
+by position. The router here is written plainly (a loop per record) as the oracle of the
+vectorised one in cusense.distributed."""
+import numpy as np
+import pytest
+
+import cusense
+
+KINDS = {
+    "tumbling": lambda: cusense.Tumbling(50),
+    "sliding": lambda: cusense.Sliding(60, 20),
+    "session": lambda: cusense.Session(15),
+    "rolling": lambda: cusense.Rolling(4),
+}
+
+
+def _stream(rng, n, keys):
+    k = rng.integers(0, keys, n).astype(np.uint32)
+    # Mostly increasing times with jitter: late records, out-of-order ones, ties.
+    t = (np.arange(n) * 3 + rng.integers(-60, 20, n)).astype(np.int64)
+    v = rng.normal(size=n)
+    v[rng.random(n) < 0.05] = np.nan
+    return k, t, v
+
+
+def _route(keys, times, parts, ooo, state):
+    """Per part: (indices of its records, positions, steps (at, watermark, position)), the
+    steps being the single pipeline's watermark moves, every part getting all of them."""
+    owner = keys % parts
+    idx = [[] for _ in range(parts)]
+    steps = [([], [], []) for _ in range(parts)]
+    for i in range(len(keys)):
+        g = state["next"]
+        state["next"] += 1
+        idx[owner[i]].append(i)
+        if state["max"] is None or times[i] > state["max"]:
+            state["max"] = int(times[i])
+            for p in range(parts):
+                steps[p][0].append(len(idx[p]))
+                steps[p][1].append(state["max"] - ooo)
+                steps[p][2].append(2 * g + 1)
+        state.setdefault("pos", []).append(2 * g)
+    return idx, steps
+
+
+def _merge(tables, sort_cols):
+    frames = [t for t in tables if len(t)]
+    if not frames:
+        return tables[0]
+    import pandas as pd
+    df = pd.concat(frames, ignore_index=True)
+    return df.sort_values(sort_cols, kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("lateness", [0, 30])
+def test_partitions_merge_into_the_single_pipeline(kind, lateness, rng):
+    if kind == "rolling" and lateness:
+        pytest.skip("allowed_lateness does not apply to rolling windows")
+    ooo = int(rng.integers(0, 40))
+    aggs = ["count", "sum", "mean", "min", "max", "var", "first", "last"]
+    if lateness == 0 and kind == "tumbling":
+        aggs = ["count", "sum", "mean", "min", "max", "var", "std"]  # the sharded tumbling engine
+    opts = dict(aggs=aggs, max_out_of_orderness=ooo, allowed_lateness=lateness, backend="cpu")
+    parts = int(rng.integers(2, 5))
+    k, t, v = _stream(rng, 3000, 40)
+    single = cusense.Pipeline(KINDS[kind](), **opts)
+    split = [cusense.Pipeline(KINDS[kind](), watermark="external", **opts) for _ in range(parts)]
+    state = {"next": 0, "max": None}
+    want, want_late, got, got_late = [], [], [[] for _ in range(parts)], [[] for _ in range(parts)]
+    cuts = np.sort(rng.choice(np.arange(1, len(k)), size=12, replace=False))
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(k)]):
+        kb, tb, vb = k[lo:hi], t[lo:hi], v[lo:hi]
+        single.push(kb, tb, vb)
+        want.append(single.poll().to_pandas(datetimes=False))
+        want_late.append(single.poll_late().to_pandas(datetimes=False))
+        first = state["next"]
+        idx, steps = _route(kb, tb, parts, ooo, state)
+        for p in range(parts):
+            i = np.asarray(idx[p], dtype=np.int64)
+            split[p].push(kb[i], tb[i], vb[i], positions=2 * (first + i),
+                          watermark_steps=tuple(np.asarray(a, np.int64) for a in steps[p]))
+            got[p].append(split[p].poll(positions=True).to_pandas(datetimes=False))
+            got_late[p].append(split[p].poll_late(positions=True).to_pandas(datetimes=False))
+    want.append(single.flush().to_pandas(datetimes=False))
+    for p in range(parts):
+        got[p].append(split[p].flush(positions=True).to_pandas(datetimes=False))
+    import pandas as pd
+    start = "timestamp" if kind == "rolling" else "window_start"
+    merged = _merge([pd.concat(g, ignore_index=True) for g in got], ["position", start, "key"])
+    expect = pd.concat(want, ignore_index=True)
+    pd.testing.assert_frame_equal(merged.drop(columns="position"), expect, check_exact=True)
+    merged_late = _merge([pd.concat(g, ignore_index=True) for g in got_late], ["position"])
+    pd.testing.assert_frame_equal(merged_late.drop(columns="position"),
+                                  pd.concat(want_late, ignore_index=True), check_exact=True)
+    s1 = single.stats
+    totals = {name: sum(p.stats[name] for p in split)
+              for name in ("records_pushed", "records_aggregated", "records_late", "nan_values",
+                           "windows_emitted")}
+    assert totals == {name: s1[name] for name in totals}
+    assert all(p.stats["watermark"] == s1["watermark"] for p in split)
+
+
+def test_external_pushes_are_checked():
+    p = cusense.Pipeline(cusense.Tumbling(10), watermark="external", backend="cpu")
+    k = np.array([1, 2], np.uint32)
+    t = np.array([5, 6], np.int64)
+    v = np.array([1.0, 2.0])
+    with pytest.raises(TypeError, match="needs positions"):
+        p.push(k, t, v)
+    with pytest.raises(ValueError, match="positions must increase"):
+        p.push(k, t, v, positions=np.array([4, 4]), watermark_steps=([], [], []))
+    with pytest.raises(ValueError, match="at = 3"):
+        p.push(k, t, v, positions=np.array([2, 4]), watermark_steps=([3], [0], [5]))
+    with pytest.raises(ValueError, match="between the positions"):
+        p.push(k, t, v, positions=np.array([2, 4]), watermark_steps=([1], [0], [5]))
+    with pytest.raises(ValueError, match="increase strictly"):
+        p.push(k, t, v, positions=np.array([2, 4]), watermark_steps=([1, 2], [3, 3], [3, 5]))
+    assert p.stats["records_rejected"] == 8 and p.stats["records_aggregated"] == 0
+    p.push(k, t, v, positions=np.array([2, 4]), watermark_steps=([1, 2], [5, 16], [3, 5]))
+    assert p.stats["watermark"] == 16
+    rows = p.poll(positions=True)
+    assert list(rows["key"]) == [1, 2] and list(rows["position"]) == [5, 5]
+    # Steps alone move the watermark; a later record below it is late, at its position.
+    p.push([], [], [], positions=np.array([], np.int64), watermark_steps=([0], [30], [7]))
+    p.push([3], [12], [1.0], positions=np.array([8]), watermark_steps=([], [], []))
+    late = p.poll_late(positions=True)
+    assert list(late["key"]) == [3] and list(late["position"]) == [8]
+    with pytest.raises(ValueError, match="watermarks must increase strictly"):
+        p.push([], [], [], positions=np.array([], np.int64), watermark_steps=([0], [30], [9]))
+    with pytest.raises(TypeError, match="watermark='external'"):
+        cusense.Pipeline(cusense.Tumbling(10), backend="cpu").push(
+            k, t, v, positions=np.array([1, 2]), watermark_steps=([], [], []))
+
+
+def test_external_watermark_survives_a_checkpoint(tmp_path):
+    p = cusense.Pipeline(cusense.Session(5), watermark="external", backend="cpu")
+    p.push([1, 1], [0, 3], [1.0, 2.0], positions=np.array([0, 2]), watermark_steps=([1], [0], [1]))
+    p.checkpoint(tmp_path / "c")
+    q = cusense.Pipeline.restore(tmp_path / "c")
+    assert q.watermark == "external"
+    for pipe in (p, q):
+        pipe.push([], [], [], positions=np.array([], np.int64), watermark_steps=([0], [20], [3]))
+    a, b = p.poll(positions=True), q.poll(positions=True)
+    assert list(a["position"]) == list(b["position"]) == [3]
+    assert list(a["count"]) == list(b["count"]) == [2]
