@@ -165,6 +165,18 @@ void bind_pipeline(py::module_& m)
     .def_readwrite("max_open_windows", &pipeline_options::max_open_windows)
     .def_readwrite("detectors", &pipeline_options::detectors);
 
+  m.def(
+    "partition_of",
+    [](carray<std::uint32_t> const& keys, std::uint32_t parts) {
+      if (parts < 1) { throw invalid_argument("partition_of: parts must be >= 1"); }
+      py::array_t<std::uint32_t> out(keys.size());
+      std::uint32_t const* k = keys.data();
+      std::uint32_t* o       = out.mutable_data();
+      for (py::ssize_t i = 0; i < keys.size(); ++i) o[i] = partition_of(k[i], parts);
+      return out;
+    },
+    py::arg("keys").noconvert(), py::arg("parts"));
+
   py::class_<pipeline>(m, "Pipeline")
     .def(py::init<pipeline_options>(), py::call_guard<py::gil_scoped_release>())
     .def("push_f32", &push<float>, py::arg("keys").noconvert(), py::arg("timestamps").noconvert(),
@@ -245,6 +257,8 @@ void bind_pipeline(py::module_& m)
         return pipeline::restore(path, b);
       },
       py::arg("path"), py::arg("backend") = "auto")
+    .def_static("rekey_checkpoints", &pipeline::rekey_checkpoints, py::arg("inputs"),
+                py::arg("outputs"), py::call_guard<py::gil_scoped_release>())
     .def("poll_scores",
          [](pipeline& p) {
            table t;

@@ -3,7 +3,11 @@
 #include <istream>
 #include <iterator>
 #include <ostream>
+#include <memory>
 #include <string>
+#include <type_traits>
+#include <variant>
+#include <vector>
 
 #include <cusense/detail/checkpoint.hpp>
 #include <cusense/detail/detector_runner.hpp>
@@ -20,6 +24,33 @@ void append_rows(table& into, table&& from)
 {
   if (from.columns.empty()) { return; }
   into.append(std::move(from));
+}
+
+// The rows of `t` whose key the filter keeps (every column cut alike).
+table rows_kept(table const& t, detail::key_filter const& keep)
+{
+  if (t.columns.empty()) { return t; }
+  auto const* keys = std::get_if<std::vector<std::uint32_t>>(&t.columns.front().data);
+  detail::state_reader::check(keys != nullptr && t.columns.front().name == "key",
+                              "an output table without a key column");
+  std::vector<std::size_t> rows;
+  for (std::size_t i = 0; i < keys->size(); ++i) {
+    if (keep.keeps((*keys)[i])) { rows.push_back(i); }
+  }
+  table out;
+  for (column const& c : t.columns) {
+    column k{c.name, {}};
+    std::visit(
+      [&](auto const& v) {
+        std::decay_t<decltype(v)> picked;
+        picked.reserve(rows.size());
+        for (std::size_t i : rows) picked.push_back(v[i]);
+        k.data = std::move(picked);
+      },
+      c.data);
+    out.columns.push_back(std::move(k));
+  }
+  return out;
 }
 
 }  // namespace
@@ -142,6 +173,72 @@ pipeline pipeline::restore_bytes(std::string const& file, backend where)
                               std::to_string(r.left()) + " unexpected bytes after the end");
   p.publish_stats(p.current_stats());
   return p;
+}
+
+void pipeline::rekey_checkpoints(std::vector<std::string> const& inputs,
+                                 std::vector<std::string> const& outputs)
+{
+  if (inputs.empty() || outputs.empty()) {
+    throw checkpoint_error("rekey_checkpoints: needs at least one input and one output");
+  }
+  std::vector<std::string> payloads;
+  std::vector<std::uint32_t> versions;
+  for (std::string const& path : inputs) {
+    std::uint32_t version = 0;
+    payloads.push_back(detail::unframe_checkpoint(detail::read_checkpoint_file(path), &version));
+    versions.push_back(version);
+  }
+  auto const parts = static_cast<std::uint32_t>(outputs.size());
+  for (std::uint32_t part = 0; part < parts; ++part) {
+    detail::key_filter const keep{parts, part};
+    std::string first_options;
+    std::unique_ptr<pipeline> out;
+    for (std::size_t i = 0; i < payloads.size(); ++i) {
+      std::string const where = "rekey_checkpoints: input '" + inputs[i] + "': ";
+      try {
+        detail::state_reader r(payloads[i].data(), payloads[i].size());
+        r.expect("options");
+        pipeline_options o = detail::read_options(r, versions[i]);
+        o.where            = backend::cpu;
+        detail::state_writer canonical;
+        detail::write_options(canonical, o);
+        if (i == 0) {
+          first_options = canonical.data();
+          detail::state_reader::check(o.windowed && o.detectors.empty(),
+                                      "only windowed pipelines without detectors can be rekeyed");
+          out = std::make_unique<pipeline>(std::move(o));
+        } else {
+          detail::state_reader::check(canonical.data() == first_options,
+                                      "its options differ from those of the first input");
+        }
+        r.expect("pipeline");
+        (void)r.u8();
+        std::uint64_t const pushed   = r.u64();
+        std::uint64_t const rejected = r.u64();
+        if (part == 0) {
+          out->pushed_ += pushed;
+          out->rejected_ += rejected;
+        }
+        r.expect("engine");
+        detail::state_reader::check(r.boolean(), "engine section missing");
+        r.expect(detail::engine_state_tag(out->options_));
+        out->engine_->merge_state(r, keep, part == 0);
+        r.expect("detectors");
+        detail::state_reader::check(!r.boolean(), "detector section present");
+        r.expect("outputs");
+        for (table* held : {&out->held_windows_, &out->held_late_, &out->held_scores_,
+                            &out->held_silence_}) {
+          append_rows(*held, rows_kept(detail::read_table(r), keep));
+        }
+        r.expect("end");
+      } catch (checkpoint_error const& e) {
+        throw checkpoint_error(where + e.what());
+      } catch (invalid_argument const& e) {
+        throw checkpoint_error(where + e.what());
+      }
+    }
+    detail::write_atomically(outputs[part], out->checkpoint_bytes());
+  }
 }
 
 pipeline pipeline::restore(std::istream& in, backend where)

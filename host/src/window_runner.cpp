@@ -1,4 +1,5 @@
 // The window runner: see detail/window_runner.hpp.
+#include <algorithm>
 #include <limits>
 #include <utility>
 
@@ -96,7 +97,28 @@ void window_runner::save_state(state_writer& out)
   kind_->save_state(out, fields_);
 }
 
-void window_runner::load_state(state_reader& in) { kind_->load_state(in, fields_); }
+void window_runner::load_state(state_reader& in) { kind_->load_state(in, fields_, key_filter{}); }
+
+void window_runner::merge_state(state_reader& in, key_filter const& keep, bool counters)
+{
+  runner_fields f;
+  f.clock.ooo = fields_.clock.ooo;
+  kind_->load_state(in, f, keep);
+  state_reader::check(!merged_ || (f.clock.has == fields_.clock.has &&
+                                   (!f.clock.has || f.clock.max_ts == fields_.clock.max_ts)),
+                      "the checkpoints hold different watermarks (not taken at one stream "
+                      "position)");
+  fields_.clock = f.clock;
+  // Arrival numbers order the records of one key only: above every one read is enough.
+  fields_.seq = std::max(fields_.seq, f.seq);
+  if (counters) {
+    fields_.aggregated += f.aggregated;
+    fields_.late += f.late;
+    fields_.nan_values += f.nan_values;
+    fields_.emitted += f.emitted;
+  }
+  merged_ = true;
+}
 
 std::unique_ptr<window_engine> make_cpu_tumbling_engine(pipeline_options const& options)
 {

@@ -261,7 +261,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
     }
   }
 
-  void load_state(state_reader& in, runner_fields& fields) override
+  void load_state(state_reader& in, runner_fields& fields, key_filter const& keep) override
   {
     fields.load_clock(in);
     fields.load_counts(in);
@@ -272,11 +272,17 @@ class cpu_rolling_kind final : public cpu_kind_base {
       std::uint64_t seq;
       std::uint32_t slot;
     };
+    // A record of a key `keep` drops is read into no slot.
     auto read_rec = [&] {
       loaded r{};
       r.t    = checked_time(in.i64());
       r.key  = in.u32();
       r.seq  = in.u64();
+      if (!keep.keeps(r.key)) {
+        for (std::size_t c = 0; c < ch; ++c) (void)in.f64();
+        r.slot = no_index;
+        return r;
+      }
       r.slot = take();
       for (std::size_t c = 0; c < ch; ++c) vals_[std::size_t{r.slot} * ch + c] = in.f64();
       return r;
@@ -285,12 +291,19 @@ class cpu_rolling_kind final : public cpu_kind_base {
     std::vector<waiting_record> pending;
     for (std::size_t i = 0; i < np; ++i) {
       loaded const r = read_rec();
+      if (r.slot == no_index) { continue; }
       pending.push_back({r.t, r.seq, r.key, r.slot, no_index, vals_[std::size_t{r.slot} * ch]});
     }
     std::size_t const nk = in.count(12);
     for (std::size_t k = 0; k < nk; ++k) {
       std::uint32_t const key = in.u32();
       std::size_t const n     = in.count(20 + 8 * ch);
+      if (!keep.keeps(key)) {
+        for (std::size_t i = 0; i < n; ++i) {
+          state_reader::check(read_rec().key == key, "rolling history holds another key");
+        }
+        continue;
+      }
       state_reader::check(rows_ > 1 && static_cast<std::int64_t>(n) <= rows_ - 1 &&
                             key_index_.find(key) == no_index,
                           "rolling history longer than the window or repeated");

@@ -235,7 +235,7 @@ class cpu_session_kind final : public cpu_kind_base {
     }
   }
 
-  void load_state(state_reader& in, runner_fields& fields) override
+  void load_state(state_reader& in, runner_fields& fields, key_filter const& keep) override
   {
     fields.load_clock(in);
     fields.load_counts(in);
@@ -248,6 +248,11 @@ class cpu_session_kind final : public cpu_kind_base {
       st.emitted = in.boolean();
       st.closed  = in.boolean();
       state_reader::check(st.first <= st.last, "session ends before it starts");
+      if (!keep.keeps(key)) {
+        channel_acc skipped;
+        for (int c = 0; c < channels_; ++c) read_channel_acc(in, skipped);
+        continue;
+      }
       key_state& ks = key_states_[state_of(key)];
       state_reader::check(ks.sessions.empty() || ks.sessions.back().last + sess_.gap <= st.first,
                           "sessions of a key overlap or are out of order");
@@ -262,6 +267,7 @@ class cpu_session_kind final : public cpu_kind_base {
     for (std::size_t i = 0; i < nf; ++i) {
       std::uint32_t const key  = in.u32();
       std::int64_t const until = checked_time(in.i64(), sess_.gap);
+      if (!keep.keeps(key)) { continue; }
       key_state& ks            = key_states_[state_of(key)];
       freed_marks_ += ks.freed ? 0 : 1;
       ks.freed       = true;
@@ -269,8 +275,9 @@ class cpu_session_kind final : public cpu_kind_base {
     }
     std::size_t const no = in.count(12);
     for (std::size_t i = 0; i < no; ++i) {
-      std::int64_t const end = checked_time(in.i64(), sess_.gap);
-      freed_order_.emplace(end, in.u32());
+      std::int64_t const end  = checked_time(in.i64(), sess_.gap);
+      std::uint32_t const key = in.u32();
+      if (keep.keeps(key)) { freed_order_.emplace(end, key); }
     }
   }
 

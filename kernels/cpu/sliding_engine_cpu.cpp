@@ -82,7 +82,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
     }
   }
 
-  void load_state(state_reader& in, runner_fields& fields) override
+  void load_state(state_reader& in, runner_fields& fields, key_filter const& keep) override
   {
     fields.load_clock(in);
     auto bound = [&](std::int64_t k) {
@@ -101,6 +101,10 @@ class cpu_sliding_kind final : public cpu_kind_base {
                           "panes not sorted by (pane, key)");
       prev_j   = j;
       prev_key = key;
+      if (!keep.keeps(key)) {
+        for (auto& a : tmp_) read_channel_acc(in, a);
+        continue;
+      }
       std::uint32_t const slot = pool_.take();
       keys_[key].emplace(j, slot);
       keys_by_pane_[j].push_back(key);

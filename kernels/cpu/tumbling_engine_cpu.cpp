@@ -576,7 +576,7 @@ class cpu_tumbling_kind final : public window_kind {
   }
 
   void save_state(state_writer& out, runner_fields const& fields) override;
-  void load_state(state_reader& in, runner_fields& fields) override;
+  void load_state(state_reader& in, runner_fields& fields, key_filter const& keep) override;
 
  private:
   template <typename T>
@@ -998,13 +998,14 @@ void cpu_tumbling_kind::save_state(state_writer& out, runner_fields const& field
   write_tumbling_state(out, st, channels);
 }
 
-void cpu_tumbling_kind::load_state(state_reader& in, runner_fields& fields)
+void cpu_tumbling_kind::load_state(state_reader& in, runner_fields& fields, key_filter const& keep)
 {
   tumbling_state const st = read_tumbling_state(in, options_);
   int const channels      = options_.channels;
   auto const shards       = static_cast<std::uint32_t>(shards_.size());
   for (auto& sh : shards_) sh.begin_batch();
   for (std::size_t i = 0; i < st.wid.size(); ++i) {
+    if (!keep.keeps(st.key[i])) { continue; }
     shard_state& sh          = shards_[shard_of(st.key[i], shards)];
     key_entry* const e       = sh.keys.find_or_insert(st.key[i], sh.live_from);
     std::uint32_t const slot = sh.create(*e, st.key[i], st.wid[i], channels);

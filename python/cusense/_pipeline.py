@@ -424,6 +424,9 @@ class Pipeline:
                        time_unit: str | None, positions: Column,
                        watermark_steps: tuple[Column, Column, Column]) -> None:
         try:
+            k: np.ndarray
+            t: np.ndarray
+            v: np.ndarray
             if _is_empty_batch(keys, timestamps, values):
                 k = np.empty(0, np.uint32)
                 t = np.empty(0, np.int64)
@@ -437,8 +440,10 @@ class Pipeline:
         except (TypeError, ValueError):
             self._records_rejected_in_python += _batch_length(keys, timestamps, values)
             raise
-        push = self._core.push_external_f32 if v.dtype == np.float32 else self._core.push_external_f64
-        push(k, t, v, pos, at, wm, step_pos)
+        if v.dtype == np.float32:
+            self._core.push_external_f32(k, t, v, pos, at, wm, step_pos)
+        else:
+            self._core.push_external_f64(k, t, v, pos, at, wm, step_pos)
 
     def _checked_batch(self, keys: Column, timestamps: Column, values: Column,
                        time_unit: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -529,6 +534,31 @@ class Pipeline:
         """Silence events since the last call: key, last_seen, silent_since, back_at (NaT =
         INT64_MIN while still silent), back. Needs a cusense.detectors.Silence detector."""
         return Result(self._core.poll_silence())
+
+
+def partition_of(keys: Column, parts: int) -> np.ndarray:
+    """The hash partition (uint32 in [0, parts)) of each key among ``parts`` partitions:
+    MurmurHash3's 32-bit finalizer of the key, modulo ``parts``. Stable across builds and
+    machines; :mod:`cusense.distributed` routes keys by it and :func:`rekey_checkpoints`
+    re-splits checkpoints by it."""
+    return _core.partition_of(_as_keys(keys), _checked_int(parts, "parts", 1, 2**32 - 1))
+
+
+def rekey_checkpoints(inputs: Sequence[PathLike], outputs: Sequence[PathLike]) -> None:
+    """Re-partition checkpoints: ``inputs`` are checkpoints of pipelines that each hold one
+    hash partition of the keys of one stream, taken at one stream position (same options and
+    watermark; e.g. the partitions of a ``watermark="external"`` deployment); writes
+    ``len(outputs)`` checkpoints where ``outputs[p]`` holds the state of the keys with
+    ``partition_of(key, len(outputs)) == p`` (open windows, histories, outputs not yet
+    polled). The counters of all inputs add up in ``outputs[0]``, so totals over the
+    partitions are kept. Windowed pipelines without detectors; raises
+    :class:`cusense.CheckpointError` naming the problem (FileNotFoundError for a missing
+    input)."""
+    ins = [os.fspath(p) for p in inputs]
+    for path in ins:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint at {path!r}")
+    _core.Pipeline.rekey_checkpoints(ins, [os.fspath(p) for p in outputs])
 
 
 def window_from_config(table: dict[str, Any]) -> Window | None:

@@ -27,7 +27,7 @@ def _stream(rng, n, keys):
 def _route(keys, times, parts, ooo, state):
     """Per part: (indices of its records, positions, steps (at, watermark, position)), the
     steps being the single pipeline's watermark moves, every part getting all of them."""
-    owner = keys % parts
+    owner = cusense.partition_of(keys, parts)
     idx = [[] for _ in range(parts)]
     steps = [([], [], []) for _ in range(parts)]
     for i in range(len(keys)):
@@ -145,3 +145,93 @@ def test_external_watermark_survives_a_checkpoint(tmp_path):
     a, b = p.poll(positions=True), q.poll(positions=True)
     assert list(a["position"]) == list(b["position"]) == [3]
     assert list(a["count"]) == list(b["count"]) == [2]
+
+
+def _fmix32(keys):
+    h = keys.astype(np.uint64)
+    m = np.uint64(0xFFFFFFFF)
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & m
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & m
+    h ^= h >> np.uint64(16)
+    return h
+
+
+def test_partition_of_is_murmur3_fmix32(rng):
+    keys = rng.integers(0, 2**32, 10_000, dtype=np.uint64).astype(np.uint32)
+    for parts in (1, 2, 3, 7, 64):
+        assert np.array_equal(cusense.partition_of(keys, parts), _fmix32(keys) % parts)
+    assert list(cusense.partition_of(np.array([0, 1, 2**32 - 1], np.uint32), 5)) == \
+        [int(x) % 5 for x in _fmix32(np.array([0, 1, 2**32 - 1], np.uint32))]
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.parametrize("before, after", [(4, 3), (2, 5), (3, 1)])
+def test_rekeyed_checkpoints_continue_like_the_single_pipeline(kind, before, after, rng, tmp_path):
+    import pandas as pd
+    ooo = int(rng.integers(0, 40))
+    lateness = 0 if kind == "rolling" else int(rng.choice([0, 30]))
+    aggs = ["count", "sum", "mean", "min", "max", "var", "first", "last"]
+    opts = dict(aggs=aggs, max_out_of_orderness=ooo, allowed_lateness=lateness, backend="cpu")
+    if kind == "tumbling" and rng.random() < 0.5:
+        opts.update(aggs=["count", "sum", "mean", "var"], allowed_lateness=0)
+    k, t, v = _stream(rng, 2000, 30)
+    half = int(rng.integers(500, 1500))
+    single = cusense.Pipeline(KINDS[kind](), **opts)
+    state = {"next": 0, "max": None}
+    want, got = [], []
+
+    def run(pipes, lo, hi):
+        parts = len(pipes)
+        for a, b in zip(range(lo, hi, 250), list(range(lo + 250, hi, 250)) + [hi]):
+            kb, tb, vb = k[a:b], t[a:b], v[a:b]
+            single.push(kb, tb, vb)
+            want.append(single.poll().to_pandas(datetimes=False))
+            first = state["next"]
+            idx, steps = _route(kb, tb, parts, ooo, state)
+            for p in range(parts):
+                i = np.asarray(idx[p], dtype=np.int64)
+                pipes[p].push(kb[i], tb[i], vb[i], positions=2 * (first + i),
+                              watermark_steps=tuple(np.asarray(x, np.int64) for x in steps[p]))
+            # Rows stay in the pipelines until a poll: some cross the rekeying as held outputs.
+            if rng.random() < 0.5 or b == hi:
+                got.append(_merge([q.poll(positions=True).to_pandas(datetimes=False) for q in pipes],
+                                  ["position", "window_start" if kind != "rolling" else "timestamp",
+                                   "key"]))
+
+    pipes = [cusense.Pipeline(KINDS[kind](), watermark="external", **opts) for _ in range(before)]
+    run(pipes, 0, half)
+    # Some rows stay unpolled when the checkpoints are taken.
+    for i, q in enumerate(pipes):
+        q.checkpoint(tmp_path / f"in{i}")
+    outs = [tmp_path / f"out{i}" for i in range(after)]
+    cusense.rekey_checkpoints([tmp_path / f"in{i}" for i in range(before)], outs)
+    pipes = [cusense.Pipeline.restore(o) for o in outs]
+    keys_now = [set() for _ in range(after)]
+    run(pipes, half, len(k))
+    want.append(single.flush().to_pandas(datetimes=False))
+    start = "window_start" if kind != "rolling" else "timestamp"
+    got.append(_merge([q.flush(positions=True).to_pandas(datetimes=False) for q in pipes],
+                      ["position", start, "key"]))
+    merged = pd.concat([g for g in got if len(g)], ignore_index=True).drop(columns="position")
+    pd.testing.assert_frame_equal(merged, pd.concat(want, ignore_index=True), check_exact=True)
+    s1 = single.stats
+    for name in ("records_pushed", "records_aggregated", "records_late", "windows_emitted"):
+        assert sum(q.stats[name] for q in pipes) == s1[name], name
+    del keys_now
+
+
+def test_rekey_refuses_checkpoints_of_different_positions(tmp_path):
+    a = cusense.Pipeline(cusense.Tumbling(10), watermark="external", backend="cpu")
+    b = cusense.Pipeline(cusense.Tumbling(10), watermark="external", backend="cpu")
+    a.push([1], [5], [1.0], positions=np.array([0]), watermark_steps=([1], [5], [1]))
+    b.push([2], [6], [1.0], positions=np.array([0]), watermark_steps=([1], [6], [1]))
+    a.checkpoint(tmp_path / "a")
+    b.checkpoint(tmp_path / "b")
+    with pytest.raises(cusense.CheckpointError, match="different watermarks"):
+        cusense.rekey_checkpoints([tmp_path / "a", tmp_path / "b"], [tmp_path / "c"])
+    c = cusense.Pipeline(cusense.Tumbling(20), watermark="external", backend="cpu")
+    c.checkpoint(tmp_path / "d")
+    with pytest.raises(cusense.CheckpointError, match="options differ"):
+        cusense.rekey_checkpoints([tmp_path / "a", tmp_path / "d"], [tmp_path / "c"])

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <cusense/error.hpp>
 #include <cusense/table.hpp>
@@ -184,6 +185,15 @@ class pipeline {
   /// whose options the constructor would refuse (the message names the option).
   static pipeline restore(std::string const& path, backend where = backend::automatic);
   static pipeline restore(std::istream& in, backend where = backend::automatic);
+  /// Re-partitioning: `inputs` are checkpoints of the pipelines that each hold one hash
+  /// partition of the keys of one stream, taken at one stream position (same options, same
+  /// watermark), in any number; writes outputs.size() checkpoints (atomically, as checkpoint())
+  /// where outputs[p] holds the keyed state of the keys k with partition_of(k, outputs.size())
+  /// == p: open windows, histories, and the outputs not yet polled. The counters of all
+  /// inputs add up in outputs[0] (the others start at zero), so totals over the partitions are
+  /// kept. Windowed pipelines without detectors. Throws checkpoint_error naming the problem.
+  static void rekey_checkpoints(std::vector<std::string> const& inputs,
+                                std::vector<std::string> const& outputs);
 
  private:
   template <typename T>

@@ -161,6 +161,21 @@ struct pipeline_options {
   std::vector<std::string> agg_names() const;
 };
 
+/// The hash partition of `key` among `parts` partitions (parts >= 1): MurmurHash3's 32-bit
+/// finalizer (fmix32) of the key, modulo parts. Stable across builds, machines and versions:
+/// it decides which partition of a partitioned pipeline owns a key, and checkpoints are
+/// re-split by it (pipeline::rekey_checkpoints).
+constexpr std::uint32_t partition_of(std::uint32_t key, std::uint32_t parts)
+{
+  std::uint32_t h = key;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h % parts;
+}
+
 /// Watermark steps given by the caller with a push (pipeline_options::external_watermark), as
 /// `count` entries of three arrays: after the first at[s] records of the batch the watermark
 /// becomes watermark[s] (nanoseconds; the watermark itself, not an event time), at stream

@@ -23,6 +23,7 @@ class window_runner final : public window_engine {
   engine_counters counters() override;
   void save_state(state_writer& out) override;
   void load_state(state_reader& in) override;
+  void merge_state(state_reader& in, key_filter const& keep, bool counters) override;
 
  private:
   void run(watermark_feed feed);
@@ -31,6 +32,7 @@ class window_runner final : public window_engine {
   std::unique_ptr<window_kind> kind_;
   window_output out_;
   runner_fields fields_;
+  bool merged_ = false;  // merge_state has read a section
 };
 
 // The CPU engines: the runner with each kind (defined in window_runner.cpp).

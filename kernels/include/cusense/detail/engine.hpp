@@ -22,6 +22,13 @@ struct record_batch {
   std::size_t n                   = 0;
 };
 
+/// The keys a state load keeps: those of one hash partition (partition_of), or all.
+struct key_filter {
+  std::uint32_t parts = 1;
+  std::uint32_t part  = 0;
+  bool keeps(std::uint32_t key) const { return parts <= 1 || partition_of(key, parts) == part; }
+};
+
 /// Counters kept by an engine (the pipeline adds pushed/rejected).
 struct engine_counters {
   std::uint64_t aggregated   = 0;
@@ -62,6 +69,11 @@ class window_engine {
   /// checkpoint_error on corrupt input.
   virtual void save_state(state_writer& out) = 0;
   virtual void load_state(state_reader& in) = 0;
+  /// Re-partitioning (pipeline::rekey_checkpoints): adds the state of the keys `keep` keeps
+  /// from a checkpoint's engine section, on top of what earlier calls added (sections of
+  /// checkpoints taken at one stream position: the watermarks must agree); the counters are
+  /// added too when `counters`. Engines without it throw logic_error.
+  virtual void merge_state(state_reader& in, key_filter const& keep, bool counters);
 };
 
 /// Which engine runs a configuration and the checkpoint form of each engine's state: the

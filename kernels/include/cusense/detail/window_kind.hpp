@@ -206,7 +206,9 @@ class window_kind {
   virtual kind_size size() const = 0;
   /// The kind's state form, with the runner's fields where the form puts them.
   virtual void save_state(state_writer& out, runner_fields const& fields) = 0;
-  virtual void load_state(state_reader& in, runner_fields& fields) = 0;
+  /// Reads the state of the keys `keep` keeps into the kind, on top of what it holds (keys
+  /// held are never read again: checkpoints of partitions hold disjoint keys).
+  virtual void load_state(state_reader& in, runner_fields& fields, key_filter const& keep) = 0;
 };
 
 // Factories (each defined in its kind's source file in kernels/cpu).
