@@ -145,18 +145,20 @@ std::uint32_t detector_runner::slot_lookup(std::uint32_t key)
 }
 
 void detector_runner::push(std::uint32_t const* keys, std::int64_t const* ts, void const* values,
-                           bool f32, std::size_t n)
+                           bool f32, std::size_t n, std::int64_t const* positions,
+                           watermark_steps const* steps)
 {
   if (f32) {
-    push_typed(keys, ts, static_cast<float const*>(values), n);
+    push_typed(keys, ts, static_cast<float const*>(values), n, positions, steps);
   } else {
-    push_typed(keys, ts, static_cast<double const*>(values), n);
+    push_typed(keys, ts, static_cast<double const*>(values), n, positions, steps);
   }
 }
 
 template <typename T>
 void detector_runner::push_typed(std::uint32_t const* keys, std::int64_t const* ts, T const* values,
-                                 std::size_t n)
+                                 std::size_t n, std::int64_t const* positions,
+                                 watermark_steps const* steps)
 {
   auto const ch = static_cast<std::size_t>(channels_);
   // The bound below which a record is late: the watermark before it, or the flush floor.
@@ -167,24 +169,38 @@ void detector_runner::push_typed(std::uint32_t const* keys, std::int64_t const* 
     return l;
   };
   std::int64_t lim = limit();
+  // External watermarks: the caller's steps up to record i (the clock keeps watermark +
+  // max_out_of_orderness, as if a record had raised it).
+  std::size_t step = 0;
+  auto take_steps  = [&](std::size_t i) {
+    while (steps && step < steps->count && static_cast<std::size_t>(steps->at[step]) <= i) {
+      max_ts_  = steps->watermark[step++] + ooo_;
+      has_max_ = true;
+      lim      = limit();
+    }
+  };
   pending_.reserve(pending_.size() + n);
   pending_values_.reserve(pending_values_.size() + n * ch);
   for (std::size_t i = 0; i < n; ++i) {
-    std::int64_t const t = ts[i];
-    T const* v           = values + i * ch;
+    take_steps(i);
+    std::int64_t const t   = ts[i];
+    T const* v             = values + i * ch;
+    std::int64_t const seq = positions ? positions[i] : next_seq_;
+    ++next_seq_;
     if (t < lim) {
-      late_now_.push_back({t, keys[i], 0, next_seq_++, true, late_values_.size()});
+      late_now_.push_back({t, keys[i], 0, seq, true, late_values_.size()});
       for (std::size_t c = 0; c < ch; ++c) late_values_.push_back(static_cast<double>(v[c]));
       continue;
     }
-    pending_.push_back({t, keys[i], slot_for(keys[i]), next_seq_++, false, pending_values_.size()});
+    pending_.push_back({t, keys[i], slot_for(keys[i]), seq, false, pending_values_.size()});
     for (std::size_t c = 0; c < ch; ++c) pending_values_.push_back(static_cast<double>(v[c]));
-    if (!has_max_ || t > max_ts_) {
+    if (!steps && (!has_max_ || t > max_ts_)) {
       max_ts_  = t;
       has_max_ = true;
       lim      = limit();
     }
   }
+  take_steps(n);
   release(false);
 }
 

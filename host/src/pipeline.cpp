@@ -60,9 +60,6 @@ void validate_stream(pipeline_options const& o)
 void validate(pipeline_options const& o)
 {
   validate_stream(o);
-  CUSENSE_EXPECTS(!o.external_watermark || (o.windowed && o.detectors.empty()),
-                  "external_watermark applies to windowed pipelines without detectors (detectors "
-                  "keep their own watermark)");
   if (!o.windowed) {
     CUSENSE_EXPECTS(!o.detectors.empty(), "a pipeline without a window needs detectors");
     return;
@@ -192,7 +189,9 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
     throw out_of_memory("out of host memory while pushing a batch of " + std::to_string(n) +
                         " records; the batch was rejected and the pipeline is unchanged");
   }
-  if (detectors_) { detectors_->push(keys, timestamps, values, batch.values_f32, n); }
+  if (detectors_) {
+    detectors_->push(keys, timestamps, values, batch.values_f32, n, positions, steps);
+  }
   if (steps) {
     if (n != 0) { last_position_ = positions[n - 1]; }
     if (steps->count != 0) {
@@ -220,8 +219,13 @@ void pipeline::check_external(std::int64_t const* positions, watermark_steps con
            std::to_string(prev));
     }
   }
-  detail::engine_counters const c = engine_ ? engine_->counters() : detail::engine_counters{};
-  std::int64_t const ooo          = options_.max_out_of_orderness;
+  detail::engine_counters c = engine_ ? engine_->counters() : detail::engine_counters{};
+  if (!engine_ && detectors_) {
+    detail::detector_counters const d = detectors_->counters();
+    c.has_watermark                   = d.has_watermark;
+    c.watermark                       = d.watermark;
+  }
+  std::int64_t const ooo = options_.max_out_of_orderness;
   for (std::size_t s = 0; s < steps.count; ++s) {
     std::int64_t const at = steps.at[s];
     std::int64_t const w  = steps.watermark[s];

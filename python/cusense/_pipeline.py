@@ -263,7 +263,8 @@ class Pipeline:
         ``watermark_steps`` of each :meth:`push` (for a pipeline that holds some of the keys of a
         stream whose watermark is kept elsewhere, as the partitions of
         :mod:`cusense.distributed` do); output rows then carry their stream position
-        (``poll(positions=True)``). Windowed pipelines without detectors, CPU backend.
+        (``poll(positions=True)``), and the ``seq`` column of score rows holds the record's
+        position. CPU backend.
 
     A pipeline is not thread-safe: a call made while another thread is inside a call on the
     same pipeline raises :class:`cusense.ConcurrentUseError` and changes nothing. Use one

@@ -235,3 +235,43 @@ def test_rekey_refuses_checkpoints_of_different_positions(tmp_path):
     c.checkpoint(tmp_path / "d")
     with pytest.raises(cusense.CheckpointError, match="options differ"):
         cusense.rekey_checkpoints([tmp_path / "a", tmp_path / "d"], [tmp_path / "c"])
+
+
+def test_detectors_under_external_watermarks_merge_into_the_single_pipeline(rng):
+    """Scores and silence events of partitions fed the stream's watermark steps are the single
+    pipeline's, merged per push by (timestamp, key) and (event time, key); a score row's seq is
+    its record's position (2 * arrival index here)."""
+    import pandas as pd
+    ooo = int(rng.integers(0, 30))
+    dets = lambda: [cusense.detectors.EWMA(alpha=0.2, threshold=0.9),  # noqa: E731
+                    cusense.detectors.Silence(timeout=40)]
+    window = cusense.Tumbling(50) if rng.random() < 0.5 else None
+    single = cusense.Pipeline(window, max_out_of_orderness=ooo, detectors=dets(), backend="cpu")
+    parts = int(rng.integers(2, 4))
+    split = [cusense.Pipeline(window, max_out_of_orderness=ooo, detectors=dets(), backend="cpu",
+                              watermark="external") for _ in range(parts)]
+    k, t, v = _stream(rng, 2500, 25)
+    state = {"next": 0, "max": None}
+    cuts = np.sort(rng.choice(np.arange(1, len(k)), size=10, replace=False))
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(k)]):
+        kb, tb, vb = k[lo:hi], t[lo:hi], v[lo:hi]
+        single.push(kb, tb, vb)
+        first = state["next"]
+        idx, steps = _route(kb, tb, parts, ooo, state)
+        for p in range(parts):
+            i = np.asarray(idx[p], dtype=np.int64)
+            split[p].push(kb[i], tb[i], vb[i], positions=2 * (first + i),
+                          watermark_steps=tuple(np.asarray(a, np.int64) for a in steps[p]))
+        want = single.poll_scores().to_pandas(datetimes=False)
+        got = _merge([q.poll_scores().to_pandas(datetimes=False) for q in split],
+                     ["timestamp", "key"])
+        got["seq"] //= 2
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        want_s = single.poll_silence().to_pandas(datetimes=False)
+        got_s = [q.poll_silence().to_pandas(datetimes=False) for q in split]
+        got_s = pd.concat(got_s, ignore_index=True)
+        got_s["at"] = np.where(got_s["back"], got_s["back_at"], got_s["silent_since"])
+        got_s = got_s.sort_values(["at", "key"], kind="stable").drop(columns="at")
+        pd.testing.assert_frame_equal(got_s.reset_index(drop=True), want_s, check_exact=True)
+    assert sum(q.stats["records_scored"] for q in split) == single.stats["records_scored"]
+    assert sum(q.stats["records_score_late"] for q in split) == single.stats["records_score_late"]

@@ -136,7 +136,8 @@ class pipeline {
   /// Records scored by options.detectors since the last call, in release order: rows ordered by
   /// (timestamp, key, arrival) within each push (a push releases every buffered record with
   /// timestamp < watermark; flush() releases all). Columns: key, timestamp, seq (arrival index
-  /// among accepted records, from 0), value (or value_<channel>), late (too late to be scored
+  /// among accepted records, from 0; with options.external_watermark the record's stream
+  /// position), value (or value_<channel>), late (too late to be scored
   /// causally: NaN scores), then per scoring detector score_<name> (float64 in [0, 1), NaN for
   /// NaN values and late records) and is_anomaly_<name> (score >= threshold). See detectors.hpp.
   table poll_scores();

@@ -44,8 +44,12 @@ class detector_runner {
  public:
   detector_runner(pipeline_options const& options, backend where);
 
+  /// `steps` (external watermarks; null: the watermark follows the records) move the watermark
+  /// between records; `positions` then gives each record's stream position, written to the
+  /// seq column of its score row.
   void push(std::uint32_t const* keys, std::int64_t const* ts, void const* values, bool f32,
-            std::size_t n);
+            std::size_t n, std::int64_t const* positions = nullptr,
+            watermark_steps const* steps = nullptr);
   /// Releases every buffered record.
   void flush();
   table drain_scores();
@@ -74,7 +78,8 @@ class detector_runner {
   };
 
   template <typename T>
-  void push_typed(std::uint32_t const* keys, std::int64_t const* ts, T const* values, std::size_t n);
+  void push_typed(std::uint32_t const* keys, std::int64_t const* ts, T const* values, std::size_t n,
+                  std::int64_t const* positions, watermark_steps const* steps);
   void release(bool all);
   void emit_silence(std::uint32_t key, std::int64_t last_seen, bool back, std::int64_t back_at);
   std::uint32_t slot_for(std::uint32_t key);
