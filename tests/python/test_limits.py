@@ -224,3 +224,15 @@ def test_pushing_from_several_threads_is_refused_cleanly(backend):
     for th in threads:
         th.join()
     assert int(pipe.flush()["count"].sum()) == 4 * 20 * 5
+
+
+def test_sliding_fan_out_bounds_the_rows_a_record_emits():
+    """Each record lies in at most 4096 sliding windows, so a push emits at most 4096 rows per
+    record of its own: Sliding(65536, 1) (13 million rows for 200 records) is refused up front."""
+    with pytest.raises(ValueError, match="ratio too large: each record would lie in 65536 windows"):
+        cusense.Pipeline(cusense.Sliding(65536, 1), backend="cpu")
+    p = cusense.Pipeline(cusense.Sliding(4096, 1), aggs=["count"], backend="cpu")
+    p.push(np.zeros(200, np.uint32), np.arange(200, dtype=np.int64), np.ones(200))
+    p.push([0], [10**6], [1.0])
+    rows = len(p.poll())
+    assert 0 < rows <= 4096 * 201

@@ -20,8 +20,11 @@ backend parse_backend(std::string const& name);
 constexpr std::int64_t max_timestamp = std::int64_t{1} << 62;
 /// Upper bound for window sizes, offsets and the out-of-orderness bound (about 73 years).
 constexpr std::int64_t max_duration = std::int64_t{1} << 61;
-/// Upper bound for the number of sliding windows a record lies in (ceil(size / slide)).
-constexpr std::int64_t max_windows_per_record = std::int64_t{1} << 16;
+/// Upper bound for the number of sliding windows a record lies in (ceil(size / slide)). It bounds
+/// emission: a record adds at most this many rows to the output (one per window it opens or
+/// updates), so a push of n records emits at most n * 4096 rows of its own, before any
+/// allocation grows out of hand (Sliding(65536, 1) would emit 13 million rows for 200 records).
+constexpr std::int64_t max_windows_per_record = std::int64_t{1} << 12;
 /// Upper bound for pipeline_options::channels (values per record).
 constexpr int max_channels = 4096;
 /// Upper bound for pipeline_options::cpu_threads: more threads than this only cost memory and
