@@ -116,6 +116,7 @@ pipeline pipeline::restore_bytes(std::string const& file, backend where)
   std::uint32_t version     = 0;
   std::string const payload = detail::unframe_checkpoint(file, &version);
   detail::state_reader r(payload.data(), payload.size());
+  r.set_version(version);
   r.expect("options");
   pipeline_options o = detail::read_options(r, version);
   o.where            = where;
@@ -197,6 +198,7 @@ void pipeline::rekey_checkpoints(std::vector<std::string> const& inputs,
       std::string const where = "rekey_checkpoints: input '" + inputs[i] + "': ";
       try {
         detail::state_reader r(payloads[i].data(), payloads[i].size());
+        r.set_version(versions[i]);
         r.expect("options");
         pipeline_options o = detail::read_options(r, versions[i]);
         o.where            = backend::cpu;

@@ -13,6 +13,15 @@
 // records, reached through a dense key index stored with every waiting record. Every row is
 // recomputed from its rows records in order, so its sums and Welford updates are exactly those
 // of adding the records one by one (a sliding update would round differently).
+//
+// Long windows (rows > two_stack_min_rows, without quantile sketches) cost O(1) per row, not
+// O(rows): a key's records are cut into blocks of rows - 1 (by the count of its emitted
+// records, kept in checkpoints), the key keeps the suffix folds of its last full block and the
+// fold of the current one, and a row is the merge of the suffix starting at its window's first
+// record and the current block's fold up to the record (the two-stack algorithm). Min, max,
+// first, last and counts are exact; sums, means and variances are merges of two partial folds,
+// which may differ from the one-by-one fold in the last bits. Rows do not depend on batch cuts
+// or on checkpoints (the blocks are rebuilt from the history on restore, bit for bit).
 #include <algorithm>
 #include <limits>
 #include <thread>
@@ -62,6 +71,12 @@ struct key_history {
   std::uint32_t key  = 0;
   std::uint32_t head = 0;
   std::vector<history_record> ring;
+  // Long windows (two-stack): records of the key emitted so far (blocks of rows - 1 are counted
+  // from its first), the suffix folds of the last full block (offset * channels + channel;
+  // empty before one) and the fold of the current block, per channel.
+  std::uint64_t retired = 0;
+  std::vector<ops::moments> suffix_m, prefix_m;
+  std::vector<ops::extent> suffix_e, prefix_e;
 
   template <typename F>
   void for_each_oldest_first(F&& f) const
@@ -212,6 +227,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
                  : std::min(max_cpu_threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))))
   {
     tmp_.resize(static_cast<std::size_t>(channels_));
+    two_stack_ = rows_ > two_stack_min_rows && !layout_.sketch;
   }
 
   void apply(watermark_feed& feed, window_output& out) override
@@ -229,6 +245,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
     }
     keys_.clear();
     key_index_.clear();
+    keys_with_suffix_ = 0;
   }
 
   kind_size size() const override { return {held(), keys_.size(), state_bytes()}; }
@@ -258,6 +275,18 @@ class cpu_rolling_kind final : public cpu_kind_base {
       out.u32(h.key);
       out.u64(h.ring.size());
       h.for_each_oldest_first([&](history_record const& r) { write_rec(r.t, h.key, r.seq, r.slot); });
+    }
+    // Since format version 5: the keys whose count of emitted records differs from their
+    // history's length (the blocks of long windows are aligned to it; only they count), in key
+    // order.
+    auto const aligned = [&](std::uint32_t i) {
+      return two_stack_ && keys_[i].retired != keys_[i].ring.size();
+    };
+    out.u64(static_cast<std::size_t>(std::count_if(order.begin(), order.end(), aligned)));
+    for (std::uint32_t i : order) {
+      if (!aligned(i)) { continue; }
+      out.u32(keys_[i].key);
+      out.u64(keys_[i].retired);
     }
   }
 
@@ -295,6 +324,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
       pending.push_back({r.t, r.seq, r.key, r.slot, no_index, vals_[std::size_t{r.slot} * ch]});
     }
     std::size_t const nk = in.count(12);
+    std::vector<std::uint32_t> loaded_keys;
     for (std::size_t k = 0; k < nk; ++k) {
       std::uint32_t const key = in.u32();
       std::size_t const n     = in.count(20 + 8 * ch);
@@ -313,6 +343,24 @@ class cpu_rolling_kind final : public cpu_kind_base {
         h.ring.push_back({r.t, r.seq, r.slot, vals_[std::size_t{r.slot} * ch]});
         state_reader::check(r.key == key, "rolling history holds another key");
       }
+      h.retired = n;
+      loaded_keys.push_back(key);
+    }
+    if (in.version() >= 5) {
+      std::size_t const na = in.count(12);
+      for (std::size_t i = 0; i < na; ++i) {
+        std::uint32_t const key     = in.u32();
+        std::uint64_t const retired = in.u64();
+        if (!two_stack_ || !keep.keeps(key)) { continue; }
+        std::uint32_t const index = key_index_.find(key);
+        state_reader::check(index != no_index && retired >= keys_[index].ring.size() &&
+                              keys_[index].ring.size() == history_capacity_,
+                            "rolling record count for a key without a full history");
+        keys_[index].retired = retired;
+      }
+    }
+    if (two_stack_) {
+      for (std::uint32_t key : loaded_keys) rebuild_blocks(keys_[key_index_.find(key)]);
     }
     for (waiting_record& r : pending) r.key_index = key_index_.find(r.key);
     merge_waiting(pending);
@@ -326,9 +374,13 @@ class cpu_rolling_kind final : public cpu_kind_base {
   std::size_t state_bytes() const
   {
     std::size_t const history = held() - waiting_.size();
+    auto const ch = static_cast<std::size_t>(channels_);
+    std::size_t const fold = sizeof(ops::moments) + (layout_.extent ? sizeof(ops::extent) : 0);
     return keys_.size() * (sizeof(key_history) + 2 * sizeof(std::uint32_t)) +
            history * sizeof(history_record) + waiting_.size() * sizeof(waiting_record) +
-           held() * static_cast<std::size_t>(channels_) * sizeof(double);
+           held() * ch * sizeof(double) +
+           (two_stack_ ? keys_.size() * ch * fold + keys_with_suffix_ * history_capacity_ * ch * fold
+                       : 0);
   }
 
   // Records held: waiting rows and the per-key history.
@@ -442,8 +494,10 @@ class cpu_rolling_kind final : public cpu_kind_base {
     if (n_ready == 0) { return; }
     out_->windows.reserve(n_ready);
     bool const moments_only = !layout_.extent && !layout_.sketch;
-    // The grouped path gathers lanes * rows values; long windows take the per-row one.
-    if (moments_only && channels_ == 1 && history_capacity_ < max_grouped_history) {
+    // The grouped path gathers lanes * rows values; long windows take the two-stack one.
+    if (two_stack_) {
+      emit_rows_two_stack(n_ready);
+    } else if (moments_only && channels_ == 1 && history_capacity_ < max_grouped_history) {
       emit_rows_one_channel(n_ready);
     } else if (moments_only) {
       emit_rows(n_ready, [&](key_history const* h, waiting_record const& r) { aggregate_moments(h, r); });
@@ -573,6 +627,112 @@ class cpu_rolling_kind final : public cpu_kind_base {
     }
   }
 
+  // Long windows: each row merges a suffix fold of the key's last full block with the fold of
+  // its current block up to the record (see the top of the file).
+  void emit_rows_two_stack(std::size_t n)
+  {
+    std::size_t const block = history_capacity_;
+    auto const ch           = static_cast<std::size_t>(channels_);
+    bool const extent       = layout_.extent;
+    for (std::size_t i = 0; i < n; ++i) {
+      waiting_record const& r = waiting_[i];
+      key_history* h          = history_of(r);
+      double const* v         = values_of(r.slot);
+      if (h == nullptr) {  // a restored record whose key kept no history: its row is itself
+        for (std::size_t c = 0; c < ch; ++c) {
+          tmp_[c] = channel_acc{};
+          add(tmp_[c], layout_, v[c], r.t, r.seq);
+        }
+      } else {
+        std::size_t const offset = static_cast<std::size_t>(h->retired % block);
+        if (offset == 0) {
+          h->prefix_m.assign(ch, ops::moments{});
+          if (extent) { h->prefix_e.assign(ch, ops::extent{}); }
+        }
+        for (std::size_t c = 0; c < ch; ++c) {
+          ops::add(h->prefix_m[c], v[c]);
+          if (extent) { ops::add(h->prefix_e[c], v[c], r.t, r.seq); }
+          channel_acc& a = tmp_[c];
+          if (h->retired >= block) {
+            a.m = ops::merge(h->suffix_m[offset * ch + c], h->prefix_m[c]);
+            if (extent) { a.e = ops::merge(h->suffix_e[offset * ch + c], h->prefix_e[c]); }
+          } else {
+            a.m = h->prefix_m[c];
+            if (extent) { a.e = h->prefix_e[c]; }
+          }
+        }
+      }
+      out_->windows.append_row(r.key, r.t, tmp_.data(), min_periods_);
+      retire(h, r);
+      if (h != nullptr && ++h->retired % block == 0) { build_suffix(*h, 0); }
+    }
+  }
+
+  // The suffix folds of the block the history ends with, from offset `first` on: the history
+  // holds block offsets first .. rows - 2, oldest first (first = 0 when the block just filled).
+  void build_suffix(key_history& h, std::size_t first)
+  {
+    std::size_t const block = history_capacity_;
+    auto const ch           = static_cast<std::size_t>(channels_);
+    bool const extent       = layout_.extent;
+    if (h.suffix_m.empty()) { ++keys_with_suffix_; }
+    h.suffix_m.resize(block * ch);
+    if (extent) { h.suffix_e.resize(block * ch); }
+    std::vector<history_record const*> recs;
+    recs.reserve(block);
+    h.for_each_oldest_first([&](history_record const& x) { recs.push_back(&x); });
+    for (std::size_t o = block; o-- > first;) {
+      history_record const& x = *recs[o - first];
+      double const* v         = values_of(x.slot);
+      for (std::size_t c = 0; c < ch; ++c) {
+        ops::moments m{};
+        ops::add(m, v[c]);
+        h.suffix_m[o * ch + c] = o + 1 == block ? m : ops::merge(m, h.suffix_m[(o + 1) * ch + c]);
+        if (extent) {
+          ops::extent e{};
+          ops::add(e, v[c], x.t, x.seq);
+          h.suffix_e[o * ch + c] = o + 1 == block ? e : ops::merge(e, h.suffix_e[(o + 1) * ch + c]);
+        }
+      }
+    }
+  }
+
+  // After a restore: the folds of a key's current block (its last retired % (rows - 1)
+  // records, one by one) and the suffixes of the block before it that rows can still need,
+  // exactly as the uninterrupted run computed them.
+  void rebuild_blocks(key_history& h)
+  {
+    std::size_t const block  = history_capacity_;
+    auto const ch            = static_cast<std::size_t>(channels_);
+    std::size_t const offset = static_cast<std::size_t>(h.retired % block);
+    std::vector<history_record const*> recs;
+    h.for_each_oldest_first([&](history_record const& x) { recs.push_back(&x); });
+    h.prefix_m.assign(ch, ops::moments{});
+    if (layout_.extent) { h.prefix_e.assign(ch, ops::extent{}); }
+    for (std::size_t k = recs.size() - offset; k < recs.size(); ++k) {
+      double const* v = values_of(recs[k]->slot);
+      for (std::size_t c = 0; c < ch; ++c) {
+        ops::add(h.prefix_m[c], v[c]);
+        if (layout_.extent) { ops::add(h.prefix_e[c], v[c], recs[k]->t, recs[k]->seq); }
+      }
+    }
+    if (h.retired >= block) {
+      // The history holds the block's offsets `offset` .. rows - 2, then the current block.
+      key_history older = h;
+      older.ring.resize(block - offset);
+      older.head = 0;
+      std::size_t j = 0;
+      h.for_each_oldest_first([&](history_record const& x) {
+        if (j < block - offset) { older.ring[j] = x; }
+        ++j;
+      });
+      older.suffix_m.clear();
+      build_suffix(older, offset);
+      h.suffix_m = std::move(older.suffix_m);
+      h.suffix_e = std::move(older.suffix_e);
+    }
+  }
+
   double const* values_of(std::uint32_t slot) const
   {
     return vals_.data() + std::size_t{slot} * static_cast<std::size_t>(channels_);
@@ -621,6 +781,10 @@ class cpu_rolling_kind final : public cpu_kind_base {
   std::int64_t rows_;
   std::int64_t min_periods_;
   std::size_t history_capacity_;  // rows - 1
+  // Windows longer than this take the two-stack path (when no quantile sketch is kept).
+  static constexpr std::int64_t two_stack_min_rows = 128;
+  bool two_stack_ = false;
+  std::size_t keys_with_suffix_ = 0;  // two-stack: keys holding suffix folds (for state_bytes)
   std::vector<double> vals_;  // values of held records, slot * channels + channel
   std::vector<std::uint32_t> free_;
   std::vector<waiting_record> waiting_;  // sorted in row order

@@ -836,6 +836,10 @@ void cuda_rolling_engine::save_state(state_writer& out)
     at = end;
   }
   if (at != hist_size_) { throw cuda_error("cusense: rolling history out of key order on the device"); }
+  // Since format version 5: keys whose count of emitted records differs from their history's
+  // length (the CPU engine aligns the blocks of long windows to it). This engine does not count
+  // them: none is written, and a CPU restore aligns the blocks to the history.
+  out.u64(0);
 }
 
 void cuda_rolling_engine::load_state(state_reader& in)
@@ -873,6 +877,13 @@ void cuda_rolling_engine::load_state(state_reader& in)
     for (std::size_t i = 0; i < n; ++i) {
       read_rec(groups.back().second);
       state_reader::check(groups.back().second.key.back() == key, "rolling history holds another key");
+    }
+  }
+  if (in.version() >= 5) {  // per-key counts of emitted records (CPU long windows): not needed here
+    std::size_t const aligned = in.count(12);
+    for (std::size_t i = 0; i < aligned; ++i) {
+      (void)in.u32();
+      (void)in.u64();
     }
   }
   std::stable_sort(groups.begin(), groups.end(),

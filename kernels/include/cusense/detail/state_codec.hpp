@@ -106,6 +106,10 @@ class state_reader {
     check(got == name, std::string("section '") + name + "' expected, found '" + got.substr(0, 40) + "'");
   }
   bool at_end() const { return p_ == end_; }
+  /// The checkpoint format version being read (state forms that grew check it); the latest
+  /// unless set.
+  std::uint32_t version() const { return version_; }
+  void set_version(std::uint32_t v) { version_ = v; }
   std::size_t left() const { return static_cast<std::size_t>(end_ - p_); }
 
   /// Throws checkpoint_error("checkpoint is corrupt: <what>") unless `ok`.
@@ -132,6 +136,7 @@ class state_reader {
   }
   char const* p_;
   char const* end_;
+  std::uint32_t version_ = ~std::uint32_t{0};
 };
 
 // ----- shared field groups
