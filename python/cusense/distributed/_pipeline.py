@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import numpy as np
 
@@ -25,6 +25,10 @@ _KINDS = ("windows", "late", "scores", "silence")
 _MAX_TIMESTAMP = 2**62
 #: Default bound on the batches kept for replay since the last checkpoint (bytes of records).
 DEFAULT_MAX_REPLAY_BYTES = 1 << 30
+
+
+#: Ray actor options for every partition (a dict) or for each (a sequence of one per partition).
+ActorOptions = Union[dict[str, Any], Sequence[dict[str, Any]]]
 
 
 class ReplayLogFullError(MemoryError):
@@ -67,11 +71,11 @@ class Pipeline:
     -----------------------------------------------
     partitions : int
         Number of partitions (actors).
-    actor_options : dict, optional
-        Ray actor options for every partition (``num_cpus``, ``num_gpus``, ``resources``,
-        ``scheduling_strategy``, ...), over the defaults: no CPU reserved, spread over the
-        nodes, and one GPU per actor where the backend is CUDA (see the GPU rules in the
-        documentation).
+    actor_options : dict or sequence of dicts, optional
+        Ray actor options for every partition (a dict) or for each partition (one dict per
+        partition): ``num_cpus``, ``num_gpus``, ``resources``, ``scheduling_strategy``, ...,
+        over the defaults: no CPU reserved, spread over the nodes, one GPU per actor where the
+        backend is CUDA (see the GPU rules in the documentation).
     max_replay_bytes : int
         Bound on the records kept for replay since the last checkpoint (default 1 GiB). A push
         that would exceed it checkpoints to ``checkpoint_dir`` first when that is given, else
@@ -94,7 +98,7 @@ class Pipeline:
                  cpu_threads: int = 0, max_open_windows: int = 0,
                  detectors: Sequence[Detector] | None = None,
                  allowed_lateness: Duration = 0, quantile_accuracy: float = 0.01, *,
-                 partitions: int = 2, actor_options: dict[str, Any] | None = None,
+                 partitions: int = 2, actor_options: ActorOptions | None = None,
                  max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES,
                  checkpoint_dir: PathLike | None = None, max_in_flight: int = 8,
                  address: str | None = None) -> None:
@@ -125,7 +129,7 @@ class Pipeline:
     # -- set-up ------------------------------------------------------------------------------
 
     def _setup(self, proto: _single.Pipeline, kwargs: dict[str, Any], partitions: int,
-               actor_options: dict[str, Any] | None, max_replay_bytes: int,
+               actor_options: ActorOptions | None, max_replay_bytes: int,
                checkpoint_dir: PathLike | None, max_in_flight: int, address: str | None) -> None:
         ray = _ray()
         if isinstance(partitions, bool) or not isinstance(partitions, (int, np.integer)) \
@@ -194,23 +198,27 @@ class Pipeline:
         self.aggs = list(kwargs["aggs"])
         self.detectors = list(kwargs["detectors"])
 
-    def _placement(self, backend: str, actor_options: dict[str, Any] | None) -> dict[str, Any]:
-        """Actor options: GPUs for the CUDA backend (one per actor, or a share when the cluster
-        has fewer GPUs than partitions), none for the CPU."""
+    def _placement(self, backend: str, actor_options: ActorOptions | None) -> list[dict[str, Any]]:
+        """Actor options per partition: GPUs for the CUDA backend (one per actor, or a share
+        when the cluster has fewer GPUs than partitions), none for the CPU, then the user's."""
         gpus = float(self._ray.cluster_resources().get("GPU", 0))
         opts: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD", "max_restarts": 0}
         if backend == "cuda" and gpus == 0:
             raise _core.BackendUnavailableError("backend='cuda': the Ray cluster has no GPU")
         if backend in ("cuda", "auto") and gpus > 0:
             opts["num_gpus"] = 1 if gpus >= self._n else int(100 * gpus / self._n) / 100
-        opts.update(actor_options or {})
-        return opts
+        if actor_options is None or isinstance(actor_options, dict):
+            return [{**opts, **(actor_options or {})} for _ in range(self._n)]
+        per = list(actor_options)
+        if len(per) != self._n:
+            raise ValueError(f"actor_options has {len(per)} entries for {self._n} partitions")
+        return [{**opts, **o} for o in per]
 
     def _spawn(self, p: int, checkpoint: bytes | None = None,
                sidecar: dict[str, Any] | None = None) -> Any:
         if not hasattr(self, "_remote_cls"):
             self._remote_cls = self._ray.remote(PartitionWorker)
-        return self._remote_cls.options(**self._actor_options).remote(self._kwargs, p, checkpoint, sidecar)
+        return self._remote_cls.options(**self._actor_options[p]).remote(self._kwargs, p, checkpoint, sidecar)
 
     def _started(self) -> None:
         # Wait for every worker: a configuration the backend refuses fails here, once.
@@ -619,7 +627,7 @@ class Pipeline:
 
     @classmethod
     def restore(cls, path: PathLike, backend: str = "auto", nan_policy: str | None = None, *,
-                partitions: int | None = None, actor_options: dict[str, Any] | None = None,
+                partitions: int | None = None, actor_options: ActorOptions | None = None,
                 max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES,
                 checkpoint_dir: PathLike | None = None, max_in_flight: int = 8,
                 address: str | None = None) -> "Pipeline":
