@@ -22,6 +22,20 @@ from streams import random_cuts  # noqa: E402
 
 needs_external = pytest.mark.skipif(
     not EXTERNAL_WATERMARK, reason="needs Pipeline(watermark='external') in the library")
+
+
+def _detectors_take_external_watermarks():
+    try:
+        cusense.Pipeline(cusense.Tumbling(10), detectors=[det.EWMA()], watermark="external")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+DETECTORS = EXTERNAL_WATERMARK and _detectors_take_external_watermarks()
+needs_detectors = pytest.mark.skipif(
+    not DETECTORS, reason="needs detectors under external watermarks in the library (the "
+    "partitions' detectors would keep watermarks of their own)")
 needs_rekey = pytest.mark.skipif(
     not hasattr(cusense, "rekey_checkpoints"), reason="needs cusense.rekey_checkpoints in the library")
 
@@ -31,7 +45,8 @@ def ray_cluster():
     """One local Ray cluster for the module (2 CPUs; the workers reserve none), stopped after."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -200,8 +215,12 @@ def _compare_run(name, dist, single, k, ts, v, cuts, rng, events=None, tmp_path=
     return dist
 
 
+def _marks(name):
+    return [needs_detectors] if "detectors" in CONFIGS[name] else []
+
+
 @needs_external
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [pytest.param(c, marks=_marks(c)) for c in CONFIGS])
 def test_equals_the_single_pipeline(name, rng):
     partitions = int(rng.integers(2, 4))
     k, ts, v = _stream(rng, 4000, keys=int(rng.choice([5, 300])),
@@ -292,7 +311,8 @@ def test_replay_log_is_bounded(rng, tmp_path):
 # -- checkpoints -------------------------------------------------------------------------------
 
 @needs_external
-@pytest.mark.parametrize("name", ["tumbling_lateness", "session", "rolling", "tumbling_detectors"])
+@pytest.mark.parametrize("name", [pytest.param(c, marks=_marks(c)) for c in
+                                  ["tumbling_lateness", "session", "rolling", "tumbling_detectors"]])
 def test_checkpoint_and_restore_on_the_same_partitions(name, rng, tmp_path):
     k, ts, v = _stream(rng, 3000, keys=40, channels=2 if CONFIGS[name].get("channels") == 2 else 1)
     cuts = random_cuts(rng, len(k), 500)
@@ -378,6 +398,12 @@ def test_refused_batches_change_nothing(rng):
         cd.Pipeline(cusense.Tumbling(10), max_open_windows=5)
     with pytest.raises(ValueError, match="window size"):
         cd.Pipeline(cusense.Tumbling(0))
+
+
+@pytest.mark.skipif(DETECTORS, reason="detectors are supported")
+def test_detectors_are_refused_until_the_library_supports_them():
+    with pytest.raises(NotImplementedError, match="detectors"):
+        cd.Pipeline(cusense.Tumbling(10), detectors=[det.EWMA()])
 
 
 def test_cuda_backend_needs_gpus_in_the_cluster():

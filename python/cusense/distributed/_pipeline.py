@@ -107,11 +107,10 @@ class Pipeline:
                              "per partition would reject a batch in some partitions only)")
         # A local pipeline with the same options, never pushed: checks the options and the
         # batches exactly as the single pipeline does, and gives the empty result tables.
-        proto = _single.Pipeline(window, aggs=aggs, max_out_of_orderness=max_out_of_orderness,
-                                 backend="cpu", channels=channels, nan_policy=nan_policy,
-                                 staging_records=staging_records, cpu_threads=1,
-                                 detectors=detectors, allowed_lateness=allowed_lateness,
-                                 quantile_accuracy=quantile_accuracy)
+        proto = _prototype(window, aggs=aggs, max_out_of_orderness=max_out_of_orderness,
+                           channels=channels, nan_policy=nan_policy,
+                           staging_records=staging_records, detectors=detectors,
+                           allowed_lateness=allowed_lateness, quantile_accuracy=quantile_accuracy)
         kwargs: dict[str, Any] = {
             "window": proto.window, "aggs": list(proto.aggs),
             "max_out_of_orderness": proto._core.options.max_out_of_orderness, "backend": backend,
@@ -165,7 +164,7 @@ class Pipeline:
                 slide = to_nanoseconds(window.slide)
                 end = to_nanoseconds(window.offset) + to_nanoseconds(window.size)
                 self._grids = [(slide, end % slide), (slide, (end + lateness) % slide)]
-        self._actor_options = self._placement(kwargs["backend"], actor_options)
+        self._actor_options = self._placement(actor_options)
         self._max_replay_bytes = int(max_replay_bytes)
         self._checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
         self._max_in_flight = int(max_in_flight)
@@ -174,10 +173,9 @@ class Pipeline:
         # (None before the first record), the last watermark step given, events numbered.
         self._next = 0
         self._max: int | None = None
-        self._last_step: tuple[int, int] | None = None   # (watermark, position)
         self._event = 0
         self._rejected = 0
-        # Per partition: the last step it was given (to bring it up to date before a cut), the
+        # Per partition: the last watermark it was given (to bring it up to date before a cut), the
         # events since the last cut (replay log) and the futures in flight.
         self._given: list[int | None] = [None] * self._n
         self._log: list[list[tuple[str, int, Any]]] = [[] for _ in range(self._n)]
@@ -198,21 +196,42 @@ class Pipeline:
         self.aggs = list(kwargs["aggs"])
         self.detectors = list(kwargs["detectors"])
 
-    def _placement(self, backend: str, actor_options: ActorOptions | None) -> list[dict[str, Any]]:
-        """Actor options per partition: GPUs for the CUDA backend (one per actor, or a share
-        when the cluster has fewer GPUs than partitions), none for the CPU, then the user's."""
+    def _placement(self, actor_options: ActorOptions | None) -> list[dict[str, Any]]:
+        """Actor options per partition: one GPU per actor (or a share when the cluster has fewer
+        GPUs than partitions) where the backend rules pick CUDA for this configuration, none
+        otherwise; then the user's options."""
+        backend = self._kwargs["backend"]
         gpus = float(self._ray.cluster_resources().get("GPU", 0))
         opts: dict[str, Any] = {"num_cpus": 0, "scheduling_strategy": "SPREAD", "max_restarts": 0}
-        if backend == "cuda" and gpus == 0:
-            raise _core.BackendUnavailableError("backend='cuda': the Ray cluster has no GPU")
-        if backend in ("cuda", "auto") and gpus > 0:
-            opts["num_gpus"] = 1 if gpus >= self._n else int(100 * gpus / self._n) / 100
+        if backend != "cpu":
+            if gpus == 0:
+                if backend == "cuda":
+                    raise _core.BackendUnavailableError("backend='cuda': the Ray cluster has no GPU")
+                why = None
+            else:
+                why = self._cuda_refuses(min(gpus, 1.0))
+                if why is not None and backend == "cuda":
+                    raise _core.BackendUnavailableError(f"backend='cuda' for the partitions: {why}")
+            if gpus > 0 and why is None:
+                opts["num_gpus"] = 1 if gpus >= self._n else int(100 * gpus / self._n) / 100
+            else:
+                self._kwargs["backend"] = "cpu"  # the CPU engines, on any node
         if actor_options is None or isinstance(actor_options, dict):
             return [{**opts, **(actor_options or {})} for _ in range(self._n)]
         per = list(actor_options)
         if len(per) != self._n:
             raise ValueError(f"actor_options has {len(per)} entries for {self._n} partitions")
         return [{**opts, **o} for o in per]
+
+    def _cuda_refuses(self, gpu_share: float) -> str | None:
+        """Why a partition on a GPU node could not run this configuration on the CUDA backend
+        (None: it can), asked of a task on a GPU node."""
+        kwargs = {**self._kwargs, "backend": "cuda"}
+        probe = self._ray.remote(num_gpus=gpu_share, num_cpus=0)(_cuda_probe)
+        try:
+            return str(self._ray.get(probe.remote(kwargs), timeout=120)) or None
+        except self._ray.exceptions.GetTimeoutError:
+            return "no GPU became free within 120 s to check the configuration"
 
     def _spawn(self, p: int, checkpoint: bytes | None = None,
                sidecar: dict[str, Any] | None = None) -> Any:
@@ -302,7 +321,7 @@ class Pipeline:
                     "call checkpoint() (or give checkpoint_dir) and push the batch again")
             self.checkpoint(self._checkpoint_dir)
         parts = partition_of(k, self._n) if self._n > 1 else np.zeros(len(k), np.uint32)
-        prev_wm = None if self._last_step is None else self._last_step[0]
+        prev_wm = self._watermark()
         plan = plan_batch(parts, t, self._next, self._max, self._ooo, self._n, self._grids, prev_wm)
         event = self._event
         self._event += 1
@@ -312,19 +331,12 @@ class Pipeline:
             ref = ray.put(self._part_arrays(part, k, t, v))
             self._log[p].append(("push", event, ref))
             if part.watermark.size:
-                self._given[p] = int(part.step_position[-1])
+                self._given[p] = int(part.watermark[-1])
             self._submit(p, "push_part", event, ref)
         self._log_bytes += nbytes
         self._next += len(k)
         if len(k):
-            if plan.steps:
-                self._last_step = self._last_raise(t, plan.new_max)
             self._max = plan.new_max
-
-    def _last_raise(self, t: np.ndarray, new_max: int) -> tuple[int, int]:
-        # The last step of the batch: after the first record holding the new maximum.
-        i = int(np.argmax(t == new_max))
-        return new_max - self._ooo, 2 * (self._next - len(t) + i) + 1
 
     @staticmethod
     def _part_arrays(part: Part, k: np.ndarray, t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -534,20 +546,23 @@ class Pipeline:
         directory = os.fspath(path)
         os.makedirs(directory, exist_ok=True)
         # Every partition at the global watermark (steps may have been thinned).
-        if self._last_step is not None:
-            wm, pos = self._last_step
+        wm = self._watermark()
+        if wm is not None:
+            # A step at the watermark in force, placed after the last record (thinned steps
+            # crossed no window boundary, so it emits nothing).
+            pos = 2 * (self._next - 1) + 1
             event = self._event
             self._event += 1
             empty_k = np.zeros(0, np.uint32)
             empty_t = np.zeros(0, np.int64)
             empty_v = np.zeros((0,) + self._value_shape(), np.float64)
             for p in range(self._n):
-                if self._given[p] != pos:
+                if self._given[p] != wm:
                     arrays = (empty_k, empty_t, empty_v, empty_t, np.zeros(1, np.int64),
                               np.array([wm], np.int64), np.array([pos], np.int64))
                     ref = self._ray.put(arrays)
                     self._log[p].append(("push", event, ref))
-                    self._given[p] = pos
+                    self._given[p] = wm
                     self._submit(p, "push_part", event, ref)
         ray = self._ray
         for _ in range(self.max_recoveries + 1):
@@ -593,7 +608,6 @@ class Pipeline:
             "external_watermark": EXTERNAL_WATERMARK,
             "options": self._options_json(),
             "router": {"next_index": self._next, "max_event_time": self._max,
-                       "last_step": None if self._last_step is None else list(self._last_step),
                        "event": self._event, "records_rejected": self._rejected},
             "files": files, "outputs": {"file": out_entry, "columns": columns},
         }
@@ -647,12 +661,11 @@ class Pipeline:
         n = old_n if partitions is None else partitions
         window = mf.window_from_json(opts["window"])
         dets = [mf.detector_from_json(d) for d in opts["detectors"]]
-        proto = _single.Pipeline(window, aggs=opts["aggs"],
-                                 max_out_of_orderness=opts["max_out_of_orderness"], backend="cpu",
-                                 channels=opts["channels"], nan_policy=opts["nan_policy"],
-                                 staging_records=opts["staging_records"], cpu_threads=1,
-                                 detectors=dets, allowed_lateness=opts["allowed_lateness"],
-                                 quantile_accuracy=opts["quantile_accuracy"])
+        proto = _prototype(window, aggs=opts["aggs"], max_out_of_orderness=opts["max_out_of_orderness"],
+                           channels=opts["channels"], nan_policy=opts["nan_policy"],
+                           staging_records=opts["staging_records"], detectors=dets,
+                           allowed_lateness=opts["allowed_lateness"],
+                           quantile_accuracy=opts["quantile_accuracy"])
         kwargs = {**opts, "window": window, "detectors": dets, "backend": backend}
         self = cls.__new__(cls)
         self._setup(proto, kwargs, n, actor_options, max_replay_bytes, checkpoint_dir,
@@ -672,9 +685,7 @@ class Pipeline:
         router = manifest["router"]
         self._next = int(router["next_index"])
         self._max = router["max_event_time"]
-        self._last_step = None if router["last_step"] is None else (int(router["last_step"][0]),
-                                                                    int(router["last_step"][1]))
-        self._given = [None if self._last_step is None else self._last_step[1]] * self._n
+        self._given = [self._watermark()] * self._n
         self._event = int(router["event"])
         self._rejected = int(router["records_rejected"])
         outputs = manifest["outputs"]
@@ -743,6 +754,31 @@ class Pipeline:
     def __repr__(self) -> str:
         return (f"cusense.distributed.Pipeline(partitions={self._n}, window={self.window!r}, "
                 f"backend={self.backend!r})")
+
+
+def _prototype(window: _single.Window | None, **kwargs: Any) -> _single.Pipeline:
+    """The local pipeline that checks options and batches (CPU, one thread, never pushed)."""
+    extra: dict[str, Any] = {"watermark": "external"} if EXTERNAL_WATERMARK else {}
+    try:
+        return _single.Pipeline(window, backend="cpu", cpu_threads=1, **kwargs, **extra)
+    except ValueError as e:
+        if kwargs.get("detectors") and "detectors" in str(e):
+            raise NotImplementedError(
+                "cusense.distributed does not run detectors yet: the partitions need the "
+                "stream's global watermark, and this cusense takes external watermarks only for "
+                f"pipelines without detectors ({e})") from None
+        raise
+
+
+def _cuda_probe(kwargs: dict[str, Any]) -> str:
+    """On a GPU node: '' if a partition of this configuration runs on the CUDA backend, else
+    why not."""
+    extra: dict[str, Any] = {"watermark": "external"} if EXTERNAL_WATERMARK else {}
+    try:
+        _single.Pipeline(**kwargs, **extra)
+    except _core.BackendUnavailableError as e:
+        return str(e)
+    return ""
 
 
 def _sidecar_to_arrays(side: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -22,9 +22,6 @@ from ..detectors import Silence
 
 Columns = dict[str, np.ndarray]
 
-#: Position of rows emitted by flush() (after every record and step).
-FLUSH_POSITION = np.iinfo(np.int64).max
-
 #: Whether the library takes externally supplied watermarks (push with positions and watermark
 #: steps, polls with positions). Without it the workers derive their own watermark from their
 #: records, which equals the single pipeline only for streams where that makes no difference.
@@ -77,7 +74,7 @@ class PartitionWorker:
              positions: np.ndarray, at: np.ndarray, watermark: np.ndarray,
              step_position: np.ndarray) -> None:
         if EXTERNAL_WATERMARK:
-            self.pipe.push(keys, ts, values, time_unit="ns", positions=positions,  # type: ignore[call-arg]
+            self.pipe.push(keys, ts, values, time_unit="ns", positions=positions,
                            watermark_steps=(at, watermark, step_position))
         elif len(keys):
             self.pipe.push(keys, ts, values, time_unit="ns")
@@ -94,13 +91,8 @@ class PartitionWorker:
     def flush(self, event: int) -> None:
         if self.windowed:
             if EXTERNAL_WATERMARK:
-                # Rows emitted before the flush keep their positions; the flush's rows come last.
-                self.out["windows"].append(self.pipe.poll(positions=True).to_dict())  # type: ignore[call-arg]
-                rows = self.pipe.flush().to_dict()
-                if rows and "position" not in rows:
-                    n = len(next(iter(rows.values())))
-                    rows["position"] = np.full(n, FLUSH_POSITION, dtype=np.int64)
-                self.out["windows"].append(rows)
+                # Rows emitted before the flush keep their positions, the flush's own come last.
+                self.out["windows"].append(self.pipe.flush(positions=True).to_dict())
             else:
                 self._drain_windows_tagged(event)
                 rows = self.pipe.flush().to_dict()
@@ -154,8 +146,8 @@ class PartitionWorker:
         without external watermarks, ``_event``), scores and silence events (``_event``)."""
         if self.windowed:
             if EXTERNAL_WATERMARK:
-                self.out["windows"].append(self.pipe.poll(positions=True).to_dict())  # type: ignore[call-arg]
-                self.out["late"].append(self.pipe.poll_late(positions=True).to_dict())  # type: ignore[call-arg]
+                self.out["windows"].append(self.pipe.poll(positions=True).to_dict())
+                self.out["late"].append(self.pipe.poll_late(positions=True).to_dict())
             else:
                 self._drain_windows_tagged(-1)
         result = {kind: _concat(parts) for kind, parts in self.out.items()}
