@@ -4,7 +4,9 @@ results: every window type, lateness and detectors, on random streams (fresh see
 random batches; checkpoints restore onto the same or another number of partitions; workers
 killed (ray.kill, SIGKILL of the worker process) at random moments lose and double nothing."""
 import os
+import shutil
 import signal
+import tempfile
 
 import numpy as np
 import pytest
@@ -42,13 +44,16 @@ needs_rekey = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    """One local Ray cluster for the module (2 CPUs; the workers reserve none), stopped after."""
+    """One local Ray cluster for the module (2 CPUs; the workers reserve none), stopped after,
+    its session files in a temporary directory removed with it."""
     if ray.is_initialized():
         ray.shutdown()
+    temp = tempfile.mkdtemp(prefix="cs-ray-")  # short: Ray's socket paths must fit 107 bytes
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=False)
+             log_to_driver=False, _temp_dir=temp)
     yield
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 # -- the partition hash and the routing plan (no Ray work) ------------------------------------
