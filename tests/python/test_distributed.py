@@ -341,7 +341,8 @@ def test_checkpoint_and_restore_on_the_same_partitions(name, rng, tmp_path):
 def test_restore_onto_another_number_of_partitions(name, before, after, rng, tmp_path):
     k, ts, v = _stream(rng, 3000, keys=60)
     cuts = random_cuts(rng, len(k), 500)
-    restore_at = int(rng.integers(1, len(cuts) - 1))
+    restore_at = int(rng.integers(1, len(cuts) - 2))
+    kill_at = int(rng.integers(restore_at + 1, len(cuts) - 1))  # recovers from the rekeyed state
 
     def events(b, dist):
         if b == restore_at:
@@ -350,9 +351,28 @@ def test_restore_onto_another_number_of_partitions(name, before, after, rng, tmp
             restored = cd.Pipeline.restore(tmp_path / "ckpt", backend="cpu", partitions=after)
             assert restored.partitions == after
             return restored
+        if b == kill_at:
+            _kill(dist, int(rng.integers(0, after)), "ray.kill", settle=bool(rng.random() < 0.5))
+        return dist
 
     dist = _compare_run(name, _distributed(name, before), _single(name), k, ts, v, cuts, rng, events)
     dist.close()
+
+
+def test_docs_example_runs(tmp_path):
+    """The first example of docs/distributed.md, connected to this module's cluster."""
+    import re
+    import subprocess
+    import sys
+    root = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    with open(os.path.join(root, "docs", "distributed.md"), encoding="utf-8") as f:
+        code = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)[0]
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address,
+               PYTHONPATH=os.pathsep.join([os.path.join(root, "python"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "window_start" in proc.stdout and (tmp_path / "state.d" / "manifest.json").exists()
 
 
 def test_checkpoint_directory_is_replaced_atomically(rng, tmp_path):

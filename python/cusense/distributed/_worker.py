@@ -74,8 +74,14 @@ class PartitionWorker:
              positions: np.ndarray, at: np.ndarray, watermark: np.ndarray,
              step_position: np.ndarray) -> None:
         if EXTERNAL_WATERMARK:
-            self.pipe.push(keys, ts, values, time_unit="ns", positions=positions,
-                           watermark_steps=(at, watermark, step_position))
+            # The router checked the batch as cusense.Pipeline.push does and made every array
+            # contiguous with the engine's dtype: straight to the engine.
+            if values.dtype == np.float32:
+                self.pipe._core.push_external_f32(keys, ts, values, positions, at, watermark,
+                                                  step_position)
+            else:
+                self.pipe._core.push_external_f64(keys, ts, values, positions, at, watermark,
+                                                  step_position)
         elif len(keys):
             self.pipe.push(keys, ts, values, time_unit="ns")
             self._drain_windows_tagged(event)
