@@ -73,6 +73,10 @@ def test_partition_of_is_fmix32_mod_n(rng):
     for n in (1, 2, 3, 7, 64, 1000):
         expected = [_fmix32_reference(int(k)) % n for k in keys]
         assert cd.partition_of(keys, n).tolist() == expected
+    # The library's own (C++) partition_of, which rekey_checkpoints splits state by.
+    if hasattr(cusense, "partition_of"):
+        for n in (1, 2, 5, 1000, 2**31):
+            assert np.array_equal(cd.partition_of(keys, n), cusense.partition_of(keys, n)), n
     # Known values of MurmurHash3's finalizer.
     assert cd.fmix32(np.array([0, 1], np.uint32)).tolist() == [0, 0x514E28B7]
     assert cd.partition_of([5, 6], 4).dtype == np.uint32
