@@ -191,6 +191,7 @@ class Pipeline:
         self._skip = [dict.fromkeys(_KINDS, 0) for _ in range(self._n)]
         self._out: dict[str, list[Result]] = {k: [] for k in _KINDS}
         self.recoveries = 0
+        self._recoveries_of_p: dict[int, int] = {}
         self._closed = False
         self.window = window
         self.aggs = list(kwargs["aggs"])
@@ -372,7 +373,6 @@ class Pipeline:
         """Partition ``p``'s worker is gone: a new one restores the last cut and replays the
         events routed to it since; rows it emits again are dropped by :meth:`_collect`."""
         self.recoveries += 1
-        self._recoveries_of_p = getattr(self, "_recoveries_of_p", {})
         self._recoveries_of_p[p] = self._recoveries_of_p.get(p, 0) + 1
         if self._recoveries_of_p[p] > self.max_recoveries:
             raise PartitionLostError(f"partition {p} was lost {self._recoveries_of_p[p]} times "
