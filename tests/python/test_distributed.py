@@ -18,28 +18,7 @@ ray = pytest.importorskip("ray", reason="cusense.distributed needs Ray (pip inst
 
 import cusense.distributed as cd  # noqa: E402
 from cusense.distributed import _plan  # noqa: E402
-from cusense.distributed._worker import EXTERNAL_WATERMARK  # noqa: E402
-
 from streams import random_cuts  # noqa: E402
-
-needs_external = pytest.mark.skipif(
-    not EXTERNAL_WATERMARK, reason="needs Pipeline(watermark='external') in the library")
-
-
-def _detectors_take_external_watermarks():
-    try:
-        cusense.Pipeline(cusense.Tumbling(10), detectors=[det.EWMA()], watermark="external")
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-DETECTORS = EXTERNAL_WATERMARK and _detectors_take_external_watermarks()
-needs_detectors = pytest.mark.skipif(
-    not DETECTORS, reason="needs detectors under external watermarks in the library (the "
-    "partitions' detectors would keep watermarks of their own)")
-needs_rekey = pytest.mark.skipif(
-    not hasattr(cusense, "rekey_checkpoints"), reason="needs cusense.rekey_checkpoints in the library")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -224,12 +203,7 @@ def _compare_run(name, dist, single, k, ts, v, cuts, rng, events=None, tmp_path=
     return dist
 
 
-def _marks(name):
-    return [needs_detectors] if "detectors" in CONFIGS[name] else []
-
-
-@needs_external
-@pytest.mark.parametrize("name", [pytest.param(c, marks=_marks(c)) for c in CONFIGS])
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_equals_the_single_pipeline(name, rng):
     partitions = int(rng.integers(2, 4))
     k, ts, v = _stream(rng, 4000, keys=int(rng.choice([5, 300])),
@@ -252,11 +226,9 @@ def _kill(dist, p, how, settle=True):
 
 
 @pytest.mark.parametrize("how", ["ray.kill", "sigkill"])
-def test_killed_workers_lose_nothing(how, rng, tmp_path):
-    name = "session" if EXTERNAL_WATERMARK else "tumbling"
-    k, ts, v = _stream(rng, 3000, keys=50, channels=2 if name == "tumbling" else 1)
-    if not EXTERNAL_WATERMARK:
-        ts = np.sort(ts)
+@pytest.mark.parametrize("name", ["session", "tumbling_detectors"])
+def test_killed_workers_lose_nothing(name, how, rng, tmp_path):
+    k, ts, v = _stream(rng, 3000, keys=50, channels=2 if CONFIGS[name].get("channels") == 2 else 1)
     cuts = random_cuts(rng, len(k), 300)
     nb = len(cuts) - 1
     kills = set(rng.choice(np.arange(1, nb), size=min(3, nb - 1), replace=False).tolist())
@@ -275,19 +247,7 @@ def test_killed_workers_lose_nothing(how, rng, tmp_path):
         return dist
 
     with _distributed(name, 3) as dist:
-        if EXTERNAL_WATERMARK:
-            _compare_run(name, dist, _single(name), k, ts, v, cuts, rng, events)
-        else:
-            single = _single(name)
-            for b, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
-                events(b, dist)
-                single.push(k[lo:hi], ts[lo:hi], v[lo:hi], time_unit="ns")
-                dist.push(k[lo:hi], ts[lo:hi], v[lo:hi], time_unit="ns")
-            want = cusense.Result.concat([single.poll(), single.flush()]).to_pandas()
-            got = cusense.Result.concat([dist.poll(), dist.flush()]).to_pandas()
-            order = ["window_start", "key"]
-            assert got.sort_values(order).reset_index(drop=True).equals(
-                want.sort_values(order).reset_index(drop=True)), log
+        _compare_run(name, dist, _single(name), k, ts, v, cuts, rng, events)
         assert dist.recoveries >= 1, log
 
 
@@ -301,7 +261,7 @@ def test_replay_log_is_bounded(rng, tmp_path):
         assert dist.stats["records_pushed"] == 500  # refused whole, nothing routed
         dist.checkpoint(tmp_path / "c")
         dist.push(k[500:1000], ts[500:1000], v[500:1000], time_unit="ns")
-    # With checkpoint_dir the pipeline checkpoints by itself.
+    # With checkpoint_dir the pipeline checkpoints by itself, and recovers from there.
     single = _single("tumbling_lateness")
     with _distributed("tumbling_lateness", 2, max_replay_bytes=20_000,
                       checkpoint_dir=tmp_path / "auto") as dist:
@@ -310,18 +270,16 @@ def test_replay_log_is_bounded(rng, tmp_path):
             single.push(k[a:a + 400], ts[a:a + 400], v[a:a + 400], time_unit="ns")
         assert (tmp_path / "auto" / "manifest.json").exists()
         ray.kill(dist.workers()[1], no_restart=True)
-        got = cusense.Result.concat([dist.poll(), dist.flush()]).to_pandas()
-    want = cusense.Result.concat([single.poll(), single.flush()]).to_pandas()
-    order = ["window_start", "key"]
-    assert got.sort_values(order).reset_index(drop=True).equals(
-        want.sort_values(order).reset_index(drop=True))
+        assert_same(dist.poll(), single.poll(), "poll")
+        assert_same(dist.flush(), single.flush(), "flush")
+        assert_same(dist.poll_late(), single.poll_late(), "late")
+        assert dist.recoveries == 1
 
 
 # -- checkpoints -------------------------------------------------------------------------------
 
-@needs_external
-@pytest.mark.parametrize("name", [pytest.param(c, marks=_marks(c)) for c in
-                                  ["tumbling_lateness", "session", "rolling", "tumbling_detectors"]])
+@pytest.mark.parametrize("name", ["tumbling_lateness", "session", "rolling", "detectors",
+                                  "tumbling_detectors"])
 def test_checkpoint_and_restore_on_the_same_partitions(name, rng, tmp_path):
     k, ts, v = _stream(rng, 3000, keys=40, channels=2 if CONFIGS[name].get("channels") == 2 else 1)
     cuts = random_cuts(rng, len(k), 500)
@@ -338,8 +296,6 @@ def test_checkpoint_and_restore_on_the_same_partitions(name, rng, tmp_path):
     dist.close()
 
 
-@needs_external
-@needs_rekey
 @pytest.mark.parametrize("name", ["tumbling_lateness", "sliding", "session", "rolling"])
 @pytest.mark.parametrize("before, after", [(4, 3), (2, 5)])
 def test_restore_onto_another_number_of_partitions(name, before, after, rng, tmp_path):
@@ -429,10 +385,12 @@ def test_refused_batches_change_nothing(rng):
         cd.Pipeline(cusense.Tumbling(0))
 
 
-@pytest.mark.skipif(DETECTORS, reason="detectors are supported")
-def test_detectors_are_refused_until_the_library_supports_them():
-    with pytest.raises(NotImplementedError, match="detectors"):
-        cd.Pipeline(cusense.Tumbling(10), detectors=[det.EWMA()])
+def test_detector_state_is_not_rescaled_yet(tmp_path):
+    with _distributed("tumbling_detectors", 2) as dist:
+        dist.push([1, 2, 3], [10, 20, 30], np.ones((3, 2)), time_unit="ns")
+        dist.checkpoint(tmp_path / "c")
+    with pytest.raises(NotImplementedError, match="detector state"):
+        cd.Pipeline.restore(tmp_path / "c", partitions=3)
 
 
 def test_cuda_backend_needs_gpus_in_the_cluster():

@@ -21,7 +21,6 @@ DRIVER = textwrap.dedent("""
     import sys
     import numpy as np, ray, cusense, cusense.distributed as cd
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    from cusense.distributed._worker import EXTERNAL_WATERMARK
     head, worker, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     ray.init(address=f"{head}:6379", _node_ip_address=head, logging_level="ERROR",
              log_to_driver=False)
@@ -33,8 +32,6 @@ DRIVER = textwrap.dedent("""
     n = 6000
     k = rng.integers(0, 300, n).astype(np.uint32)
     ts = 10_000 + np.arange(n, dtype=np.int64) * 3 - rng.integers(0, 90, n)
-    if not EXTERNAL_WATERMARK:
-        ts = np.sort(ts)
     v = rng.normal(10, 3, n)
     kw = dict(aggs=["count", "mean", "std", "first", "p50"], max_out_of_orderness=40, backend="cpu")
     single = cusense.Pipeline(cusense.Session(40), **kw)
@@ -52,12 +49,8 @@ DRIVER = textwrap.dedent("""
     want.append(single.flush())
     g = cusense.Result.concat(got).to_pandas()
     w = cusense.Result.concat(want).to_pandas()
-    if not EXTERNAL_WATERMARK:  # the workers' own watermarks: same rows, other order
-        g = g.sort_values(["window_start", "key"]).reset_index(drop=True)
-        w = w.sort_values(["window_start", "key"]).reset_index(drop=True)
     assert len(w) > 1000 and g.equals(w), (len(g), len(w))
-    if EXTERNAL_WATERMARK:
-        assert dist.poll_late().to_pandas().equals(single.poll_late().to_pandas())
+    assert dist.poll_late().to_pandas().equals(single.poll_late().to_pandas())
     print("rows", len(w), "nodes", ips)
     dist.close()
 """)

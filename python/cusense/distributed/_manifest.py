@@ -1,6 +1,6 @@
 """The files of a distributed checkpoint: one directory holding a manifest and, per cut, one
-checkpoint file per partition (plain ``cusense.Pipeline`` checkpoints), the workers' side data
-and the outputs not yet polled. A cut's files are written first under names of their own; the
+checkpoint file per partition (plain ``cusense.Pipeline`` checkpoints) and the outputs not yet
+polled. A cut's files are written first under names of their own; the
 manifest, replaced atomically last, is what makes a cut the directory's checkpoint."""
 from __future__ import annotations
 
@@ -30,10 +30,6 @@ def new_cut_id() -> str:
 
 def partition_file(cut: str, p: int, n: int) -> str:
     return f"cut-{cut}-part-{p:05d}-of-{n:05d}.ckpt"
-
-
-def sidecar_file(cut: str, p: int, n: int) -> str:
-    return f"cut-{cut}-part-{p:05d}-of-{n:05d}.worker.npz"
 
 
 def outputs_file(cut: str) -> str:

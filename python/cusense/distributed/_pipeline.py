@@ -16,10 +16,10 @@ from .. import _pipeline as _single
 from .._result import Result
 from .._time import to_nanoseconds
 from .._typing import Column, Duration, PathLike
-from ..detectors import Detector, Silence
+from ..detectors import Detector
 from . import _manifest as mf
 from ._plan import Part, partition_of, plan_batch
-from ._worker import EXTERNAL_WATERMARK, PartitionWorker
+from ._worker import PartitionWorker
 
 _KINDS = ("windows", "late", "scores", "silence")
 _MAX_TIMESTAMP = 2**62
@@ -150,13 +150,12 @@ class Pipeline:
         window = kwargs["window"]
         self._rolling = isinstance(window, _single.Rolling)
         self._windowed = window is not None
-        self._scoring = any(not isinstance(d, Silence) for d in kwargs["detectors"])
-        self._silence = any(isinstance(d, Silence) for d in kwargs["detectors"])
         # Watermark steps are thinned to those crossing a window boundary where nothing else
-        # depends on the watermark (tumbling and sliding windows, no detectors).
+        # depends on the watermark (tumbling and sliding windows, no detectors: detectors judge
+        # lateness and release records at every watermark).
         lateness = int(kwargs["allowed_lateness"])
         self._grids: list[tuple[int, int]] | None = None
-        if EXTERNAL_WATERMARK and not kwargs["detectors"]:
+        if not kwargs["detectors"]:
             if isinstance(window, _single.Tumbling):
                 size, off = to_nanoseconds(window.size), to_nanoseconds(window.offset)
                 self._grids = [(size, off % size), (size, (off + lateness) % size)]
@@ -181,9 +180,9 @@ class Pipeline:
         self._log: list[list[tuple[str, int, Any]]] = [[] for _ in range(self._n)]
         self._log_bytes = 0
         self._inflight: list[deque[Any]] = [deque() for _ in range(self._n)]
-        # The base each partition restores from after a failure: (directory, manifest entry,
-        # side data entry) of the last cut, or None (start empty).
-        self._base: list[tuple[str, dict[str, Any], dict[str, Any] | None] | None] = [None] * self._n
+        # The base each partition restores from after a failure: (directory, manifest entry) of
+        # its file of the last cut, or None (start empty).
+        self._base: list[tuple[str, dict[str, Any]] | None] = [None] * self._n
         self._tmpdirs: list[str] = []
         # Rows received from each partition since the last cut (per kind), rows to drop after a
         # recovery (already received from the lost worker), rows merged but not yet polled.
@@ -234,11 +233,10 @@ class Pipeline:
         except self._ray.exceptions.GetTimeoutError:
             return "no GPU became free within 120 s to check the configuration"
 
-    def _spawn(self, p: int, checkpoint: bytes | None = None,
-               sidecar: dict[str, Any] | None = None) -> Any:
+    def _spawn(self, p: int, checkpoint: bytes | None = None) -> Any:
         if not hasattr(self, "_remote_cls"):
             self._remote_cls = self._ray.remote(PartitionWorker)
-        return self._remote_cls.options(**self._actor_options[p]).remote(self._kwargs, p, checkpoint, sidecar)
+        return self._remote_cls.options(**self._actor_options[p]).remote(self._kwargs, p, checkpoint)
 
     def _started(self) -> None:
         # Wait for every worker: a configuration the backend refuses fails here, once.
@@ -382,16 +380,14 @@ class Pipeline:
         except Exception:  # noqa: BLE001 - already gone
             pass
         base = self._base[p]
-        checkpoint, sidecar = None, None
+        checkpoint = None
         if base is not None:
-            directory, entry, side = base
             try:
-                checkpoint = mf.read_checked(directory, entry)
-                sidecar = None if side is None else _sidecar_from_arrays(mf.read_arrays(directory, side))
+                checkpoint = mf.read_checked(*base)
             except (OSError, _core.CheckpointError) as e:
                 raise PartitionLostError(f"partition {p} cannot be recovered: its checkpoint "
                                          f"is unreadable ({e})") from None
-        self._actors[p] = self._spawn(p, checkpoint, sidecar)
+        self._actors[p] = self._spawn(p, checkpoint)
         self._inflight[p].clear()
         self._skip[p] = dict(self._received[p])
         for method, event, ref in self._log[p]:
@@ -584,14 +580,8 @@ class Pipeline:
         else:
             raise PartitionLostError("partitions keep failing during the checkpoint")
         cut = mf.new_cut_id()
-        files = []
-        for p, (data, side) in enumerate(states):
-            entry = mf.write_bytes(directory, mf.partition_file(cut, p, self._n), data)
-            side_entry = None
-            if self._scoring:
-                side_entry = mf.write_arrays(directory, mf.sidecar_file(cut, p, self._n),
-                                             _sidecar_to_arrays(side))
-            files.append({"checkpoint": entry, "worker": side_entry})
+        files = [{"checkpoint": mf.write_bytes(directory, mf.partition_file(cut, p, self._n), data)}
+                 for p, data in enumerate(states)]
         outputs: dict[str, np.ndarray] = {}
         columns: dict[str, list[str]] = {}
         for kind in _KINDS:
@@ -605,7 +595,6 @@ class Pipeline:
         manifest = {
             "format": mf.FORMAT, "version": mf.VERSION, "cut": cut, "partitions": self._n,
             "partition_hash": "fmix32(key) % partitions",
-            "external_watermark": EXTERNAL_WATERMARK,
             "options": self._options_json(),
             "router": {"next_index": self._next, "max_event_time": self._max,
                        "event": self._event, "records_rejected": self._rejected},
@@ -617,7 +606,7 @@ class Pipeline:
     def _after_cut(self, directory: str, files: list[dict[str, Any]]) -> None:
         for p in range(self._n):
             self._log[p].clear()
-            self._base[p] = (directory, files[p]["checkpoint"], files[p]["worker"])
+            self._base[p] = (directory, files[p]["checkpoint"])
             self._received[p] = dict.fromkeys(_KINDS, 0)
             self._skip[p] = dict.fromkeys(_KINDS, 0)
         self._log_bytes = 0
@@ -673,13 +662,10 @@ class Pipeline:
         files = manifest["files"]
         if n == old_n:
             blobs = [mf.read_checked(directory, f["checkpoint"]) for f in files]
-            sides = [None if f["worker"] is None else
-                     _sidecar_from_arrays(mf.read_arrays(directory, f["worker"])) for f in files]
-            bases: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
-                (directory, f["checkpoint"], f["worker"]) for f in files]
+            bases = [(directory, f["checkpoint"]) for f in files]
         else:
-            blobs, sides, bases = self._rescale(directory, manifest, n)
-        self._actors = [self._spawn(p, blobs[p], sides[p]) for p in range(self._n)]
+            blobs, bases = self._rescale(directory, manifest, n)
+        self._actors = [self._spawn(p, blobs[p]) for p in range(self._n)]
         self._started()
         self._base = list(bases)
         router = manifest["router"]
@@ -695,18 +681,12 @@ class Pipeline:
         return self
 
     def _rescale(self, directory: str, manifest: dict[str, Any], n: int) -> tuple[
-            list[bytes], list[dict[str, Any] | None], list[tuple[str, dict[str, Any], dict[str, Any] | None]]]:
-        rekey = getattr(_core, "rekey_checkpoints", None)
-        if rekey is None:
-            import cusense
-            rekey = getattr(cusense, "rekey_checkpoints", None)
-        if rekey is None:
-            raise NotImplementedError("restoring onto another number of partitions needs "
-                                      "cusense.rekey_checkpoints, which this build lacks")
-        if self._scoring:
+            list[bytes], list[tuple[str, dict[str, Any]]]]:
+        if self.detectors:
             raise NotImplementedError(
-                "restoring a pipeline with scoring detectors onto another number of partitions "
-                "needs global arrival indices in the detector state (not supported yet)")
+                "restoring a pipeline with detectors onto another number of partitions: "
+                "cusense.rekey_checkpoints does not split detector state yet (restore it onto "
+                f"its {manifest['partitions']} partitions)")
         files = manifest["files"]
         for f in files:  # check every input before rekeying
             mf.read_checked(directory, f["checkpoint"])
@@ -714,17 +694,16 @@ class Pipeline:
         tmp = tempfile.mkdtemp(prefix="cusense-rescale-")
         self._tmpdirs.append(tmp)
         outputs = [os.path.join(tmp, f"part-{p:05d}-of-{n:05d}.ckpt") for p in range(n)]
-        rekey(inputs, outputs)
+        _single.rekey_checkpoints(inputs, outputs)
         blobs: list[bytes] = []
-        bases: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = []
+        bases: list[tuple[str, dict[str, Any]]] = []
         for out in outputs:
             with open(out, "rb") as fh:
                 data = fh.read()
             blobs.append(data)
             bases.append((tmp, {"file": os.path.basename(out), "bytes": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest()}, None))
-        sides: list[dict[str, Any] | None] = [None] * n
-        return blobs, sides, bases
+                                "sha256": hashlib.sha256(data).hexdigest()}))
+        return blobs, bases
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -758,35 +737,14 @@ class Pipeline:
 
 def _prototype(window: _single.Window | None, **kwargs: Any) -> _single.Pipeline:
     """The local pipeline that checks options and batches (CPU, one thread, never pushed)."""
-    extra: dict[str, Any] = {"watermark": "external"} if EXTERNAL_WATERMARK else {}
-    try:
-        return _single.Pipeline(window, backend="cpu", cpu_threads=1, **kwargs, **extra)
-    except ValueError as e:
-        if kwargs.get("detectors") and "detectors" in str(e):
-            raise NotImplementedError(
-                "cusense.distributed does not run detectors yet: the partitions need the "
-                "stream's global watermark, and this cusense takes external watermarks only for "
-                f"pipelines without detectors ({e})") from None
-        raise
+    return _single.Pipeline(window, backend="cpu", cpu_threads=1, watermark="external", **kwargs)
 
 
 def _cuda_probe(kwargs: dict[str, Any]) -> str:
     """On a GPU node: '' if a partition of this configuration runs on the CUDA backend, else
     why not."""
-    extra: dict[str, Any] = {"watermark": "external"} if EXTERNAL_WATERMARK else {}
     try:
-        _single.Pipeline(**kwargs, **extra)
+        _single.Pipeline(**kwargs, watermark="external")
     except _core.BackendUnavailableError as e:
         return str(e)
     return ""
-
-
-def _sidecar_to_arrays(side: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {"seq_next": np.array(side["seq_next"], np.int64), "seq_base": np.array(side["seq_base"], np.int64),
-            "seq_glob": np.asarray(side["seq_glob"], np.int64), "seq_done": np.asarray(side["seq_done"], bool)}
-
-
-def _sidecar_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    return {"seq_next": int(arrays["seq_next"]), "seq_base": int(arrays["seq_base"]),
-            "seq_glob": arrays["seq_glob"], "seq_done": arrays["seq_done"]}
-
