@@ -62,13 +62,6 @@ class Plan:
     steps: int                # watermark steps of the batch (before filtering)
 
 
-def boundary_filter(window_kind: str | None, grids: list[tuple[int, int]]) -> bool:
-    """Whether watermark steps may be thinned to those that cross a window boundary (tumbling
-    and sliding windows without detectors: nothing depends on the watermark between two
-    boundaries)."""
-    return window_kind in ("tumbling", "sliding") and bool(grids)
-
-
 def crossing(prev_wm: int | None, wm: np.ndarray, grids: list[tuple[int, int]]) -> np.ndarray:
     """Mask of the steps whose watermark crosses a boundary ``k * period + phase`` of any grid
     since the step before (the first step is compared with ``prev_wm``; None: always kept)."""
