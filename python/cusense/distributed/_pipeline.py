@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import weakref
 from collections import deque
 from typing import Any, Sequence, Union
 
@@ -693,6 +694,8 @@ class Pipeline:
         inputs = [os.path.join(directory, f["checkpoint"]["file"]) for f in files]
         tmp = tempfile.mkdtemp(prefix="cusense-rescale-")
         self._tmpdirs.append(tmp)
+        # Removed at the next cut or close(), or when the pipeline is collected or Python exits.
+        weakref.finalize(self, shutil.rmtree, tmp, True)
         outputs = [os.path.join(tmp, f"part-{p:05d}-of-{n:05d}.ckpt") for p in range(n)]
         _single.rekey_checkpoints(inputs, outputs)
         blobs: list[bytes] = []
