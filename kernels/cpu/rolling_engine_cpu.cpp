@@ -77,6 +77,11 @@ struct key_history {
   std::uint64_t retired = 0;
   std::vector<ops::moments> suffix_m, prefix_m;
   std::vector<ops::extent> suffix_e, prefix_e;
+  std::uint32_t waiting = 0;  // records of the key waiting for their rows
+  bool live             = true;  // false: the index is free (the key expired)
+
+  // The key's last emitted record (the history must not be empty).
+  history_record const& newest() const { return ring[(head + ring.size() - 1) % ring.size()]; }
 
   template <typename F>
   void for_each_oldest_first(F&& f) const
@@ -116,6 +121,28 @@ class key_index_map {
   {
     std::fill(buckets_.begin(), buckets_.end(), empty_bucket());
     size_ = 0;
+  }
+
+  // Removes key (when present), shifting back the entries of its probe run that may move.
+  void erase(std::uint32_t key)
+  {
+    std::size_t i = home(key);
+    for (;; i = (i + 1) & mask()) {
+      if (buckets_[i].index == no_index) { return; }
+      if (buckets_[i].key == key) { break; }
+    }
+    for (std::size_t j = i;;) {
+      j = (j + 1) & mask();
+      if (buckets_[j].index == no_index) { break; }
+      std::size_t const h = home(buckets_[j].key);
+      bool const stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);  // h in (i, j]
+      if (!stays) {
+        buckets_[i] = buckets_[j];
+        i           = j;
+      }
+    }
+    buckets_[i] = empty_bucket();
+    --size_;
   }
 
  private:
@@ -245,10 +272,11 @@ class cpu_rolling_kind final : public cpu_kind_base {
     }
     keys_.clear();
     key_index_.clear();
+    free_keys_.clear();
     keys_with_suffix_ = 0;
   }
 
-  kind_size size() const override { return {held(), keys_.size(), state_bytes()}; }
+  kind_size size() const override { return {held(), live_keys(), state_bytes()}; }
 
   // Checkpoint: clock, counters, the waiting records in (t, key, arrival) order and the
   // per-key history (the last rows - 1 emitted records), with their values.
@@ -265,8 +293,10 @@ class cpu_rolling_kind final : public cpu_kind_base {
     };
     out.u64(waiting_.size());
     for (waiting_record const& r : waiting_) write_rec(r.t, r.key, r.seq, r.slot);
-    std::vector<std::uint32_t> order(keys_.size());
-    for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::vector<std::uint32_t> order;
+    for (std::uint32_t i = 0; i < keys_.size(); ++i) {
+      if (keys_[i].live) { order.push_back(i); }
+    }
     std::sort(order.begin(), order.end(),
               [&](std::uint32_t a, std::uint32_t b) { return keys_[a].key < keys_[b].key; });
     out.u64(order.size());
@@ -362,7 +392,10 @@ class cpu_rolling_kind final : public cpu_kind_base {
     if (two_stack_) {
       for (std::uint32_t key : loaded_keys) rebuild_blocks(keys_[key_index_.find(key)]);
     }
-    for (waiting_record& r : pending) r.key_index = key_index_.find(r.key);
+    for (waiting_record& r : pending) {
+      r.key_index = key_index_.find(r.key);
+      if (r.key_index != no_index) { ++keys_[r.key_index].waiting; }
+    }
     merge_waiting(pending);
   }
 
@@ -376,23 +409,73 @@ class cpu_rolling_kind final : public cpu_kind_base {
     std::size_t const history = held() - waiting_.size();
     auto const ch = static_cast<std::size_t>(channels_);
     std::size_t const fold = sizeof(ops::moments) + (layout_.extent ? sizeof(ops::extent) : 0);
-    return keys_.size() * (sizeof(key_history) + 2 * sizeof(std::uint32_t)) +
+    return live_keys() * (sizeof(key_history) + 2 * sizeof(std::uint32_t)) +
            history * sizeof(history_record) + waiting_.size() * sizeof(waiting_record) +
            held() * ch * sizeof(double) +
-           (two_stack_ ? keys_.size() * ch * fold + keys_with_suffix_ * history_capacity_ * ch * fold
+           (two_stack_ ? live_keys() * ch * fold + keys_with_suffix_ * history_capacity_ * ch * fold
                        : 0);
   }
 
   // Records held: waiting rows and the per-key history.
   std::size_t held() const { return vals_.size() / static_cast<std::size_t>(channels_) - free_.size(); }
 
+  std::size_t live_keys() const { return keys_.size() - free_keys_.size(); }
+
   std::uint32_t add_key(std::uint32_t key)
   {
-    auto const index = static_cast<std::uint32_t>(keys_.size());
-    keys_.emplace_back();
-    keys_.back().key = key;
+    std::uint32_t index = 0;
+    if (free_keys_.empty()) {
+      index = static_cast<std::uint32_t>(keys_.size());
+      keys_.emplace_back();
+    } else {
+      index = free_keys_.back();
+      free_keys_.pop_back();
+      keys_[index] = key_history{};
+    }
+    keys_[index].key = key;
     key_index_.insert(key, index);
     return index;
+  }
+
+  // Key expiry (key_ttl): a record more than key_ttl after its key's last emitted record starts
+  // the key afresh (its window holds only the records from it on), whenever it comes.
+  void restart_if_expired(key_history* h, waiting_record const& r, std::vector<std::uint32_t>& freed)
+  {
+    if (key_ttl_ == 0 || h == nullptr || h->ring.empty() || r.t - h->newest().t <= key_ttl_) { return; }
+    forget_history(*h, freed);
+  }
+
+  void forget_history(key_history& h, std::vector<std::uint32_t>& freed)
+  {
+    for (history_record const& x : h.ring) freed.push_back(x.slot);
+    h.ring.clear();
+    h.head    = 0;
+    h.retired = 0;
+    if (!h.suffix_m.empty()) { --keys_with_suffix_; }
+    h.suffix_m.clear();
+    h.suffix_e.clear();
+    h.prefix_m.clear();
+    h.prefix_e.clear();
+  }
+
+  // Drops the keys that no record can reach within key_ttl any more: their last emitted record
+  // is more than key_ttl before the watermark `wm` and none waits (a later record starts them
+  // afresh anyway, so dropping them changes no row). Runs once per quarter key_ttl of
+  // watermark progress, a pass over the keys.
+  void expire_keys(std::int64_t wm)
+  {
+    if (key_ttl_ == 0 || wm == std::numeric_limits<std::int64_t>::max()) { return; }
+    if (swept_ && wm - last_sweep_ < std::max<std::int64_t>(key_ttl_ / 4, 1)) { return; }
+    swept_     = true;
+    last_sweep_ = wm;
+    for (std::uint32_t i = 0; i < keys_.size(); ++i) {
+      key_history& h = keys_[i];
+      if (!h.live || h.waiting != 0 || h.ring.empty() || h.newest().t + key_ttl_ >= wm) { continue; }
+      forget_history(h, free_);
+      h.live = false;
+      key_index_.erase(h.key);
+      free_keys_.push_back(i);
+    }
   }
 
   template <typename T>
@@ -425,6 +508,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
       if (rows_ > 1) {  // the key holds state from now on
         key_index = key_index_.find(key);
         if (key_index == no_index) { key_index = add_key(key); }
+        ++keys_[key_index].waiting;
       }
       *accepted++ = {t, feed.seq(i), key, slot, key_index, dst[0]};
       during.after(i, t, no_op);
@@ -491,7 +575,10 @@ class cpu_rolling_kind final : public cpu_kind_base {
     auto const ready_end = std::partition_point(
       waiting_.begin(), waiting_.end(), [&](waiting_record const& r) { return r.t < limit; });
     auto const n_ready = static_cast<std::size_t>(ready_end - waiting_.begin());
-    if (n_ready == 0) { return; }
+    if (n_ready == 0) {
+      expire_keys(limit);
+      return;
+    }
     out_->windows.reserve(n_ready);
     bool const moments_only = !layout_.extent && !layout_.sketch;
     // The grouped path gathers lanes * rows values; long windows take the two-stack one.
@@ -505,6 +592,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
       emit_rows(n_ready, [&](key_history const* h, waiting_record const& r) { aggregate_full(h, r); });
     }
     waiting_.erase(waiting_.begin(), ready_end);
+    expire_keys(limit);
   }
 
   // The history a waiting record's row aggregates (nullptr: none).
@@ -520,6 +608,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
   void retire(key_history* h, waiting_record const& r) { retire(h, r, free_); }
   void retire(key_history* h, waiting_record const& r, std::vector<std::uint32_t>& freed)
   {
+    if (h != nullptr && r.key_index != no_index) { --h->waiting; }
     if (h == nullptr) {
       freed.push_back(r.slot);
     } else if (h->ring.size() < history_capacity_) {
@@ -551,7 +640,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
     }
     free_.reserve(free_.size() + n);
     window_values_.resize(static_cast<std::size_t>(threads) * lanes * (history_capacity_ + 1));
-    // Nothing below allocates.
+    // Nothing below allocates (but key_ttl restarts, whose freed slots may outgrow freed_).
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
 #ifdef _OPENMP
@@ -588,6 +677,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
       for (std::size_t l = 0; l < group; ++l) {
         waiting_record const& r = waiting_[row[l]];
         key_history* h          = history_of(r);
+        restart_if_expired(h, r, freed);
         double* out             = values + l * width;
         std::size_t k           = 0;
         if (h != nullptr) {
@@ -621,6 +711,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
     for (std::size_t i = 0; i < n; ++i) {
       waiting_record const& r = waiting_[i];
       key_history* h          = history_of(r);
+      restart_if_expired(h, r, free_);
       aggregate(h, r);
       out_->windows.append_row(r.key, r.t, tmp_.data(), min_periods_);
       retire(h, r);
@@ -637,6 +728,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
     for (std::size_t i = 0; i < n; ++i) {
       waiting_record const& r = waiting_[i];
       key_history* h          = history_of(r);
+      restart_if_expired(h, r, free_);
       double const* v         = values_of(r.slot);
       if (h == nullptr) {  // a restored record whose key kept no history: its row is itself
         for (std::size_t c = 0; c < ch; ++c) {
@@ -784,6 +876,10 @@ class cpu_rolling_kind final : public cpu_kind_base {
   // Windows longer than this take the two-stack path (when no quantile sketch is kept).
   static constexpr std::int64_t two_stack_min_rows = 128;
   bool two_stack_ = false;
+  std::vector<std::uint32_t> free_keys_;  // indices of keys_ whose key expired
+  std::int64_t key_ttl_   = 0;            // 0: keys never expire
+  bool swept_             = false;        // expire_keys has run (at last_sweep_)
+  std::int64_t last_sweep_ = 0;
   std::size_t keys_with_suffix_ = 0;  // two-stack: keys holding suffix folds (for state_bytes)
   std::vector<double> vals_;  // values of held records, slot * channels + channel
   std::vector<std::uint32_t> free_;
