@@ -328,7 +328,7 @@ def test_docs_example_runs(tmp_path):
     with open(os.path.join(root, "docs", "distributed.md"), encoding="utf-8") as f:
         code = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)[0]
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address,
-               PYTHONPATH=os.pathsep.join([os.path.join(root, "python"), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(cusense.__file__)), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+import cusense
+
 pytest.importorskip("ray", reason="cusense.distributed needs Ray (pip install 'cusense[ray]')")
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -99,7 +101,7 @@ def test_equal_results_across_two_nodes(two_namespaces, rng):
     if not os.path.exists(RAY):
         pytest.skip("the ray command is not installed next to this Python")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(ROOT, "python"), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(cusense.__file__)), env.get("PYTHONPATH")) if p)
     env.pop("RAY_ADDRESS", None)
     temp = tempfile.mkdtemp(prefix="cusense-ray-")
     try:
