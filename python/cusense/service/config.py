@@ -25,6 +25,11 @@ class ConfigError(ValueError):
 _SOURCE_TYPES = ("mqtt", "kafka")
 _SINK_TYPES = ("postgres", "parquet", "lineprotocol")
 _WINDOWS = ("tumbling", "sliding", "session", "rolling", "none")
+#: The options of the ``[pipeline]`` table; anything else is refused (a misspelt ``workers``
+#: would otherwise run the in-process pipeline without a word).
+PIPELINE_KEYS = ("window", "size", "slide", "offset", "gap", "n", "min_periods", "aggs",
+                 "max_out_of_orderness", "allowed_lateness", "backend", "max_open_windows",
+                 "detectors", "workers", "ray_address")
 
 
 @dataclass
@@ -42,6 +47,12 @@ class ServiceConfig:
     alarm_hold_ns: int = 300_000_000_000
     metrics_port: int | None = None
     progress: bool | None = None
+    #: ``[pipeline] workers``: 1 runs the pipeline in the service process; N >= 2 runs it as a
+    #: ``cusense.distributed.Pipeline`` with N partitions (Ray actors).
+    workers: int = 1
+    #: ``[pipeline] ray_address``: the Ray cluster of the workers (None: a local Ray instance
+    #: started inside the service process).
+    ray_address: str | None = None
 
 
 def _section(cfg: dict, name: str, required: bool = False) -> dict:
@@ -101,6 +112,24 @@ def load_config(config) -> ServiceConfig:
     window = pipeline.get("window", "tumbling")
     if window not in _WINDOWS:
         raise ConfigError(f"pipeline.window must be one of {_WINDOWS}, got {window!r}")
+    unknown = sorted(set(pipeline) - set(PIPELINE_KEYS))
+    if unknown:
+        raise ConfigError(f"pipeline.{unknown[0]} is not an option of [pipeline]; known: "
+                          f"{', '.join(PIPELINE_KEYS)}")
+    workers = _positive_int("pipeline", pipeline, "workers", 1)
+    ray_address = pipeline.get("ray_address")
+    if ray_address is not None:
+        if not isinstance(ray_address, str) or not ray_address:
+            raise ConfigError(f"pipeline.ray_address must be a Ray address (a string such as "
+                              f"'auto' or 'head-node:6379'), got {ray_address!r}")
+        if workers < 2:
+            raise ConfigError("pipeline.ray_address needs pipeline.workers >= 2 (with workers = 1 "
+                              "the pipeline runs in the service process, without Ray)")
+    if workers >= 2 and pipeline.get("max_open_windows", 0):
+        raise ConfigError("pipeline.max_open_windows is not supported with pipeline.workers >= 2 "
+                          "(a cap per worker would refuse a batch in some workers only)")
+    pipeline.pop("workers", None)
+    pipeline.pop("ray_address", None)
 
     sinks = cfg.get("sinks", [])
     if not isinstance(sinks, list) or not all(isinstance(s, dict) for s in sinks):
@@ -134,6 +163,8 @@ def load_config(config) -> ServiceConfig:
         alarm_hold_ns=_duration("status", status, "alarm_hold", "5min"),
         metrics_port=port,
         progress=service.get("progress"),
+        workers=workers,
+        ray_address=ray_address,
     )
 
 

@@ -15,23 +15,30 @@ pipeline's outputs into the current epoch. Every ``checkpoint.interval`` the epo
 On start the service restores the latest checkpoint, re-sends its epoch to sinks that are
 behind, and resumes the source after the checkpoint's positions. See docs/service.md for the
 guarantees this gives with Kafka and with MQTT.
+
+With ``[pipeline] workers = N`` (N >= 2) the pipeline is a ``cusense.distributed.Pipeline`` of
+N partitions (Ray actors) with the single pipeline's results; the source, the decoder, the
+epochs and the sinks stay in this process (docs/service.md, "Workers").
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
 
+from .._core import BackendUnavailableError
 from .._pipeline import Pipeline, Sliding, Tumbling, window_from_config
 from .._result import Result
 from .._time import to_nanoseconds
+from ..distributed import Pipeline as DistributedPipeline
 from ..sinks.base import EpochOutput, Sink, SinkUnavailableError
 from .checkpoints import CheckpointStore
 from .config import ConfigError, ServiceConfig, load_config
@@ -43,6 +50,24 @@ log = logging.getLogger("cusense.service")
 # reaches ``phase`` (push; checkpoint_files: written, not yet renamed into place; checkpoint:
 # durable; sink: between a sink's write and commit; ack), so tests can crash at each step.
 _FAULT = os.environ.get("CUSENSE_FAULT", "")
+
+#: The service's pipeline: in-process (``workers = 1``) or partitioned over Ray actors.
+AnyPipeline = Union[Pipeline, DistributedPipeline]
+
+# The distributed pipeline keeps the batches routed since its last checkpoint for replay after
+# a lost worker. The service checkpoints every epoch, which empties that log, and bounds an
+# epoch itself (checkpoint.max_epoch_records), so the pipeline's own bound is lifted: a full
+# log would otherwise refuse a batch the service could not checkpoint before (its messages are
+# already taken from the source).
+_REPLAY_BYTES = 1 << 62
+
+
+def _watermark(pipe: AnyPipeline) -> int | None:
+    """The pipeline's watermark in ns (None before the first record). Read from
+    ``watermark_time``, which the distributed pipeline answers from its router without a round
+    trip to the workers (its ``stats`` asks every worker)."""
+    wm = pipe.watermark_time
+    return None if np.isnat(wm) else int(wm.astype(np.int64))
 
 
 def _utc(ns: np.ndarray) -> pd.Series:
@@ -64,21 +89,29 @@ def build_window(p: dict):
         raise ConfigError(str(e)) from None
 
 
-def build_pipeline(p: dict) -> Pipeline:
+def build_pipeline(p: dict, workers: int = 1) -> AnyPipeline:
+    """The pipeline of a ``[pipeline]`` table: a ``cusense.Pipeline``, or with ``workers >= 2``
+    a ``cusense.distributed.Pipeline`` of that many partitions (Ray must be initialised)."""
     from ..cli import UsageError, make_detector
 
     try:
         detectors = [make_detector(spec) for spec in p.get("detectors", [])]
     except UsageError as e:
         raise ConfigError(f"pipeline.detectors: {e}") from None
+    kwargs: dict[str, Any] = dict(
+        aggs=p.get("aggs", ["count", "mean", "min", "max"]),
+        max_out_of_orderness=p.get("max_out_of_orderness", 0),
+        allowed_lateness=p.get("allowed_lateness", 0),
+        backend=p.get("backend", "auto"), detectors=detectors)
     try:
-        return Pipeline(build_window(p), aggs=p.get("aggs", ["count", "mean", "min", "max"]),
-                        max_out_of_orderness=p.get("max_out_of_orderness", 0),
-                        allowed_lateness=p.get("allowed_lateness", 0),
-                        backend=p.get("backend", "auto"), detectors=detectors,
-                        max_open_windows=p.get("max_open_windows", 0))
+        if workers < 2:
+            return Pipeline(build_window(p), max_open_windows=p.get("max_open_windows", 0), **kwargs)
+        return DistributedPipeline(build_window(p), partitions=workers,
+                                   max_replay_bytes=_REPLAY_BYTES, **kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[pipeline]: {e}") from None
+    except BackendUnavailableError as e:
+        raise ConfigError(f"pipeline.backend with workers = {workers}: {e}") from None
 
 
 def build_source(s: dict):
@@ -204,12 +237,14 @@ class Service:
         self._sinks = list(sinks) if sinks is not None else build_sinks(cfg.sinks)
         self._decoder = build_decoder(cfg.source)
         self._store = CheckpointStore(cfg.checkpoint_dir)
+        self._check_workers()
+        self._ray_connected = False
         self._stop = threading.Event()
         # Set once the checkpoint is restored and the source is open (MQTT: subscribed), so a
         # caller knows when publishing to a fresh broker session starts to be kept for it.
         self.ready = threading.Event()
         self._metrics_of_run: _Metrics | None = None
-        self._pipe: Pipeline | None = None
+        self._pipe: AnyPipeline | None = None
         self._fleet = FleetStatus(cfg.alarm_hold_ns)
         self._updates: dict[tuple[int, int], list[int]] = {}   # (key, start) -> [end, last seq]
         self._faults: dict[str, int] = {}
@@ -220,7 +255,7 @@ class Service:
     @property
     def stats(self) -> dict:
         counts = dict(self._metrics.counts) if self._metrics else {}
-        wm = self._pipe.stats.get("watermark") if self._pipe else None
+        wm = _watermark(self._pipe) if self._pipe else None
         return {**counts, "epoch": self._epoch, "watermark": wm, "keys": len(self._decoder.keys)}
 
     def stop(self) -> None:
@@ -265,21 +300,101 @@ class Service:
             for sink in self._sinks:
                 sink.close()
             self._metrics.close()
+            self._close_workers()
+
+    # --- workers: Ray ---------------------------------------------------------------------------
+    def _check_workers(self) -> None:
+        """At construction: Ray is installed when workers >= 2, and the newest checkpoint can be
+        resumed with the configured number of workers."""
+        cfg = self.config
+        if cfg.workers >= 2 and importlib.util.find_spec("ray") is None:
+            raise ConfigError(f"pipeline.workers = {cfg.workers} needs Ray: pip install 'cusense[ray]'")
+        latest = self._store.latest()
+        if latest is None:
+            return
+        have = self._store.pipeline_of(latest)
+        where = f"the checkpoint of epoch {latest} in {cfg.checkpoint_dir!r}"
+        if have.workers == cfg.workers:
+            return
+        if have.workers == 1 or cfg.workers == 1:
+            raise ConfigError(
+                f"pipeline.workers = {cfg.workers}, but {where} was written with workers = "
+                f"{have.workers}: the in-process pipeline and the distributed one cannot resume "
+                "each other's checkpoints (the in-process pipeline takes its watermark from its "
+                "records, the partitions take the stream's from the router). Set workers = "
+                f"{have.workers}" + (" (or any number >= 2)" if have.workers >= 2 and not have.detectors else ""))
+        if have.detectors:
+            raise ConfigError(
+                f"pipeline.workers = {cfg.workers}, but {where} was written with workers = "
+                f"{have.workers} and holds detector state, which cannot be split onto another "
+                f"number of workers yet (window state can): set workers = {have.workers}")
+
+    def _connect_ray(self) -> None:
+        """With workers >= 2: Ray, initialised here unless the caller already did (then used as
+        it is). ``ray_address`` connects to that cluster; without it a local Ray instance is
+        started inside this process with the CPUs this process may run on (its affinity mask)
+        and the GPUs Ray detects (CUDA_VISIBLE_DEVICES). Both are undone by _close_workers."""
+        if self.config.workers < 2:
+            return
+        import ray
+
+        if ray.is_initialized():
+            log.info("event=ray address=existing")
+            return
+        # ray.init replaces the SIGTERM handler of the main thread (it exits the process);
+        # the service's handler (serve(): drain, final checkpoint) is put back.
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+        address = self.config.ray_address
+        try:
+            if address is None:
+                cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                         logging_level="ERROR", log_to_driver=False)
+            else:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        except ConnectionError as e:
+            raise ConfigError(f"pipeline.ray_address = {address!r}: no Ray cluster there ({e})") from None
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+        self._ray_connected = True
+        log.info("event=ray address=%s", address or "local")
+
+    def _close_workers(self) -> None:
+        """Stops the distributed pipeline's actors and leaves the Ray instance this service
+        started or connected to."""
+        if isinstance(self._pipe, DistributedPipeline):
+            self._pipe.close()
+        if self._ray_connected:
+            import ray
+
+            ray.shutdown()
+            self._ray_connected = False
 
     # --- start: restore the latest checkpoint ----------------------------------------------------
     def _start(self) -> None:
         for sink in self._sinks:
             self._retry(sink, sink.open)
+        self._connect_ray()
         latest = self._store.latest()
         positions = None
+        workers = self.config.workers
+        backend = self.config.pipeline.get("backend", "auto")
         if latest is None:
-            self._pipe = build_pipeline(self.config.pipeline)
-            log.info("event=start epoch=0 backend=%s fresh=true", self._pipeline.backend)
+            self._pipe = build_pipeline(self.config.pipeline, workers)
+            log.info("event=start epoch=0 backend=%s workers=%d%s fresh=true", self._pipeline.backend,
+                     workers, self._worker_pids())
         else:
             from ..sources.keydict import KeyDictionary
 
             pipeline_path, state, out = self._store.read(latest)
-            self._pipe = Pipeline.restore(pipeline_path, backend=self.config.pipeline.get("backend", "auto"))
+            if workers < 2:
+                self._pipe = Pipeline.restore(pipeline_path, backend=backend)
+            else:   # onto another number of workers: window state is split by the key hash
+                self._pipe = DistributedPipeline.restore(pipeline_path, backend=backend, partitions=workers,
+                                                         max_replay_bytes=_REPLAY_BYTES)
             self._decoder.keys = KeyDictionary.from_json(state["keys"])
             self._fleet = FleetStatus.from_json(state["fleet"], self.config.alarm_hold_ns)
             self._updates = {(k, s): [e, q] for k, s, e, q in state["updates"]}
@@ -289,11 +404,17 @@ class Service:
             self._publish_status(state["status_changed"])        # idempotent (retained)
             positions = out.source_positions
             self._epoch = latest + 1
-            log.info("event=restore epoch=%d backend=%s keys=%d", latest, self._pipeline.backend,
-                     len(self._decoder.keys))
+            log.info("event=restore epoch=%d backend=%s workers=%d%s keys=%d", latest,
+                     self._pipeline.backend, workers, self._worker_pids(), len(self._decoder.keys))
         self._retry(self._source, lambda: self._source.open(positions), (ConnectionError, OSError))
         self.ready.set()
         log.info("event=ready epoch=%d", self._epoch)
+
+    def _worker_pids(self) -> str:
+        """`` worker_pids=...`` for the log line of a distributed pipeline."""
+        if not isinstance(self._pipe, DistributedPipeline):
+            return ""
+        return " worker_pids=" + ",".join(map(str, self._pipe.worker_pids()))
 
     # --- per micro-batch -------------------------------------------------------------------------
     def _collect(self, last_checkpoint: float) -> list:
@@ -346,7 +467,7 @@ class Service:
     def _collect_outputs(self) -> None:
         pipe = self._pipeline
         lookup = self._decoder.keys.lookup
-        watermark = pipe.stats.get("watermark")
+        watermark = _watermark(pipe)
         if pipe.window is not None:
             windows = pipe.poll()
             late = pipe.poll_late()
@@ -386,7 +507,7 @@ class Service:
         return self._metrics_of_run
 
     @property
-    def _pipeline(self) -> Pipeline:
+    def _pipeline(self) -> AnyPipeline:
         """The pipeline, once the service has started (built, or restored from a checkpoint)."""
         if self._pipe is None:
             raise RuntimeError("the service has not started: no pipeline yet")
@@ -419,7 +540,7 @@ class Service:
 
     def _epoch_output(self) -> EpochOutput:
         lookup = self._decoder.keys.lookup
-        watermark = self._pipeline.stats.get("watermark")
+        watermark = _watermark(self._pipeline)
 
         def keyed(result: Result, time_cols=("timestamp",)) -> pd.DataFrame:
             cols = result.to_dict()
@@ -572,7 +693,7 @@ class Service:
         prev = getattr(self, "_prev_counts", {})
         rate = (c["records_in"] - prev.get("records_in", 0)) / max(seconds, 1e-9)
         self._prev_counts = dict(c)
-        wm = self._pipeline.stats.get("watermark")
+        wm = _watermark(self._pipeline)
         lag = f"{time.time() - wm / 1e9:8.1f}s" if wm is not None else "       -"
         sys.stderr.write(f"\repoch {self._epoch:6d} | {rate:10.0f} rec/s | in {c['records_in']:11d} | "
                          f"rows {c['rows_out']:9d} | late {c['records_late']:7d} | "
