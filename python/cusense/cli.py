@@ -526,8 +526,10 @@ def build_parser() -> _Parser:
     sv = sub.add_parser("serve", help="run the fleet service: broker -> cusense -> storage",
                         description="Runs cusense as a long-lived service configured by a TOML "
                                     "file (source, pipeline, sinks, checkpoints, metrics; see "
-                                    "docs/service.md). SIGTERM or Ctrl-C drains, takes a final "
-                                    "checkpoint and exits 0.")
+                                    "docs/service.md). [pipeline] workers = N (N >= 2) runs the "
+                                    "pipeline partitioned over N Ray actors (cusense.distributed; "
+                                    "ray_address = a Ray cluster to join, default a local one). "
+                                    "SIGTERM or Ctrl-C drains, takes a final checkpoint and exits 0.")
     sv.add_argument("config", help="TOML configuration file")
     sv.set_defaults(func=cmd_serve)
     _add_passthrough(sub, "simulate", cmd_simulate, "publish a simulated device fleet to MQTT or Kafka",

@@ -140,3 +140,13 @@ def test_every_command_and_run_option_is_documented():
 def test_readme_points_at_the_docs():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert "mkdocs build --strict" in readme and "## Documentation" in readme
+
+
+def test_every_serve_pipeline_option_is_documented():
+    """Every option of the service's [pipeline] table is in docs/service.md's configuration."""
+    from cusense.service.config import PIPELINE_KEYS
+    config = _read("service.md").split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    for key in PIPELINE_KEYS:
+        if key in ("n", "min_periods"):   # count windows: `cusense run --config` only
+            continue
+        assert re.search(rf"\b{key}\b", config), key
