@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -174,7 +173,7 @@ def test_workers_2_stores_exactly_the_rows_of_workers_1(tmp_path, mqtt_broker, p
         os.kill(_worker_pids(_log(caplog, "workers=2"))[int(rng.integers(2))], signal.SIGKILL)
         publish_mqtt(messages[len(messages) // 2:], "127.0.0.1", mqtt_broker.port, client_id=schemas[1] + "-pub")
         for w in services:
-            wait_for(lambda: _count(postgres_dsn, schemas[w], "windows") == len(expected), 60,
+            wait_for(lambda w=w: _count(postgres_dsn, schemas[w], "windows") == len(expected), 60,
                      f"{len(expected)} windows (workers = {w})", check=_raise_first(runs[w][1]))
         time.sleep(0.5)
     finally:

@@ -42,7 +42,7 @@ from ..distributed import Pipeline as DistributedPipeline
 from ..sinks.base import EpochOutput, Sink, SinkUnavailableError
 from .checkpoints import CheckpointStore
 from .config import ConfigError, ServiceConfig, load_config
-from .fleet import NAT, FleetStatus
+from .fleet import FleetStatus
 
 log = logging.getLogger("cusense.service")
 
@@ -181,15 +181,20 @@ class _Metrics:
             "records_in": prom.Counter("cusense_records_in", "readings pushed into the pipeline", registry=reg),
             "rows_out": prom.Counter("cusense_rows_out", "window rows emitted", registry=reg),
             "records_late": prom.Counter("cusense_records_late", "readings too late for their window", registry=reg),
-            "records_rejected": prom.Counter("cusense_records_rejected", "readings in batches the pipeline rejected", registry=reg),
+            "records_rejected": prom.Counter("cusense_records_rejected",
+                                             "readings in batches the pipeline rejected", registry=reg),
             "dead_letters": prom.Counter("cusense_dead_letters", "messages or readings dead-lettered", registry=reg),
             "epochs": prom.Counter("cusense_epochs", "epochs committed to every sink", registry=reg),
         }
-        self.watermark_lag = prom.Gauge("cusense_watermark_lag_seconds", "wall clock minus the watermark", registry=reg)
-        self.checkpoint_age = prom.Gauge("cusense_checkpoint_age_seconds", "time since the last checkpoint", registry=reg)
+        self.watermark_lag = prom.Gauge("cusense_watermark_lag_seconds", "wall clock minus the watermark",
+                                        registry=reg)
+        self.checkpoint_age = prom.Gauge("cusense_checkpoint_age_seconds", "time since the last checkpoint",
+                                         registry=reg)
         self.checkpoint_age.set_function(lambda: time.time() - self.checkpoint_at)
-        self.checkpoint_seconds = prom.Histogram("cusense_checkpoint_duration_seconds", "checkpoint write time", registry=reg)
-        self.sink_seconds = prom.Histogram("cusense_sink_latency_seconds", "write + commit of one epoch", ["sink"], registry=reg)
+        self.checkpoint_seconds = prom.Histogram("cusense_checkpoint_duration_seconds", "checkpoint write time",
+                                                 registry=reg)
+        self.sink_seconds = prom.Histogram("cusense_sink_latency_seconds", "write + commit of one epoch", ["sink"],
+                                           registry=reg)
         self.server, _ = prom.start_http_server(port, addr="127.0.0.1", registry=reg)
 
     def add(self, name: str, n: int) -> None:
@@ -645,7 +650,7 @@ class Service:
         for sink in self._sinks:
             t0 = time.perf_counter()
 
-            def send():
+            def send(sink: Sink = sink) -> None:
                 if sink.committed_epoch() >= out.epoch:
                     return
                 sink.write(out)
