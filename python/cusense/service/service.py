@@ -368,8 +368,9 @@ class Service:
         log.info("event=ray address=%s", address or "local")
 
     def _close_workers(self) -> None:
-        """Stops the distributed pipeline's actors and leaves the Ray instance this service
-        started or connected to."""
+        """Stops the distributed pipeline's actors, then shuts down the Ray this service
+        initialised (a local instance stops; a cluster joined with ray_address is left, running).
+        A Ray the caller initialised is left as it is."""
         if isinstance(self._pipe, DistributedPipeline):
             self._pipe.close()
         if self._ray_connected:
