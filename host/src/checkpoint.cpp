@@ -185,6 +185,9 @@ void write_options(state_writer& w, pipeline_options const& o)
     w.i32(d.channels);
   }
   w.boolean(o.external_watermark);  // since format version 4
+  w.u64(o.max_detector_keys);  // since format version 6
+  w.u64(o.memory_budget_bytes);
+  w.i64(o.detector_key_ttl);
 }
 
 // Reads the options as written; the ranges are checked by the pipeline constructor, as for
@@ -253,6 +256,11 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
     }
   }
   o.external_watermark = version >= 4 && r.boolean();
+  if (version >= 6) {
+    o.max_detector_keys   = static_cast<std::size_t>(r.u64());
+    o.memory_budget_bytes = static_cast<std::size_t>(r.u64());
+    o.detector_key_ttl    = r.i64();
+  }
   return o;
 }
 

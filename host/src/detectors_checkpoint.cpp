@@ -1,8 +1,11 @@
 // Checkpoints of the detector runner: its keys, buffered records, clock, counters, silence
 // deadlines and the scorers' state, in the backend-neutral form of detail/checkpoint.hpp.
+#include <algorithm>
 #include <cstddef>
+#include <functional>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include <cusense/detail/checkpoint.hpp>
@@ -13,8 +16,19 @@ namespace cusense::detail {
 void detector_runner::save_state(state_writer& w)
 {
   auto const ch = static_cast<std::size_t>(channels_);
-  w.u64(slot_key_.size());
-  for (std::size_t s = 0; s < slot_key_.size(); ++s) {
+  // The live keys in key order; index_of: a slot's place in that order.
+  std::vector<std::uint32_t> order;
+  order.reserve(slot_of_.size());
+  for (std::uint32_t s = 0; s < slots_used_; ++s) {
+    if (live_[s]) order.push_back(s);
+  }
+  std::sort(order.begin(), order.end(),
+            [&](std::uint32_t a, std::uint32_t b) { return slot_key_[a] < slot_key_[b]; });
+  std::vector<std::uint32_t> index_of(slots_used_, no_slot);
+  for (std::size_t j = 0; j < order.size(); ++j) index_of[order[j]] = static_cast<std::uint32_t>(j);
+
+  w.u64(order.size());
+  for (std::uint32_t s : order) {
     w.u32(slot_key_[s]);
     silence_state const& st = silence_[s];
     w.i64(st.last_seen);
@@ -26,7 +40,7 @@ void detector_runner::save_state(state_writer& w)
   for (pending const& p : pending_) {
     w.i64(p.ts);
     w.u32(p.key);
-    w.u32(p.slot);
+    w.u32(index_of[p.slot]);
     w.i64(p.seq);
     for (std::size_t c = 0; c < ch; ++c) w.f64(pending_values_[p.value_at + c]);
   }
@@ -38,24 +52,34 @@ void detector_runner::save_state(state_writer& w)
   w.u64(counters_.scored);
   w.u64(counters_.late);
   w.u64(counters_.silence_events);
-  auto deadlines = deadlines_;
+  std::vector<std::pair<std::int64_t, std::uint32_t>> deadlines;
+  for (deadline const& d : deadlines_) {
+    if (live_[d.slot]) deadlines.emplace_back(d.when, index_of[d.slot]);
+  }
+  std::sort(deadlines.begin(), deadlines.end());
   w.u64(deadlines.size());
-  while (!deadlines.empty()) {
-    w.i64(deadlines.top().first);
-    w.u32(deadlines.top().second);
-    deadlines.pop();
+  for (auto const& [when, slot] : deadlines) {
+    w.i64(when);
+    w.u32(slot);
   }
   w.boolean(engine_ != nullptr);
   if (engine_) {
     std::vector<std::vector<double>> d;
     std::vector<std::vector<std::int64_t>> i;
-    engine_->export_state(static_cast<std::uint32_t>(slot_key_.size()), d, i);
+    engine_->export_state(slots_used_, d, i);
     w.u64(d.size());
     for (std::size_t k = 0; k < d.size(); ++k) {
-      w.u64(d[k].size());
-      for (double x : d[k]) w.f64(x);
-      w.u64(i[k].size());
-      for (std::int64_t x : i[k]) w.i64(x);
+      ops::detector_params const p = to_params(scorers_[k]);
+      auto const ds                = static_cast<std::size_t>(p.d_stride());
+      auto const is                = static_cast<std::size_t>(p.i_stride());
+      w.u64(order.size() * ds);
+      for (std::uint32_t s : order) {
+        for (std::size_t x = 0; x < ds; ++x) w.f64(d[k][s * ds + x]);
+      }
+      w.u64(order.size() * is);
+      for (std::uint32_t s : order) {
+        for (std::size_t x = 0; x < is; ++x) w.i64(i[k][s * is + x]);
+      }
     }
   }
 }
@@ -64,18 +88,18 @@ void detector_runner::load_state(state_reader& r)
 {
   auto const ch           = static_cast<std::size_t>(channels_);
   std::size_t const slots = r.count(15);
-  state_reader::check(slots <= std::numeric_limits<std::uint32_t>::max(), "too many detector keys");
+  state_reader::check(slots < no_slot, "too many detector keys");
+  slot_of_.reserve(slots);
   for (std::size_t s = 0; s < slots; ++s) {
     std::uint32_t const key = r.u32();
-    state_reader::check(slot_of_.emplace(key, static_cast<std::uint32_t>(s)).second,
-                        "a detector key appears twice");
-    slot_key_.push_back(key);
+    state_reader::check(slot_of_.find(key) == no_slot, "a detector key appears twice");
     silence_state st;
     st.last_seen = checked_time(r.i64());
     st.seen      = r.boolean();
     st.reported  = r.boolean();
     st.queued    = r.boolean();
-    silence_.push_back(st);
+    add_slot(key);
+    silence_.back() = st;
   }
   std::size_t const np = r.count(24 + 8 * ch);
   for (std::size_t k = 0; k < np; ++k) {
@@ -86,10 +110,10 @@ void detector_runner::load_state(state_reader& r)
     p.seq  = r.i64();
     state_reader::check(p.slot < slots && slot_key_[p.slot] == p.key,
                         "a buffered record refers to an unknown detector key");
-    p.late     = false;
     p.value_at = pending_values_.size();
     for (std::size_t c = 0; c < ch; ++c) pending_values_.push_back(r.f64());
     pending_.push_back(p);
+    if (ttl_ > 0) { ++buffered_[p.slot]; }
   }
   max_ts_    = r.i64();
   has_max_   = r.boolean();
@@ -106,7 +130,21 @@ void detector_runner::load_state(state_reader& r)
     std::int64_t const when  = checked_time(r.i64(), max_duration);
     std::uint32_t const slot = r.u32();
     state_reader::check(slot < slots, "a silence deadline refers to an unknown detector key");
-    deadlines_.push({when, slot});
+    deadlines_.push_back({when, slot});
+  }
+  std::make_heap(deadlines_.begin(), deadlines_.end(), std::greater<deadline>());
+  if (ttl_ > 0) {
+    // The expiry list: keys with a scored record and nothing buffered, by (last scored, key),
+    // the order in which the releases put them.
+    std::vector<std::uint32_t> idle;
+    for (std::uint32_t s = 0; s < slots_used_; ++s) {
+      if (silence_[s].seen && buffered_[s] == 0) idle.push_back(s);
+    }
+    std::sort(idle.begin(), idle.end(), [&](std::uint32_t a, std::uint32_t b) {
+      if (silence_[a].last_seen != silence_[b].last_seen) return silence_[a].last_seen < silence_[b].last_seen;
+      return slot_key_[a] < slot_key_[b];
+    });
+    for (std::uint32_t s : idle) lru_push_back(s);
   }
   bool const has_engine = r.boolean();
   state_reader::check(has_engine == (engine_ != nullptr),

@@ -10,6 +10,7 @@
 #include <cusense/detail/engine.hpp>
 #include <cusense/detail/engine_registry.hpp>
 #include <cusense/detail/host_parallel.hpp>
+#include <cusense/detail/memory_budget.hpp>
 #include <cusense/detail/results.hpp>
 #include <cusense/pipeline.hpp>
 
@@ -51,6 +52,7 @@ void validate_stream(pipeline_options const& o)
                     "] (0 = automatic), got " + std::to_string(o.cpu_threads));
   CUSENSE_EXPECTS(o.on_nan == nan_policy::skip || o.on_nan == nan_policy::raise,
                   "nan_policy must be skip or raise");
+  detail::validate_limits(o);
   CUSENSE_EXPECTS(
     o.channel_names.empty() || o.channel_names.size() == static_cast<std::size_t>(o.channels),
     "channel_names has " + std::to_string(o.channel_names.size()) + " names for " +
@@ -171,13 +173,31 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
   batch.values     = values;
   batch.values_f32 = std::is_same_v<T, float>;
   batch.n          = n;
-  // An engine that throws has changed nothing (strong guarantee): the batch counts as rejected.
+  // All or nothing: the detectors plan the batch and reserve what it needs, and the memory
+  // budget is checked, before the window engine applies it (an engine that throws has changed
+  // nothing); the detectors then apply their plan without allocating. A failure before that
+  // point leaves the pipeline unchanged: the batch counts as rejected.
   try {
+    std::uint64_t window_growth = 0;
+    if (detectors_) { detectors_->plan(keys, timestamps, values, batch.values_f32, n, positions, steps); }
+    if (options_.memory_budget_bytes > 0) {
+      window_growth = n * detail::window_state_bound_per_record(options_);
+      std::uint64_t const dets_now   = detectors_ ? detectors_->counters().state_bytes : 0;
+      std::uint64_t const dets_after = detectors_ ? detectors_->planned_state_bytes() : 0;
+      if (!window_bytes_known_ ||
+          window_bytes_bound_ + window_growth + dets_after > options_.memory_budget_bytes) {
+        window_bytes_bound_ = engine_ ? engine_->counters().state_bytes : 0;  // measure
+        window_bytes_known_ = true;
+      }
+      detail::check_memory_budget(options_, window_bytes_bound_, window_growth, dets_now, dets_after, n);
+    }
+    if (detectors_) { detectors_->reserve(); }
     if (engine_ && steps) {
       engine_->push_external(batch, positions, *steps);
     } else if (engine_) {
       engine_->push(batch);
     }
+    window_bytes_bound_ += window_growth;
   } catch (capacity_error const&) {
     rejected_ += n;
     throw;
@@ -189,9 +209,7 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
     throw out_of_memory("out of host memory while pushing a batch of " + std::to_string(n) +
                         " records; the batch was rejected and the pipeline is unchanged");
   }
-  if (detectors_) {
-    detectors_->push(keys, timestamps, values, batch.values_f32, n, positions, steps);
-  }
+  if (detectors_) { detectors_->apply(keys, timestamps, values, batch.values_f32, n, positions, steps); }
   if (steps) {
     if (n != 0) { last_position_ = positions[n - 1]; }
     if (steps->count != 0) {

@@ -34,27 +34,36 @@ void validate(detector_spec const& s, int channels)
     CUSENSE_EXPECTS(std::isalnum(static_cast<unsigned char>(c)) || c == '_',
                     who + "name may hold only letters, digits and '_'");
   }
+  // Integer sizes are capped so that one key's state stays bounded (a KnnDiscord key holds H +
+  // H2 + K values, a rolling key 1 or 2 times `window`): at most max_detector_size (2^20)
+  // records, max_subsequence (1024) for L.
+  auto const size = [&](std::int64_t v, char const* name, std::int64_t low) {
+    CUSENSE_EXPECTS(v >= low && v <= max_detector_size,
+                    who + name + " must lie in [" + std::to_string(low) + ", " +
+                      std::to_string(max_detector_size) + "], got " + std::to_string(v));
+  };
   switch (s.kind) {
     case detector_kind::ewma:
       CUSENSE_EXPECTS(s.alpha > 0.0 && s.alpha <= 1.0,
                       who + "alpha must lie in (0, 1], got " + std::to_string(s.alpha));
-      CUSENSE_EXPECTS(s.min_count >= 1, who + "min_count must be >= 1");
+      size(s.min_count, "min_count", 1);
       break;
     case detector_kind::rolling_z:
     case detector_kind::rolling_mad:
-      CUSENSE_EXPECTS(s.window >= 2, who + "window must be >= 2 records, got " + std::to_string(s.window));
-      CUSENSE_EXPECTS(s.window <= (std::int64_t{1} << 24), who + "window must be <= 2^24 records");
+      size(s.window, "window", 2);
       CUSENSE_EXPECTS(s.min_count >= 1 && s.min_count <= s.window,
                       who + "min_count must lie in [1, window], got " + std::to_string(s.min_count));
       break;
     case detector_kind::knn_discord:
-      CUSENSE_EXPECTS(s.L >= 1 && s.L <= (std::int64_t{1} << 23),
-                      who + "L (subsequence length) must lie in [1, 2^23]");
-      CUSENSE_EXPECTS(s.H >= 2 * s.L, who + "H (history) must be >= 2 L");
-      CUSENSE_EXPECTS(s.H <= (std::int64_t{1} << 24), who + "H must be <= 2^24 records");
-      CUSENSE_EXPECTS(s.min_candidates >= 1, who + "min_candidates must be >= 1");
-      CUSENSE_EXPECTS(s.H2 >= 1 && s.H2 <= (std::int64_t{1} << 24), who + "H2 must lie in [1, 2^24]");
-      CUSENSE_EXPECTS(s.K >= 1 && s.K <= (std::int64_t{1} << 24), who + "K must lie in [1, 2^24]");
+      CUSENSE_EXPECTS(s.L >= 1 && s.L <= max_subsequence,
+                      who + "L (subsequence length) must lie in [1, " + std::to_string(max_subsequence) +
+                        "], got " + std::to_string(s.L));
+      size(s.H, "H (history)", 2);
+      CUSENSE_EXPECTS(s.H >= 2 * s.L, who + "H (history) must be >= 2 L, got H = " + std::to_string(s.H) +
+                                        ", L = " + std::to_string(s.L));
+      size(s.min_candidates, "min_candidates", 1);
+      size(s.H2, "H2", 1);
+      size(s.K, "K", 1);
       break;
     case detector_kind::multiscale_z:
     case detector_kind::joint_z: {
@@ -66,11 +75,10 @@ void validate(detector_spec const& s, int channels)
       weight(s.alpha, "alpha", false);
       weight(s.beta, "beta", false);
       weight(s.gamma, "gamma", false);
-      CUSENSE_EXPECTS(s.min_count >= 1 && s.min_count <= (std::int64_t{1} << 24),
-                      who + "min_count must lie in [1, 2^24]");
+      size(s.min_count, "min_count", 1);
       if (s.kind == detector_kind::multiscale_z) {
         weight(s.trend, "trend", true);
-        CUSENSE_EXPECTS(s.K >= 0 && s.K <= (std::int64_t{1} << 24), who + "K must lie in [0, 2^24]");
+        size(s.K, "K", 0);
         CUSENSE_EXPECTS(s.clip > 0.0 && s.clip <= 1e6, who + "clip must lie in (0, 1e6]");
       } else {
         CUSENSE_EXPECTS(s.freeze > 0.0 && s.freeze <= 1e6, who + "freeze must lie in (0, 1e6]");

@@ -324,15 +324,15 @@ TEST_F(reliability, NanPolicyIsCheckpointed)
   EXPECT_THROW(q.push(&key, &t, &nan, 1), invalid_argument);
   EXPECT_EQ(q.stats().records_rejected, 2u);
 
-  // The same checkpoint in format version 1: no policy byte (nor the external_watermark byte
-  // of version 4) after the options.
+  // The same checkpoint in format version 1: no policy byte after the options (nor the
+  // external_watermark byte of version 4, nor the detector limits of version 6: 3 * 8 bytes).
   std::string payload = payload_of(read(path("raise.ckpt")));
   std::string const next = std::string("\x08\0\0\0\0\0\0\0pipeline", 16);
   std::size_t const at   = payload.find(next);
   ASSERT_NE(at, std::string::npos);
-  ASSERT_EQ(payload[at - 2], static_cast<char>(nan_policy::raise));
-  ASSERT_EQ(payload[at - 1], 0);  // external_watermark = false
-  payload.erase(at - 2, 2);
+  ASSERT_EQ(payload[at - 26], static_cast<char>(nan_policy::raise));
+  ASSERT_EQ(payload[at - 25], 0);  // external_watermark = false
+  payload.erase(at - 26, 26);
   write(path("v1.ckpt"), with_version(detail::frame_checkpoint(payload), 1));
   pipeline old = pipeline::restore(path("v1.ckpt"), backend::cpu);
   EXPECT_EQ(old.options().on_nan, nan_policy::skip);

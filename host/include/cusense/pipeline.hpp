@@ -217,6 +217,10 @@ class pipeline {
   std::uint64_t rejected_ = 0;
   // External watermarks: the last stream position given (positions increase across pushes).
   std::int64_t last_position_ = std::numeric_limits<std::int64_t>::min();
+  // options.memory_budget_bytes: an upper bound of the window state (the last measurement plus
+  // the estimated growth of the pushes since); measured again when it would exceed the budget.
+  std::uint64_t window_bytes_bound_ = 0;
+  bool window_bytes_known_          = false;
   // Outputs taken out of the engines by checkpoint() (or read by restore) that the next
   // poll / poll_late / poll_scores / poll_silence returns first.
   table held_windows_, held_late_, held_scores_, held_silence_;

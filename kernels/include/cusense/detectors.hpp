@@ -170,6 +170,14 @@ struct detector_spec {
   std::string column_name() const { return name.empty() ? to_string(kind) : name; }
 };
 
+/// Upper bound of the integer sizes of a detector (rolling `window`, KnnDiscord H, H2, K,
+/// min_candidates, multiscale_z K, every min_count): they bound the state one key holds (a
+/// KnnDiscord key with H = H2 = K = 2^20 holds about 40 MiB).
+constexpr std::int64_t max_detector_size = std::int64_t{1} << 20;
+/// Upper bound of KnnDiscord's subsequence length L (each score compares L values with every
+/// candidate of the history).
+constexpr std::int64_t max_subsequence = 1024;
+
 /// Throws cusense::invalid_argument naming the problem when a parameter is out of range.
 void validate(detector_spec const& spec, int channels = 1);
 

@@ -157,6 +157,25 @@ struct pipeline_options {
   /// position (a `position` column), the key that merges the outputs of pipelines that each
   /// hold part of the keys of one stream into that stream's order.
   bool external_watermark = false;
+  /// Cap on the keys holding detector state at once (0 = unlimited): the keys of the batch not
+  /// yet known are counted before anything is allocated for it, and a push that would exceed
+  /// the cap throws cusense::capacity_error and changes nothing but the rejected count. Counted
+  /// while the batch is applied, before the keys it expires (detector_key_ttl) are dropped.
+  /// Needs detectors.
+  std::size_t max_detector_keys = 0;
+  /// Bytes of state the pipeline may hold (0 = no budget): window state (stats().state_bytes of
+  /// the windows), detector state and the records buffered for the detectors. A push whose
+  /// estimated growth would take the state beyond it throws cusense::capacity_error before
+  /// anything is allocated for the batch (see detail/memory_budget.hpp for the estimate).
+  std::size_t memory_budget_bytes = 0;
+  /// Nanoseconds of event time after which a key's detector state is forgotten (0 = never), in
+  /// [0, max_duration] and, with a silence detector, at least its timeout. A record that comes
+  /// more than detector_key_ttl after the previous scored record of its key is scored as the
+  /// key's first record (warm-up again; with a silence detector the silence is reported, but no
+  /// comeback, since the key starts afresh), and the key's state is dropped once the watermark
+  /// passes its last scored record + detector_key_ttl. Independent of how the stream is cut
+  /// into batches. Needs detectors.
+  std::int64_t detector_key_ttl = 0;
 
   /// Appends an aggregation by name (also "pXX" quantiles).
   void add_agg(std::string const& name);

@@ -34,6 +34,11 @@ class detector_engine {
   /// Replaces the state by slots [0, num_slots) in the layout of export_state.
   virtual void import_state(std::uint32_t num_slots, std::vector<std::vector<double>> const& d,
                             std::vector<std::vector<std::int64_t>> const& i) = 0;
+  /// Makes room for the state of slots [0, num_slots), so that a later score() of at most
+  /// num_slots slots allocates no host memory for the state (may throw std::bad_alloc; the
+  /// state is unchanged, slots beyond those in use stay zero). score() grows the state to its
+  /// num_slots as it starts, so by default this is a score of no records.
+  virtual void reserve(std::uint32_t num_slots) { score(nullptr, nullptr, 0, num_slots, nullptr); }
 };
 
 std::unique_ptr<detector_engine> make_cpu_detector_engine(std::vector<ops::detector_params> params,
