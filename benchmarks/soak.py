@@ -15,7 +15,9 @@ runs in its own process, so its RSS is its own:
     sliding    Sliding("5min", "1min"), mean/max and quantiles (p50, p99)
     session    Session("2min"), count/first/last/mean
     rolling    Rolling(10), mean/std/min/max (count windows)
-    detectors  detectors.default() and detectors.Silence("10min"), no window
+    detectors  detectors.default() and detectors.Silence("10min"), no window, with
+               detector_key_ttl="2h" (a key silent for longer than any silence of the fleet is
+               forgotten: the state follows the active keys)
 
 Every few simulated minutes a pipeline is checkpointed (``pipe.checkpoint``), and every few
 hours it is restored from that checkpoint (``Pipeline.restore``) and the run continues with
@@ -69,12 +71,15 @@ BOUNDS = {
 }
 
 # Kinds whose state grows with every key ever seen, by their semantics: reported as growth.
+# (Detectors expire keys with detector_key_ttl, which the detectors pipeline here sets.)
 KNOWN_GROWTH = {
     "rolling": "a count window keeps each key's last n-1 records for the key's next row, "
                "for every key ever seen (there is no key expiry)",
-    "detectors": "detectors keep per-key state (model, silence clock) for every key ever "
-                 "seen (there is no key expiry)",
 }
+
+# Event time after which the detectors pipeline forgets a key: longer than any silence of the
+# fleet (silence_max_min), so only sensors that left the fleet expire.
+DETECTOR_KEY_TTL = "2h"
 
 
 @dataclass
@@ -123,7 +128,8 @@ def make_pipeline(kind: str, cfg: Config):
     if kind == "rolling":
         return cusense.Pipeline(cusense.Rolling(10), aggs=["mean", "std", "min", "max"], **common)
     if kind == "detectors":
-        return cusense.Pipeline(None, detectors=[detectors.default(), detectors.Silence("10min")], **common)
+        return cusense.Pipeline(None, detectors=[detectors.default(), detectors.Silence("10min")],
+                                detector_key_ttl=DETECTOR_KEY_TTL, **common)
     raise ValueError(f"unknown pipeline kind {kind!r}")
 
 

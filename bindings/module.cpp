@@ -50,6 +50,8 @@ PYBIND11_MODULE(_core, m)
   m.attr("MAX_CHANNELS")      = max_channels;
   m.attr("MAX_CPU_THREADS")   = max_cpu_threads;
   m.attr("MAX_STAGING_SLOTS") = max_staging_slots;
+  m.attr("MAX_DETECTOR_SIZE") = max_detector_size;
+  m.attr("MAX_SUBSEQUENCE")   = max_subsequence;
   // Tests only: make checkpoint file writes fail like a full disk (see detail/checkpoint.hpp).
   m.def("_fail_checkpoint_writes_for_testing", &detail::fail_checkpoint_writes_for_testing,
         py::arg("errno"), py::arg("after_bytes") = 0);

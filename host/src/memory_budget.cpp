@@ -14,8 +14,7 @@ std::uint64_t window_state_bound_per_record(pipeline_options const& o)
 {
   if (!o.windowed) { return 0; }
   bool const sketch = std::find(o.aggs.begin(), o.aggs.end(), agg::quantile) != o.aggs.end();
-  std::uint64_t const per_channel =
-    sizeof(channel_acc) + (sketch ? 2 * sizeof(ops::dd_bucket) : 0);
+  std::uint64_t const per_channel = sizeof(channel_acc) + (sketch ? 2 * sizeof(ops::dd_bucket) : 0);
   return static_cast<std::uint64_t>(o.channels) * per_channel + 256;
 }
 
@@ -23,8 +22,9 @@ namespace {
 
 std::uint64_t saturating_add(std::uint64_t a, std::uint64_t b)
 {
-  return a > std::numeric_limits<std::uint64_t>::max() - b ? std::numeric_limits<std::uint64_t>::max()
-                                                           : a + b;
+  return a > std::numeric_limits<std::uint64_t>::max() - b
+           ? std::numeric_limits<std::uint64_t>::max()
+           : a + b;
 }
 
 }  // namespace
@@ -33,15 +33,17 @@ void check_memory_budget(pipeline_options const& o, std::uint64_t windows_now,
                          std::uint64_t window_growth, std::uint64_t detectors_now,
                          std::uint64_t detectors_after, std::size_t n)
 {
-  std::uint64_t const after = saturating_add(saturating_add(windows_now, window_growth), detectors_after);
+  std::uint64_t const after =
+    saturating_add(saturating_add(windows_now, window_growth), detectors_after);
   if (after <= o.memory_budget_bytes) { return; }
-  throw capacity_error(
-    "memory_budget_bytes (" + std::to_string(o.memory_budget_bytes) + ") would be exceeded: the " +
-    "pipeline holds " + std::to_string(saturating_add(windows_now, detectors_now)) + " bytes (windows " +
-    std::to_string(windows_now) + ", detectors " + std::to_string(detectors_now) +
-    ") and the batch of " + std::to_string(n) + " records may take it to " + std::to_string(after) +
-    " (windows up to " + std::to_string(window_growth) + " more, detectors " +
-    std::to_string(detectors_after) + "); the batch was rejected");
+  throw capacity_error("memory_budget_bytes (" + std::to_string(o.memory_budget_bytes) +
+                       ") would be exceeded: the " + "pipeline holds " +
+                       std::to_string(saturating_add(windows_now, detectors_now)) +
+                       " bytes (windows " + std::to_string(windows_now) + ", detectors " +
+                       std::to_string(detectors_now) + ") and the batch of " + std::to_string(n) +
+                       " records may take it to " + std::to_string(after) + " (windows up to " +
+                       std::to_string(window_growth) + " more, detectors " +
+                       std::to_string(detectors_after) + "); the batch was rejected");
 }
 
 void validate_limits(pipeline_options const& o)

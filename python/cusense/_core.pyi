@@ -117,10 +117,22 @@ class PipelineOptions:
     def cpu_threads(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
+    def detector_key_ttl(self) -> int:
+        ...
+    @detector_key_ttl.setter
+    def detector_key_ttl(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
     def detectors(self) -> list[DetectorSpec]:
         ...
     @detectors.setter
     def detectors(self, arg0: collections.abc.Sequence[DetectorSpec]) -> None:
+        ...
+    @property
+    def max_detector_keys(self) -> int:
+        ...
+    @max_detector_keys.setter
+    def max_detector_keys(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def max_open_windows(self) -> int:
@@ -133,6 +145,12 @@ class PipelineOptions:
         ...
     @max_out_of_orderness.setter
     def max_out_of_orderness(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def memory_budget_bytes(self) -> int:
+        ...
+    @memory_budget_bytes.setter
+    def memory_budget_bytes(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def quantile_accuracy(self) -> float:
@@ -327,6 +345,8 @@ def score(keys: typing.Annotated[numpy.typing.ArrayLike, numpy.uint32], timestam
     ...
 MAX_CHANNELS: int = 4096
 MAX_CPU_THREADS: int = 256
+MAX_DETECTOR_SIZE: int = 1048576
 MAX_DURATION: int = 2305843009213693952
 MAX_STAGING_SLOTS: int = 1024
+MAX_SUBSEQUENCE: int = 1024
 MAX_TIMESTAMP: int = 4611686018427387904

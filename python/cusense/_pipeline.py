@@ -265,6 +265,21 @@ class Pipeline:
         :mod:`cusense.distributed` do); output rows then carry their stream position
         (``poll(positions=True)``), and the ``seq`` column of score rows holds the record's
         position. CPU backend.
+    max_detector_keys : int
+        Cap on the keys holding detector state at once (0 = unlimited; needs detectors). The
+        keys of a batch not yet known are counted before anything is allocated for it; a push
+        that would exceed the cap raises :class:`cusense.CapacityError` and is rejected whole.
+    memory_budget_bytes : int
+        Bytes of state the pipeline may hold (0 = no budget): window state, detector state and
+        the records buffered for the detectors (what ``stats["state_bytes"]`` counts). A push
+        whose estimated growth would exceed it raises :class:`cusense.CapacityError` before
+        anything is allocated and is rejected whole (see the README for the estimate).
+    detector_key_ttl : duration
+        Event time after which a key's detector state is forgotten (0 = never; needs detectors;
+        at least the ``Silence`` timeout). A record arriving more than this after its key's
+        previous scored record is scored as the key's first (warm-up again; a silence is
+        reported, without a comeback), and the key's state is dropped once the watermark
+        passes its last scored record plus the ttl. Independent of how the stream is batched.
 
     A pipeline is not thread-safe: a call made while another thread is inside a call on the
     same pipeline raises :class:`cusense.ConcurrentUseError` and changes nothing. Use one
@@ -280,7 +295,8 @@ class Pipeline:
                  cpu_threads: int = 0, max_open_windows: int = 0,
                  detectors: Sequence[Detector] | None = None,
                  allowed_lateness: Duration = 0, quantile_accuracy: float = 0.01,
-                 watermark: str = "records") -> None:
+                 watermark: str = "records", max_detector_keys: int = 0,
+                 memory_budget_bytes: int = 0, detector_key_ttl: Duration = 0) -> None:
         if window is None and not detectors:
             raise TypeError("window is required unless detectors are given")
         if window is not None and not isinstance(window, _WINDOWS):
@@ -323,6 +339,11 @@ class Pipeline:
                                         " (0 = automatic)")
         opts.max_open_windows = _checked_int(max_open_windows, "max_open_windows", 0, _UINT64_MAX,
                                              " (0 = unlimited)")
+        opts.max_detector_keys = _checked_int(max_detector_keys, "max_detector_keys", 0, _UINT64_MAX,
+                                              " (0 = unlimited)")
+        opts.memory_budget_bytes = _checked_int(memory_budget_bytes, "memory_budget_bytes", 0,
+                                                _UINT64_MAX, " (0 = no budget)")
+        opts.detector_key_ttl = _duration(detector_key_ttl, "detector_key_ttl")
         self.detectors = list(detectors or [])
         for d in self.detectors:
             if not hasattr(d, "_spec"):
@@ -344,6 +365,21 @@ class Pipeline:
     def allowed_lateness(self) -> int:
         """How long (ns) windows are kept for updates after they closed (0: none)."""
         return self._core.options.allowed_lateness
+
+    @property
+    def max_detector_keys(self) -> int:
+        """Cap on the keys holding detector state (0: unlimited)."""
+        return self._core.options.max_detector_keys
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        """Bytes of state the pipeline may hold (0: no budget)."""
+        return self._core.options.memory_budget_bytes
+
+    @property
+    def detector_key_ttl(self) -> int:
+        """Event time (ns) after which a key's detector state is forgotten (0: never)."""
+        return self._core.options.detector_key_ttl
 
     @property
     def backend(self) -> str:

@@ -36,9 +36,10 @@ def _check_threshold(threshold: float) -> None:
 # Upper bounds on the integer parameters: state per key grows with them (a KnnDiscord key holds
 # H values; a rolling key, ``window``), so an absurd value fails here, with its name, instead of
 # allocating gigabytes per key or overflowing the native integer types.
-MAX_WINDOW = 1 << 20          # rolling detectors: records per key (8 MiB of values per key)
-MAX_HISTORY = 1 << 20         # KnnDiscord H, H2, K, min_candidates
-MAX_SUBSEQUENCE = 1024        # KnnDiscord L
+# The library's own limits (cusense::max_detector_size, max_subsequence).
+MAX_WINDOW = _core.MAX_DETECTOR_SIZE       # 2**20: rolling detectors: records per key (8 MiB of values)
+MAX_HISTORY = _core.MAX_DETECTOR_SIZE      # KnnDiscord H, H2, K, min_candidates
+MAX_SUBSEQUENCE = _core.MAX_SUBSEQUENCE    # 1024: KnnDiscord L
 MAX_CHANNEL = 4095            # channels are capped at 4096 per pipeline
 
 

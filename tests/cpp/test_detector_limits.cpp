@@ -51,21 +51,24 @@ stream churn(std::size_t keys, std::int64_t spacing, std::int64_t life, std::int
   };
   std::vector<rec> recs;
   for (std::size_t k = 0; k < keys; ++k) {
-    std::int64_t t = static_cast<std::int64_t>(k) * spacing * ms;
+    std::int64_t t         = static_cast<std::int64_t>(k) * spacing * ms;
     std::int64_t const end = t + life * ms;
-    double level = static_cast<double>(rng() % 100);
+    double level           = static_cast<double>(rng() % 100);
     while (t < end) {
       double v = level + static_cast<double>(rng() % 1000) / 500.0;
       if (rng() % 50 == 0) v += 30.0;
       if (rng() % 97 == 0) v = std::numeric_limits<double>::quiet_NaN();
       std::int64_t const arrive = t + static_cast<std::int64_t>(rng() % 40) * ms;  // delivery delay
       recs.push_back({arrive, t, static_cast<std::uint32_t>(1000 + 7 * k), v});
-      if (rng() % 60 == 0) recs.push_back({arrive + 300 * ms, t - 200 * ms, static_cast<std::uint32_t>(1000 + 7 * k), v});  // late
+      if (rng() % 60 == 0)
+        recs.push_back(
+          {arrive + 300 * ms, t - 200 * ms, static_cast<std::uint32_t>(1000 + 7 * k), v});  // late
       t += (10 + static_cast<std::int64_t>(rng() % 10)) * ms;
       if (rng() % 25 == 0) t += (rng() % 2 == 0 ? 2 * pause : pause / 2) * ms;  // a pause
     }
   }
-  std::stable_sort(recs.begin(), recs.end(), [](rec const& a, rec const& b) { return a.arrive < b.arrive; });
+  std::stable_sort(recs.begin(), recs.end(),
+                   [](rec const& a, rec const& b) { return a.arrive < b.arrive; });
   stream s;
   for (rec const& r : recs) {
     s.keys.push_back(r.key);
@@ -88,12 +91,12 @@ pipeline_options detectors_only(backend where, std::int64_t ttl, std::vector<det
 
 std::vector<detector_spec> scorers(backend where)
 {
-  detector_spec knn  = detector_spec::knn_discord();
-  knn.L              = 3;
-  knn.H              = 40;
-  knn.H2             = 10;
-  knn.K              = 5;
-  knn.min_candidates = 5;
+  detector_spec knn            = detector_spec::knn_discord();
+  knn.L                        = 3;
+  knn.H                        = 40;
+  knn.H2                       = 10;
+  knn.K                        = 5;
+  knn.min_candidates           = 5;
   std::vector<detector_spec> d = {detector_spec::ewma(0.1), detector_spec::rolling_mad(8), knn};
   if (where == backend::cpu) { d.push_back(detector_spec::multiscale_z()); }
   return d;
@@ -101,13 +104,15 @@ std::vector<detector_spec> scorers(backend where)
 
 /// Scores and silence events as rows sorted by arrival (seq), and silence events sorted.
 struct scored {
-  std::vector<std::tuple<std::int64_t, std::uint32_t, std::int64_t, bool, std::vector<double>>> scores;  // seq, key, ts, late, scores
-  std::vector<std::tuple<std::int64_t, std::uint32_t, std::int64_t, bool>> silence;  // at, key, last_seen, back
+  std::vector<std::tuple<std::int64_t, std::uint32_t, std::int64_t, bool, std::vector<double>>>
+    scores;  // seq, key, ts, late, scores
+  std::vector<std::tuple<std::int64_t, std::uint32_t, std::int64_t, bool>>
+    silence;  // at, key, last_seen, back
 };
 
 void collect(pipeline& p, scored& out, bool silence)
 {
-  table const t = p.poll_scores();
+  table const t    = p.poll_scores();
   auto const& seq  = t.get<std::int64_t>("seq");
   auto const& key  = t.get<std::uint32_t>("key");
   auto const& ts   = t.get<std::int64_t>("timestamp");
@@ -122,22 +127,24 @@ void collect(pipeline& p, scored& out, bool silence)
     out.scores.emplace_back(seq[r], key[r], ts[r], late[r] != 0, sc);
   }
   if (silence) {
-    table const s = p.poll_silence();
-    auto const& k = s.get<std::uint32_t>("key");
-    auto const& l = s.get<std::int64_t>("last_seen");
-    auto const& b = s.get<std::uint8_t>("back");
-    auto const& a = s.get<std::int64_t>("back_at");
+    table const s     = p.poll_silence();
+    auto const& k     = s.get<std::uint32_t>("key");
+    auto const& l     = s.get<std::int64_t>("last_seen");
+    auto const& b     = s.get<std::uint8_t>("back");
+    auto const& a     = s.get<std::int64_t>("back_at");
     auto const& since = s.get<std::int64_t>("silent_since");
-    for (std::size_t r = 0; r < k.size(); ++r) out.silence.emplace_back(b[r] ? a[r] : since[r], k[r], l[r], b[r] != 0);
+    for (std::size_t r = 0; r < k.size(); ++r)
+      out.silence.emplace_back(b[r] ? a[r] : since[r], k[r], l[r], b[r] != 0);
   }
 }
 
-scored run(pipeline_options const& o, stream const& s, std::vector<std::size_t> const& cuts, bool flush,
-           pipeline_stats* stats = nullptr)
+scored run(pipeline_options const& o, stream const& s, std::vector<std::size_t> const& cuts,
+           bool flush, pipeline_stats* stats = nullptr)
 {
   pipeline p(o);
-  bool const silence = std::any_of(o.detectors.begin(), o.detectors.end(),
-                                   [](detector_spec const& d) { return d.kind == detector_kind::silence; });
+  bool const silence =
+    std::any_of(o.detectors.begin(), o.detectors.end(),
+                [](detector_spec const& d) { return d.kind == detector_kind::silence; });
   scored out;
   std::size_t begin = 0;
   for (std::size_t end : cuts) {
@@ -168,7 +175,8 @@ void expect_same_scores(scored const& a, scored const& b, double tol, std::strin
     ASSERT_EQ(xa.size(), xb.size());
     for (std::size_t d = 0; d < xa.size(); ++d) {
       if (std::isnan(xa[d]) || std::isnan(xb[d])) {
-        ASSERT_EQ(std::isnan(xa[d]), std::isnan(xb[d])) << what << " seq " << sa << " detector " << d;
+        ASSERT_EQ(std::isnan(xa[d]), std::isnan(xb[d]))
+          << what << " seq " << sa << " detector " << d;
       } else {
         ASSERT_NEAR(xa[d], xb[d], tol) << what << " seq " << sa << " detector " << d;
       }
@@ -192,10 +200,10 @@ TYPED_TEST(key_ttl, EqualsKeysCutAtGaps)
   pipeline_options const o = detectors_only(TestFixture::where, ttl, d);
 
   // Which records are late does not depend on keys: take it from a run without expiry.
-  pipeline_options plain = o;
-  plain.detector_key_ttl = 0;
+  pipeline_options plain             = o;
+  plain.detector_key_ttl             = 0;
   std::vector<std::size_t> const one = {s.keys.size()};
-  scored const base = run(plain, s, one, false);
+  scored const base                  = run(plain, s, one, false);
   std::vector<char> late(s.keys.size(), 0), released(s.keys.size(), 0);
   for (auto const& r : base.scores) {
     released[static_cast<std::size_t>(std::get<0>(r))] = 1;
@@ -211,7 +219,8 @@ TYPED_TEST(key_ttl, EqualsKeysCutAtGaps)
   std::uint32_t next = 1u << 30;
   std::size_t pieces = 0;
   for (auto& [key, idx] : of_key) {
-    std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return s.ts[a] < s.ts[b]; });
+    std::stable_sort(idx.begin(), idx.end(),
+                     [&](std::size_t a, std::size_t b) { return s.ts[a] < s.ts[b]; });
     std::uint32_t piece = next++;
     original[piece]     = key;
     for (std::size_t j = 0; j < idx.size(); ++j) {
@@ -250,10 +259,10 @@ TYPED_TEST(key_ttl, IndependentOfBatchingAndRestores)
   stream const s = churn(60, 20, 1500, 150, 11);
   auto d         = scorers(TestFixture::where);
   d.push_back(detector_spec::silence(80 * ms));
-  pipeline_options const o = detectors_only(TestFixture::where, 120 * ms, d);
+  pipeline_options const o           = detectors_only(TestFixture::where, 120 * ms, d);
   std::vector<std::size_t> const one = {s.keys.size()};
-  scored const whole = run(o, s, one, true);
-  double const tol   = TestFixture::where == backend::cpu ? 0.0 : 1e-9;
+  scored const whole                 = run(o, s, one, true);
+  double const tol                   = TestFixture::where == backend::cpu ? 0.0 : 1e-9;
   for (unsigned seed : {4u, 5u}) {
     auto const cuts   = random_cuts(s.keys.size(), seed == 4 ? 3 : 250, seed);
     scored const part = run(o, s, cuts, true);
@@ -285,8 +294,10 @@ TYPED_TEST(key_ttl, IndependentOfBatchingAndRestores)
   b.flush();
   collect(b, got, true);
   collect(a, ref, true);
-  std::sort(got.scores.begin(), got.scores.end(), [](auto const& x, auto const& y) { return std::get<0>(x) < std::get<0>(y); });
-  std::sort(ref.scores.begin(), ref.scores.end(), [](auto const& x, auto const& y) { return std::get<0>(x) < std::get<0>(y); });
+  std::sort(got.scores.begin(), got.scores.end(),
+            [](auto const& x, auto const& y) { return std::get<0>(x) < std::get<0>(y); });
+  std::sort(ref.scores.begin(), ref.scores.end(),
+            [](auto const& x, auto const& y) { return std::get<0>(x) < std::get<0>(y); });
   std::sort(got.silence.begin(), got.silence.end());
   std::sort(ref.silence.begin(), ref.silence.end());
   expect_same_scores(got, whole, tol, "restored");
@@ -297,12 +308,13 @@ TYPED_TEST(key_ttl, IndependentOfBatchingAndRestores)
 TYPED_TEST(key_ttl, StateFollowsActiveKeys)
 {
   stream const s = churn(400, 10, 300, 100, 13);  // about 30 keys active at a time
-  pipeline_options const o = detectors_only(TestFixture::where, 200 * ms, scorers(TestFixture::where));
-  pipeline_options plain   = o;
-  plain.detector_key_ttl   = 0;
+  pipeline_options const o =
+    detectors_only(TestFixture::where, 200 * ms, scorers(TestFixture::where));
+  pipeline_options plain = o;
+  plain.detector_key_ttl = 0;
   pipeline p(o), q(plain);
   std::uint64_t max_keys = 0, max_bytes = 0;
-  auto const cuts = random_cuts(s.keys.size(), 200, 3);
+  auto const cuts   = random_cuts(s.keys.size(), 200, 3);
   std::size_t begin = 0;
   for (std::size_t end : cuts) {
     push(p, s, begin, end);
@@ -330,7 +342,8 @@ TEST(detector_limits, TtlIsValidated)
       EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
     }
   };
-  pipeline_options o = detectors_only(backend::cpu, 50 * ms, {detector_spec::ewma(), detector_spec::silence(60 * ms)});
+  pipeline_options o =
+    detectors_only(backend::cpu, 50 * ms, {detector_spec::ewma(), detector_spec::silence(60 * ms)});
   bad(o, "at least the silence timeout");
   o.detector_key_ttl = -1;
   bad(o, "detector_key_ttl must lie in");
@@ -351,7 +364,8 @@ TEST(detector_limits, TtlIsValidated)
 
 TEST(detector_limits, KeyCapRejectsTheWholeBatch)
 {
-  pipeline_options o = detectors_only(backend::cpu, 0, {detector_spec::ewma(), detector_spec::silence(500 * ms)});
+  pipeline_options o =
+    detectors_only(backend::cpu, 0, {detector_spec::ewma(), detector_spec::silence(500 * ms)});
   o.max_detector_keys = 5;
   pipeline p(o), ref(o);
   std::vector<std::uint32_t> k = {1, 2, 3, 1, 2};
@@ -388,11 +402,11 @@ TEST(detector_limits, KeyCapRejectsTheWholeBatch)
 TEST(detector_limits, KeyCapWithExpiryCountsLiveKeys)
 {
   // Keys come and go; with expiry a cap of 90 holds for a fleet of 400 keys over time.
-  stream const s = churn(400, 10, 300, 100, 17);
+  stream const s      = churn(400, 10, 300, 100, 17);
   pipeline_options o  = detectors_only(backend::cpu, 200 * ms, scorers(backend::cpu));
   o.max_detector_keys = 90;
   pipeline p(o);
-  auto const cuts = random_cuts(s.keys.size(), 100, 5);
+  auto const cuts   = random_cuts(s.keys.size(), 100, 5);
   std::size_t begin = 0;
   for (std::size_t end : cuts) {
     push(p, s, begin, end);
@@ -408,8 +422,8 @@ TEST(detector_limits, KeyCapWithExpiryCountsLiveKeys)
 
 TEST(detector_limits, BudgetRefusesAKeyTooLargeForIt)
 {
-  detector_spec knn = detector_spec::knn_discord();
-  knn.H             = max_detector_size;  // 8 MiB of history per key
+  detector_spec knn     = detector_spec::knn_discord();
+  knn.H                 = max_detector_size;  // 8 MiB of history per key
   pipeline_options o    = detectors_only(backend::cpu, 0, {knn});
   o.memory_budget_bytes = 4 << 20;
   pipeline p(o);
@@ -420,7 +434,8 @@ TEST(detector_limits, BudgetRefusesAKeyTooLargeForIt)
     p.push(&key, &t, &v, 1);
     ADD_FAILURE() << "a key of 8 MiB fit a budget of 4 MiB";
   } catch (capacity_error const& e) {
-    EXPECT_NE(std::string(e.what()).find("memory_budget_bytes (4194304)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("memory_budget_bytes (4194304)"), std::string::npos)
+      << e.what();
     EXPECT_NE(std::string(e.what()).find("the batch was rejected"), std::string::npos) << e.what();
   }
   EXPECT_EQ(p.stats().state_bytes, 0u);
@@ -435,13 +450,13 @@ TEST(detector_limits, BudgetRefusesAKeyTooLargeForIt)
 // are refused (changing nothing) once the next would go beyond.
 TEST(detector_limits, BudgetBoundsWindowsDetectorsAndBuffers)
 {
-  stream const s = churn(300, 5, 400, 100, 19);
-  pipeline_options o      = detectors_only(backend::cpu, 0, scorers(backend::cpu));
-  o.windowed              = true;
-  o.window                = window_spec::session(30 * ms);
-  o.aggs                  = {agg::count, agg::mean, agg::last};
-  o.max_out_of_orderness  = 2000 * ms;  // a long buffer
-  o.memory_budget_bytes   = 400'000;
+  stream const s         = churn(300, 5, 400, 100, 19);
+  pipeline_options o     = detectors_only(backend::cpu, 0, scorers(backend::cpu));
+  o.windowed             = true;
+  o.window               = window_spec::session(30 * ms);
+  o.aggs                 = {agg::count, agg::mean, agg::last};
+  o.max_out_of_orderness = 2000 * ms;  // a long buffer
+  o.memory_budget_bytes  = 400'000;
   pipeline p(o);
   auto const cuts   = random_cuts(s.keys.size(), 50, 7);
   std::size_t begin = 0, refused = 0;
@@ -482,10 +497,14 @@ TEST(detector_limits, WindowStateBoundHolds)
     return o;
   };
   cases.emplace_back("tumbling", with(window_spec::tumbling(50 * ms), {agg::count, agg::mean}, 1));
-  cases.emplace_back("tumbling first/last", with(window_spec::tumbling(50 * ms), {agg::first, agg::last}, 3));
-  cases.emplace_back("tumbling lateness", with(window_spec::tumbling(50 * ms), {agg::sum}, 2, 100 * ms));
-  cases.emplace_back("sliding", with(window_spec::sliding(200 * ms, 20 * ms), {agg::count, agg::max}, 1));
-  cases.emplace_back("session", with(window_spec::session(25 * ms), {agg::count, agg::argmax_ts}, 2));
+  cases.emplace_back("tumbling first/last",
+                     with(window_spec::tumbling(50 * ms), {agg::first, agg::last}, 3));
+  cases.emplace_back("tumbling lateness",
+                     with(window_spec::tumbling(50 * ms), {agg::sum}, 2, 100 * ms));
+  cases.emplace_back("sliding",
+                     with(window_spec::sliding(200 * ms, 20 * ms), {agg::count, agg::max}, 1));
+  cases.emplace_back("session",
+                     with(window_spec::session(25 * ms), {agg::count, agg::argmax_ts}, 2));
   cases.emplace_back("rolling", with(window_spec::rolling(20), {agg::mean, agg::std}, 1));
   for (auto const& [name, o] : cases) {
     std::uint64_t const bound = detail::window_state_bound_per_record(o);
@@ -500,10 +519,11 @@ TEST(detector_limits, WindowStateBoundHolds)
     std::size_t begin = 0;
     for (std::size_t end : cuts) {
       std::uint64_t const before = p.stats().state_bytes;
-      p.push(s.keys.data() + begin, s.ts.data() + begin, s.values.data() + begin * static_cast<std::size_t>(o.channels),
-             end - begin);
+      p.push(s.keys.data() + begin, s.ts.data() + begin,
+             s.values.data() + begin * static_cast<std::size_t>(o.channels), end - begin);
       std::uint64_t const after = p.stats().state_bytes;
-      EXPECT_LE(after, before + (end - begin) * bound) << name << ": batch [" << begin << ", " << end << ")";
+      EXPECT_LE(after, before + (end - begin) * bound)
+        << name << ": batch [" << begin << ", " << end << ")";
       begin = end;
     }
   }
@@ -537,8 +557,8 @@ TEST(detector_limits, ParametersAreCapped)
   detector_spec k = detector_spec::knn_discord();
   k.H             = std::int64_t{1} << 24;
   refused(k, "H (history) must lie in [2, 1048576], got 16777216");
-  k.H  = 3000;
-  k.L  = 1025;
+  k.H = 3000;
+  k.L = 1025;
   refused(k, "L (subsequence length) must lie in [1, 1024]");
   k.L  = 4;
   k.H2 = max_detector_size + 1;

@@ -29,7 +29,7 @@ _WINDOWS = ("tumbling", "sliding", "session", "rolling", "none")
 #: would otherwise run the in-process pipeline without a word).
 PIPELINE_KEYS = ("window", "size", "slide", "offset", "gap", "n", "min_periods", "aggs",
                  "max_out_of_orderness", "allowed_lateness", "backend", "max_open_windows",
-                 "detectors", "workers", "ray_address")
+                 "max_detector_keys", "memory_budget_bytes", "detectors", "workers", "ray_address")
 
 
 @dataclass
@@ -125,9 +125,10 @@ def load_config(config) -> ServiceConfig:
         if workers < 2:
             raise ConfigError("pipeline.ray_address needs pipeline.workers >= 2 (with workers = 1 "
                               "the pipeline runs in the service process, without Ray)")
-    if workers >= 2 and pipeline.get("max_open_windows", 0):
-        raise ConfigError("pipeline.max_open_windows is not supported with pipeline.workers >= 2 "
-                          "(a cap per worker would refuse a batch in some workers only)")
+    for cap in ("max_open_windows", "max_detector_keys", "memory_budget_bytes"):
+        if workers >= 2 and pipeline.get(cap, 0):
+            raise ConfigError(f"pipeline.{cap} is not supported with pipeline.workers >= 2 "
+                              "(a cap per worker would refuse a batch in some workers only)")
     pipeline.pop("workers", None)
     pipeline.pop("ray_address", None)
 

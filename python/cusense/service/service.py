@@ -105,7 +105,9 @@ def build_pipeline(p: dict, workers: int = 1) -> AnyPipeline:
         backend=p.get("backend", "auto"), detectors=detectors)
     try:
         if workers < 2:
-            return Pipeline(build_window(p), max_open_windows=p.get("max_open_windows", 0), **kwargs)
+            return Pipeline(build_window(p), max_open_windows=p.get("max_open_windows", 0),
+                            max_detector_keys=p.get("max_detector_keys", 0),
+                            memory_budget_bytes=p.get("memory_budget_bytes", 0), **kwargs)
         return DistributedPipeline(build_window(p), partitions=workers,
                                    max_replay_bytes=_REPLAY_BYTES, **kwargs)
     except (TypeError, ValueError) as e:

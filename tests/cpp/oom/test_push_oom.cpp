@@ -25,7 +25,7 @@
 
 namespace alloc_hook {
 std::atomic<bool> armed{false};
-std::atomic<long> left{0};   // the allocation that makes this reach 0 fails
+std::atomic<long> left{0};  // the allocation that makes this reach 0 fails
 std::atomic<bool> fired{false};
 
 void arm(long k)
@@ -57,8 +57,14 @@ void* allocate(std::size_t n, std::size_t align)
 
 void* operator new(std::size_t n) { return alloc_hook::allocate(n, 0); }
 void* operator new[](std::size_t n) { return alloc_hook::allocate(n, 0); }
-void* operator new(std::size_t n, std::align_val_t a) { return alloc_hook::allocate(n, static_cast<std::size_t>(a)); }
-void* operator new[](std::size_t n, std::align_val_t a) { return alloc_hook::allocate(n, static_cast<std::size_t>(a)); }
+void* operator new(std::size_t n, std::align_val_t a)
+{
+  return alloc_hook::allocate(n, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t n, std::align_val_t a)
+{
+  return alloc_hook::allocate(n, static_cast<std::size_t>(a));
+}
 void* operator new(std::size_t n, std::nothrow_t const&) noexcept
 {
   try {
@@ -106,7 +112,7 @@ std::vector<batch> make_stream(int batches, int per_batch, int channels, std::in
 {
   std::mt19937 rng(seed);
   std::vector<batch> out;
-  std::int64_t now = 1000;
+  std::int64_t now        = 1000;
   std::uint32_t first_key = 0;
   for (int b = 0; b < batches; ++b) {
     batch x;
@@ -114,12 +120,13 @@ std::vector<batch> make_stream(int batches, int per_batch, int channels, std::in
     for (int i = 0; i < per_batch; ++i) {
       now += static_cast<std::int64_t>(rng() % 4);
       std::uint32_t const key = first_key + rng() % 9;
-      std::int64_t t          = now - static_cast<std::int64_t>(rng() % static_cast<unsigned>(ooo + 1));
+      std::int64_t t = now - static_cast<std::int64_t>(rng() % static_cast<unsigned>(ooo + 1));
       if (rng() % 23 == 0) { t = now - 4 * ooo - 7; }  // late
       x.keys.push_back(key);
       x.ts.push_back(t);
       for (int c = 0; c < channels; ++c) {
-        double v = std::sin(0.1 * static_cast<double>(t) + c) + 0.01 * static_cast<double>(rng() % 100);
+        double v =
+          std::sin(0.1 * static_cast<double>(t) + c) + 0.01 * static_cast<double>(rng() % 100);
         if (rng() % 31 == 0) { v = std::numeric_limits<double>::quiet_NaN(); }
         if (rng() % 17 == 0) { v += 5.0; }
         x.values.push_back(v);
@@ -178,7 +185,7 @@ bool same_table(table const& a, table const& b, std::string* why)
     }
     bool const equal = std::visit(
       [&](auto const& xv) {
-        using V       = std::decay_t<decltype(xv)>;
+        using V        = std::decay_t<decltype(xv)>;
         auto const& yv = std::get<V>(y.data);
         return xv.empty() || std::memcmp(xv.data(), yv.data(), xv.size() * sizeof(xv[0])) == 0;
       },
@@ -191,7 +198,10 @@ bool same_table(table const& a, table const& b, std::string* why)
   return true;
 }
 
-void push(pipeline& p, batch const& b) { p.push(b.keys.data(), b.ts.data(), b.values.data(), b.size()); }
+void push(pipeline& p, batch const& b)
+{
+  p.push(b.keys.data(), b.ts.data(), b.values.data(), b.size());
+}
 
 /// What a pipeline gives out: every output table, then its checkpoint and stats.
 struct outputs {
@@ -221,7 +231,8 @@ void expect_same(outputs const& a, outputs const& b, std::string const& at)
   ASSERT_EQ(a.tables.size(), b.tables.size()) << at;
   for (std::size_t i = 0; i < a.tables.size(); ++i) {
     std::string why;
-    EXPECT_TRUE(same_table(a.tables[i], b.tables[i], &why)) << at << ": output " << i << ": " << why;
+    EXPECT_TRUE(same_table(a.tables[i], b.tables[i], &why))
+      << at << ": output " << i << ": " << why;
   }
   EXPECT_TRUE(a.checkpoint == b.checkpoint) << at << ": checkpoint bytes differ";
   expect_same_stats(a.stats, b.stats, at);
@@ -229,9 +240,9 @@ void expect_same(outputs const& a, outputs const& b, std::string const& at)
 
 /// The result of running the harness over one configuration.
 struct harness_result {
-  long allocations = 0;     ///< allocations the failing push makes (k = 1..allocations tried)
-  long rejected    = 0;     ///< k for which the push failed (and was rejected)
-  long mismatches  = 0;     ///< k for which the pipeline differed from its reference
+  long allocations = 0;  ///< allocations the failing push makes (k = 1..allocations tried)
+  long rejected    = 0;  ///< k for which the push failed (and was rejected)
+  long mismatches  = 0;  ///< k for which the pipeline differed from its reference
   std::string first_mismatch;
 };
 
@@ -283,20 +294,24 @@ harness_result run_harness(pipeline_options const& o, std::vector<batch> const& 
       break;
     }
     res.rejected += failed ? 1 : 0;
-    std::string const label = "allocation " + std::to_string(k) + (failed ? " failed the push" : " (push succeeded)");
-    int const failures_before = ::testing::UnitTest::GetInstance()->current_test_info()->result()->total_part_count();
+    std::string const label =
+      "allocation " + std::to_string(k) + (failed ? " failed the push" : " (push succeeded)");
+    int const failures_before =
+      ::testing::UnitTest::GetInstance()->current_test_info()->result()->total_part_count();
     bool mismatch = false;
-    auto check = [&](outputs const& got, outputs const& want, std::string const& when) {
+    auto check    = [&](outputs const& got, outputs const& want, std::string const& when) {
       if (quiet) {
         std::string why;
         bool same = got.checkpoint == want.checkpoint && got.tables.size() == want.tables.size();
-        for (std::size_t i = 0; same && i < got.tables.size(); ++i) same = same_table(got.tables[i], want.tables[i], &why);
+        for (std::size_t i = 0; same && i < got.tables.size(); ++i)
+          same = same_table(got.tables[i], want.tables[i], &why);
         same = same && got.stats.records_rejected == want.stats.records_rejected &&
                got.stats.records_aggregated == want.stats.records_aggregated &&
                got.stats.state_bytes == want.stats.state_bytes;
         if (!same) {
           mismatch = true;
-          if (res.first_mismatch.empty()) res.first_mismatch = label + ", " + when + (why.empty() ? "" : ": " + why);
+          if (res.first_mismatch.empty())
+            res.first_mismatch = label + ", " + when + (why.empty() ? "" : ": " + why);
         }
       } else {
         expect_same(got, want, label + ", " + when);
@@ -304,7 +319,8 @@ harness_result run_harness(pipeline_options const& o, std::vector<batch> const& 
     };
     if (!error.empty()) {
       mismatch = true;
-      if (res.first_mismatch.empty()) res.first_mismatch = label + ": not out_of_memory but " + error;
+      if (res.first_mismatch.empty())
+        res.first_mismatch = label + ": not out_of_memory but " + error;
       if (!quiet) ADD_FAILURE() << label << ": expected cusense::out_of_memory, got " << error;
     }
     try {
@@ -314,12 +330,13 @@ harness_result run_harness(pipeline_options const& o, std::vector<batch> const& 
       p.flush();
       check(drain(p), failed ? rejected_end : applied_end, "at the end of the stream");
     } catch (std::exception const& e) {  // a broken pipeline: a later call fails
-      mismatch = true;
+      mismatch               = true;
       std::string const what = label + ": a later call threw " + typeid(e).name() + ": " + e.what();
       if (res.first_mismatch.empty()) res.first_mismatch = what;
       if (!quiet) ADD_FAILURE() << what;
     }
-    int const failures_after = ::testing::UnitTest::GetInstance()->current_test_info()->result()->total_part_count();
+    int const failures_after =
+      ::testing::UnitTest::GetInstance()->current_test_info()->result()->total_part_count();
     if (mismatch || failures_after != failures_before) ++res.mismatches;
     if (!quiet && res.mismatches > 3) {
       ADD_FAILURE() << "stopping after 3 mismatching allocations";
@@ -356,18 +373,25 @@ std::vector<detector_spec> every_detector(std::int64_t silence_timeout = 60)
   jz.min_count       = 3;
   detector_spec mad  = detector_spec::rolling_mad(6);
   mad.channel        = 1;
-  return {detector_spec::ewma(0.2), detector_spec::rolling_z(5), mad, knn, msz, jz,
+  return {detector_spec::ewma(0.2),
+          detector_spec::rolling_z(5),
+          mad,
+          knn,
+          msz,
+          jz,
           detector_spec::silence(silence_timeout)};
 }
 
-void expect_all_or_nothing(pipeline_options const& o, unsigned seed, int batches = 7, int per_batch = 60,
-                           std::uint32_t churn = 1)
+void expect_all_or_nothing(pipeline_options const& o, unsigned seed, int batches = 7,
+                           int per_batch = 60, std::uint32_t churn = 1)
 {
-  auto const stream = make_stream(batches, per_batch, o.channels, o.max_out_of_orderness, seed, churn);
+  auto const stream =
+    make_stream(batches, per_batch, o.channels, o.max_out_of_orderness, seed, churn);
   for (std::size_t at : {std::size_t{0}, std::size_t{3}, stream.size() - 2, stream.size() - 1}) {
     SCOPED_TRACE("failing push of batch " + std::to_string(at));
     harness_result const r = run_harness(o, stream, at);
-    std::printf("[ batch %zu ] %ld allocations, %ld failed pushes\n", at, r.allocations, r.rejected);
+    std::printf("[ batch %zu ] %ld allocations, %ld failed pushes\n", at, r.allocations,
+                r.rejected);
     if (at == 0) {  // a first push allocates (a later one may find room everywhere)
       EXPECT_GT(r.allocations, 0);
       EXPECT_GT(r.rejected, 0);
@@ -426,10 +450,10 @@ TEST(push_oom, DetectorsWithCapAndBudget)
 
 TEST(push_oom, TumblingWindowAndDetectors)
 {
-  pipeline_options o = base();
-  o.window           = window_spec::tumbling(50);
-  o.aggs             = {agg::count, agg::mean, agg::max};
-  o.detectors        = every_detector();
+  pipeline_options o  = base();
+  o.window            = window_spec::tumbling(50);
+  o.aggs              = {agg::count, agg::mean, agg::max};
+  o.detectors         = every_detector();
   compare_state_bytes = false;  // the tumbling engine's, see above
   expect_all_or_nothing(o, 4);
   compare_state_bytes = true;
@@ -493,15 +517,19 @@ std::vector<window_case> window_cases()
     return o;
   };
   std::vector<window_case> cases;
-  cases.push_back({"tumbling_moments", with(window_spec::tumbling(50), {agg::count, agg::mean, agg::max})});
-  cases.push_back({"tumbling_order_aggs", with(window_spec::tumbling(50), {agg::count, agg::first, agg::last})});
-  cases.push_back({"tumbling_lateness", with(window_spec::tumbling(50), {agg::count, agg::mean}, 40)});
+  cases.push_back(
+    {"tumbling_moments", with(window_spec::tumbling(50), {agg::count, agg::mean, agg::max})});
+  cases.push_back(
+    {"tumbling_order_aggs", with(window_spec::tumbling(50), {agg::count, agg::first, agg::last})});
+  cases.push_back(
+    {"tumbling_lateness", with(window_spec::tumbling(50), {agg::count, agg::mean}, 40)});
   {
     pipeline_options q = with(window_spec::tumbling(50), {agg::count, agg::quantile});
     q.quantiles        = {0.5};
     cases.push_back({"tumbling_quantile", q});
   }
-  cases.push_back({"sliding", with(window_spec::sliding(100, 25), {agg::count, agg::mean, agg::min})});
+  cases.push_back(
+    {"sliding", with(window_spec::sliding(100, 25), {agg::count, agg::mean, agg::min})});
   cases.push_back({"session", with(window_spec::session(15), {agg::count, agg::mean, agg::last})});
   cases.push_back({"rolling", with(window_spec::rolling(5), {agg::count, agg::mean, agg::max})});
   return cases;
@@ -514,8 +542,8 @@ TEST(push_oom_windows, WindowEnginesReport)
     auto const stream = make_stream(6, 60, c.options.channels, c.options.max_out_of_orderness, 11);
     harness_result const r = run_harness(c.options, stream, 3, /*quiet=*/true);
     std::printf("[ window %-20s ] %ld allocations, %ld rejected, %ld mismatching%s%s\n", c.name,
-                r.allocations, r.rejected, r.mismatches, r.first_mismatch.empty() ? "" : ": first at ",
-                r.first_mismatch.c_str());
+                r.allocations, r.rejected, r.mismatches,
+                r.first_mismatch.empty() ? "" : ": first at ", r.first_mismatch.c_str());
   }
 }
 
@@ -523,7 +551,8 @@ void expect_window_case(char const* name)
 {
   for (window_case const& c : window_cases()) {
     if (std::string(c.name) == name) {
-      auto const stream = make_stream(6, 60, c.options.channels, c.options.max_out_of_orderness, 11);
+      auto const stream =
+        make_stream(6, 60, c.options.channels, c.options.max_out_of_orderness, 11);
       harness_result const r = run_harness(c.options, stream, 3);
       EXPECT_EQ(r.mismatches, 0) << r.first_mismatch;
       return;

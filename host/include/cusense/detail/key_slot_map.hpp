@@ -83,7 +83,7 @@ class key_slot_map {
       entry const& e = table_[j];
       if (e.slot == none) { break; }
       std::size_t const h = home(e.key);
-      bool const stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+      bool const stays    = i <= j ? (i < h && h <= j) : (i < h || h <= j);
       if (!stays) {
         table_[i] = e;
         i         = j;
