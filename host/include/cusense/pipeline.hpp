@@ -78,9 +78,11 @@ constexpr int stale_temporary_seconds = 600;
 /// cusense::concurrent_use, changing nothing. stats() is the exception: it may be called at any
 /// time from any thread (see stats()). Distinct pipelines are independent.
 ///
-/// Failures: a push that fails (invalid_argument, capacity_error when options.max_open_windows
-/// would be exceeded, out_of_memory when an allocation fails) leaves the pipeline as it was,
-/// except that its records count as rejected; the pipeline stays usable.
+/// Failures: a push that fails (invalid_argument, capacity_error when options.max_open_windows,
+/// max_detector_keys or memory_budget_bytes would be exceeded, out_of_memory when an allocation
+/// fails) leaves the pipeline as it was, except that its records count as rejected; the
+/// pipeline stays usable. (The detectors reserve what a batch needs before the window engine
+/// applies it and then apply it without allocating; tests/cpp/oom checks it.)
 class pipeline {
  public:
   /// Validates `options` (throws cusense::invalid_argument naming the problem) and selects the

@@ -31,7 +31,7 @@ struct detector_counters {
   bool has_watermark     = false;
 };
 
-/// A record to release, as sorted by detector_runner::release: hi = its timestamp minus the
+/// A record to release, as sorted by detector_runner::plan: hi = its timestamp minus the
 /// smallest released one, lo = its key, ref = its index in the released records.
 struct detector_runner_sort_item {
   std::uint64_t hi;
