@@ -141,6 +141,10 @@ void pipeline::push_impl(std::uint32_t const* keys, std::int64_t const* timestam
     } catch (invalid_argument const&) {
       rejected_ += n;
       throw;
+    } catch (std::bad_alloc const&) {  // its messages are built as it goes
+      rejected_ += n;
+      throw out_of_memory("out of host memory while pushing a batch of " + std::to_string(n) +
+                          " records; the batch was rejected and the pipeline is unchanged");
     }
   }
   // Range check: a branch-free pass over the values; positions only on the error path.

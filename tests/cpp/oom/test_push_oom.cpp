@@ -101,8 +101,32 @@ struct batch {
   std::vector<std::uint32_t> keys;
   std::vector<std::int64_t> ts;
   std::vector<double> values;  // channels per record
+  // External watermarks (options.external_watermark): each record's stream position and the
+  // watermark steps of the batch.
+  std::vector<std::int64_t> positions, step_at, step_watermark, step_position;
   std::size_t size() const { return keys.size(); }
 };
+
+/// Gives the batches of `stream` the positions and watermark steps of a watermark kept outside
+/// the pipeline: record j of the stream at position 2j, a step after it (position 2j + 1) to the
+/// largest time so far - ooo whenever that grows.
+void with_external_steps(std::vector<batch>& stream, std::int64_t ooo)
+{
+  std::int64_t j = 0, top = std::numeric_limits<std::int64_t>::min();
+  bool has = false;
+  for (batch& b : stream) {
+    for (std::size_t i = 0; i < b.size(); ++i, ++j) {
+      b.positions.push_back(2 * j);
+      if (!has || b.ts[i] - ooo > top) {
+        top = b.ts[i] - ooo;
+        has = true;
+        b.step_at.push_back(static_cast<std::int64_t>(i) + 1);
+        b.step_watermark.push_back(top);
+        b.step_position.push_back(2 * j + 1);
+      }
+    }
+  }
+}
 
 /// A stream of `batches` batches of about `per_batch` records with key churn (keys join and
 /// leave), out-of-order times within `ooo`, a few late records, NaN values and, in the
@@ -200,7 +224,13 @@ bool same_table(table const& a, table const& b, std::string* why)
 
 void push(pipeline& p, batch const& b)
 {
-  p.push(b.keys.data(), b.ts.data(), b.values.data(), b.size());
+  if (p.options().external_watermark) {
+    watermark_steps const steps{b.step_at.data(), b.step_watermark.data(), b.step_position.data(),
+                                b.step_at.size()};
+    p.push(b.keys.data(), b.ts.data(), b.values.data(), b.size(), b.positions.data(), steps);
+  } else {
+    p.push(b.keys.data(), b.ts.data(), b.values.data(), b.size());
+  }
 }
 
 /// What a pipeline gives out: every output table, then its checkpoint and stats.
@@ -385,8 +415,8 @@ std::vector<detector_spec> every_detector(std::int64_t silence_timeout = 60)
 void expect_all_or_nothing(pipeline_options const& o, unsigned seed, int batches = 7,
                            int per_batch = 60, std::uint32_t churn = 1)
 {
-  auto const stream =
-    make_stream(batches, per_batch, o.channels, o.max_out_of_orderness, seed, churn);
+  auto stream = make_stream(batches, per_batch, o.channels, o.max_out_of_orderness, seed, churn);
+  if (o.external_watermark) { with_external_steps(stream, o.max_out_of_orderness); }
   for (std::size_t at : {std::size_t{0}, std::size_t{3}, stream.size() - 2, stream.size() - 1}) {
     SCOPED_TRACE("failing push of batch " + std::to_string(at));
     harness_result const r = run_harness(o, stream, at);
@@ -446,6 +476,16 @@ TEST(push_oom, DetectorsWithCapAndBudget)
   o.max_detector_keys   = 1000;
   o.memory_budget_bytes = 10'000'000;
   expect_all_or_nothing(o, 8, 10, 60, 4);
+}
+
+TEST(push_oom, DetectorsWithExternalWatermark)
+{
+  pipeline_options o   = base();
+  o.windowed           = false;
+  o.detectors          = every_detector(50);
+  o.detector_key_ttl   = 60;
+  o.external_watermark = true;
+  expect_all_or_nothing(o, 9, 10, 60, 3);
 }
 
 TEST(push_oom, TumblingWindowAndDetectors)
