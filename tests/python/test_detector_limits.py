@@ -218,3 +218,20 @@ def test_detector_push_out_of_memory_is_rejected_whole(tmp_path):
     assert "MemoryError: OutOfMemoryError out of host memory while pushing a batch of 40 records; " \
            "the batch was rejected and the pipeline is unchanged" in r.stdout, r.stdout
     assert "usable" in r.stdout
+
+
+def test_service_pipeline_takes_the_caps(tmp_path):
+    from service_harness import service_config
+
+    from cusense.service import ConfigError, load_config
+    from cusense.service.service import build_pipeline
+
+    cfg = service_config(tmp_path, dsn="host=127.0.0.1", schema="s", mqtt_port=1883)
+    cfg["pipeline"].update(max_detector_keys=50, memory_budget_bytes=10**7)
+    pipe = build_pipeline(load_config(cfg).pipeline)
+    assert (pipe.max_detector_keys, pipe.memory_budget_bytes) == (50, 10**7)
+    for cap in ("max_detector_keys", "memory_budget_bytes"):
+        cfg = service_config(tmp_path, dsn="host=127.0.0.1", schema="s", mqtt_port=1883)
+        cfg["pipeline"].update({"workers": 2, cap: 10})
+        with pytest.raises(ConfigError, match=f"pipeline.{cap} is not supported with pipeline.workers >= 2"):
+            load_config(cfg)
