@@ -14,10 +14,11 @@ runs in its own process, so its RSS is its own:
     tumbling   Tumbling("1min"), moments, allowed_lateness="1min"
     sliding    Sliding("5min", "1min"), mean/max and quantiles (p50, p99)
     session    Session("2min"), count/first/last/mean
-    rolling    Rolling(10), mean/std/min/max (count windows)
+    rolling    Rolling(10), mean/std/min/max (count windows), with key_ttl="2h"
     detectors  detectors.default() and detectors.Silence("10min"), no window, with
-               detector_key_ttl="2h" (a key silent for longer than any silence of the fleet is
-               forgotten: the state follows the active keys)
+               key_ttl="2h"
+    (key_ttl: a key silent for longer than any silence of the fleet is forgotten, so the
+    per-key histories follow the active keys)
 
 Every few simulated minutes a pipeline is checkpointed (``pipe.checkpoint``), and every few
 hours it is restored from that checkpoint (``Pipeline.restore``) and the run continues with
@@ -71,15 +72,13 @@ BOUNDS = {
 }
 
 # Kinds whose state grows with every key ever seen, by their semantics: reported as growth.
-# (Detectors expire keys with detector_key_ttl, which the detectors pipeline here sets.)
-KNOWN_GROWTH = {
-    "rolling": "a count window keeps each key's last n-1 records for the key's next row, "
-               "for every key ever seen (there is no key expiry)",
-}
+# (Count windows and detectors keep per-key histories; both expire keys with key_ttl, which
+# their pipelines here set, so there is none.)
+KNOWN_GROWTH: dict[str, str] = {}
 
-# Event time after which the detectors pipeline forgets a key: longer than any silence of the
-# fleet (silence_max_min), so only sensors that left the fleet expire.
-DETECTOR_KEY_TTL = "2h"
+# Event time after which the rolling and detectors pipelines forget a key: longer than any
+# silence of the fleet (silence_max_min), so only sensors that left the fleet expire.
+KEY_TTL = "2h"
 
 
 @dataclass
@@ -126,10 +125,11 @@ def make_pipeline(kind: str, cfg: Config):
     if kind == "session":
         return cusense.Pipeline(cusense.Session("2min"), aggs=["count", "first", "last", "mean"], **common)
     if kind == "rolling":
-        return cusense.Pipeline(cusense.Rolling(10), aggs=["mean", "std", "min", "max"], **common)
+        return cusense.Pipeline(cusense.Rolling(10), aggs=["mean", "std", "min", "max"],
+                                key_ttl=KEY_TTL, **common)
     if kind == "detectors":
         return cusense.Pipeline(None, detectors=[detectors.default(), detectors.Silence("10min")],
-                                detector_key_ttl=DETECTOR_KEY_TTL, **common)
+                                key_ttl=KEY_TTL, **common)
     raise ValueError(f"unknown pipeline kind {kind!r}")
 
 

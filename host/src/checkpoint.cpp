@@ -187,7 +187,7 @@ void write_options(state_writer& w, pipeline_options const& o)
   w.boolean(o.external_watermark);  // since format version 4
   w.u64(o.max_detector_keys);  // since format version 6
   w.u64(o.memory_budget_bytes);
-  w.i64(o.detector_key_ttl);
+  w.i64(o.key_ttl);
 }
 
 // Reads the options as written; the ranges are checked by the pipeline constructor, as for
@@ -259,7 +259,7 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
   if (version >= 6) {
     o.max_detector_keys   = static_cast<std::size_t>(r.u64());
     o.memory_budget_bytes = static_cast<std::size_t>(r.u64());
-    o.detector_key_ttl    = r.i64();
+    o.key_ttl    = r.i64();
   }
   return o;
 }

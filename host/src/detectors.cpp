@@ -66,7 +66,7 @@ std::vector<std::string> value_names(pipeline_options const& o)
 detector_runner::detector_runner(pipeline_options const& o, backend where)
   : channels_(o.channels),
     ooo_(o.max_out_of_orderness),
-    ttl_(o.detector_key_ttl),
+    ttl_(o.key_ttl),
     max_keys_(o.max_detector_keys),
     value_names_(value_names(o))
 {
@@ -89,7 +89,7 @@ detector_runner::detector_runner(pipeline_options const& o, backend where)
     params.push_back(to_params(scorers_.back()));
   }
   CUSENSE_EXPECTS(ttl_ == 0 || !has_silence_ || ttl_ >= timeout_,
-                  "detector_key_ttl (" + std::to_string(ttl_) +
+                  "key_ttl (" + std::to_string(ttl_) +
                     " ns) must be at least the silence timeout (" + std::to_string(timeout_) +
                     " ns): a key is forgotten only after its silence was reported");
   // Per key: the key's slot entries (key, clock, live flag, with a ttl the buffered count and

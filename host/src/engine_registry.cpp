@@ -38,6 +38,10 @@ bool cuda_supports(pipeline_options const& o, std::string* why)
     *why = "an external watermark";
     return false;
   }
+  if (o.key_ttl != 0 && o.window.type == window_spec::kind::rolling) {
+    *why = "key_ttl on rolling windows";
+    return false;
+  }
   for (std::string const& name : o.agg_names()) {
     if (parse_agg(name) == agg::quantile) {
       *why = "aggregation '" + name + "'";

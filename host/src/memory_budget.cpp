@@ -51,11 +51,13 @@ void validate_limits(pipeline_options const& o)
   bool const detectors = !o.detectors.empty();
   CUSENSE_EXPECTS(o.max_detector_keys == 0 || detectors,
                   "max_detector_keys applies to detectors, and the pipeline has none");
-  CUSENSE_EXPECTS(o.detector_key_ttl == 0 || detectors,
-                  "detector_key_ttl applies to detectors, and the pipeline has none");
-  CUSENSE_EXPECTS(o.detector_key_ttl >= 0 && o.detector_key_ttl <= max_duration,
-                  "detector_key_ttl must lie in [0, 2**61] ns (0 = keys never expire), got " +
-                    std::to_string(o.detector_key_ttl) + " ns");
+  CUSENSE_EXPECTS(o.key_ttl == 0 || detectors ||
+                    (o.windowed && o.window.type == window_spec::kind::rolling),
+                  "key_ttl applies to detectors and rolling windows (per-key histories), and the "
+                  "pipeline has neither");
+  CUSENSE_EXPECTS(o.key_ttl >= 0 && o.key_ttl <= max_duration,
+                  "key_ttl must lie in [0, 2**61] ns (0 = keys never expire), got " +
+                    std::to_string(o.key_ttl) + " ns");
 }
 
 }  // namespace cusense::detail

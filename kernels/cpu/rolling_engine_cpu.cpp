@@ -255,6 +255,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
   {
     tmp_.resize(static_cast<std::size_t>(channels_));
     two_stack_ = rows_ > two_stack_min_rows && !layout_.sketch;
+    key_ttl_   = options.key_ttl;
   }
 
   void apply(watermark_feed& feed, window_output& out) override

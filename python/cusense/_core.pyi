@@ -117,10 +117,10 @@ class PipelineOptions:
     def cpu_threads(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
-    def detector_key_ttl(self) -> int:
+    def key_ttl(self) -> int:
         ...
-    @detector_key_ttl.setter
-    def detector_key_ttl(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+    @key_ttl.setter
+    def key_ttl(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def detectors(self) -> list[DetectorSpec]:

@@ -274,12 +274,13 @@ class Pipeline:
         the records buffered for the detectors (what ``stats["state_bytes"]`` counts). A push
         whose estimated growth would exceed it raises :class:`cusense.CapacityError` before
         anything is allocated and is rejected whole (see the README for the estimate).
-    detector_key_ttl : duration
-        Event time after which a key's detector state is forgotten (0 = never; needs detectors;
-        at least the ``Silence`` timeout). A record arriving more than this after its key's
-        previous scored record is scored as the key's first (warm-up again; a silence is
-        reported, without a comeback), and the key's state is dropped once the watermark
-        passes its last scored record plus the ttl. Independent of how the stream is batched.
+    key_ttl : duration
+        Event time after which a key's history is forgotten (0 = never; needs detectors or a
+        Rolling window; with ``Silence``, at least its timeout). Detectors: a record arriving
+        more than this after its key's previous scored record is scored as the key's first
+        (warm-up again; a silence is reported, without a comeback). Rolling windows: such a
+        record starts the key's window afresh. The key's state is dropped once the watermark
+        passes its last record plus the ttl. Independent of how the stream is batched.
 
     A pipeline is not thread-safe: a call made while another thread is inside a call on the
     same pipeline raises :class:`cusense.ConcurrentUseError` and changes nothing. Use one
@@ -296,7 +297,7 @@ class Pipeline:
                  detectors: Sequence[Detector] | None = None,
                  allowed_lateness: Duration = 0, quantile_accuracy: float = 0.01,
                  watermark: str = "records", max_detector_keys: int = 0,
-                 memory_budget_bytes: int = 0, detector_key_ttl: Duration = 0) -> None:
+                 memory_budget_bytes: int = 0, key_ttl: Duration = 0) -> None:
         if window is None and not detectors:
             raise TypeError("window is required unless detectors are given")
         if window is not None and not isinstance(window, _WINDOWS):
@@ -343,7 +344,7 @@ class Pipeline:
                                               " (0 = unlimited)")
         opts.memory_budget_bytes = _checked_int(memory_budget_bytes, "memory_budget_bytes", 0,
                                                 _UINT64_MAX, " (0 = no budget)")
-        opts.detector_key_ttl = _duration(detector_key_ttl, "detector_key_ttl")
+        opts.key_ttl = _duration(key_ttl, "key_ttl")
         self.detectors = list(detectors or [])
         for d in self.detectors:
             if not hasattr(d, "_spec"):
@@ -377,9 +378,9 @@ class Pipeline:
         return self._core.options.memory_budget_bytes
 
     @property
-    def detector_key_ttl(self) -> int:
+    def key_ttl(self) -> int:
         """Event time (ns) after which a key's detector state is forgotten (0: never)."""
-        return self._core.options.detector_key_ttl
+        return self._core.options.key_ttl
 
     @property
     def backend(self) -> str:

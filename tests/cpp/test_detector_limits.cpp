@@ -1,5 +1,5 @@
 // Bounded detector memory: the key cap (max_detector_keys), the memory budget
-// (memory_budget_bytes), key expiry (detector_key_ttl) against an oracle and across batchings,
+// (memory_budget_bytes), key expiry (key_ttl) against an oracle and across batchings,
 // checkpoints and compaction of expired keys, and the caps on detector parameters.
 #include <gtest/gtest.h>
 
@@ -84,7 +84,7 @@ pipeline_options detectors_only(backend where, std::int64_t ttl, std::vector<det
   o.windowed             = false;
   o.where                = where;
   o.max_out_of_orderness = 50 * ms;
-  o.detector_key_ttl     = ttl;
+  o.key_ttl     = ttl;
   o.detectors            = std::move(d);
   return o;
 }
@@ -201,7 +201,7 @@ TYPED_TEST(key_ttl, EqualsKeysCutAtGaps)
 
   // Which records are late does not depend on keys: take it from a run without expiry.
   pipeline_options plain             = o;
-  plain.detector_key_ttl             = 0;
+  plain.key_ttl             = 0;
   std::vector<std::size_t> const one = {s.keys.size()};
   scored const base                  = run(plain, s, one, false);
   std::vector<char> late(s.keys.size(), 0), released(s.keys.size(), 0);
@@ -284,7 +284,7 @@ TYPED_TEST(key_ttl, IndependentOfBatchingAndRestores)
     if (c % 5 == 4) {
       std::istringstream in(checkpoint_of(b));
       b = pipeline::restore(in, TestFixture::where);
-      EXPECT_EQ(b.options().detector_key_ttl, o.detector_key_ttl);
+      EXPECT_EQ(b.options().key_ttl, o.key_ttl);
     }
   }
   scored ref;
@@ -311,7 +311,7 @@ TYPED_TEST(key_ttl, StateFollowsActiveKeys)
   pipeline_options const o =
     detectors_only(TestFixture::where, 200 * ms, scorers(TestFixture::where));
   pipeline_options plain = o;
-  plain.detector_key_ttl = 0;
+  plain.key_ttl = 0;
   pipeline p(o), q(plain);
   std::uint64_t max_keys = 0, max_bytes = 0;
   auto const cuts   = random_cuts(s.keys.size(), 200, 3);
@@ -345,18 +345,18 @@ TEST(detector_limits, TtlIsValidated)
   pipeline_options o =
     detectors_only(backend::cpu, 50 * ms, {detector_spec::ewma(), detector_spec::silence(60 * ms)});
   bad(o, "at least the silence timeout");
-  o.detector_key_ttl = -1;
-  bad(o, "detector_key_ttl must lie in");
-  o.detector_key_ttl = max_duration + 1;
-  bad(o, "detector_key_ttl must lie in");
+  o.key_ttl = -1;
+  bad(o, "key_ttl must lie in");
+  o.key_ttl = max_duration + 1;
+  bad(o, "key_ttl must lie in");
   pipeline_options w;
   w.window           = window_spec::tumbling(1000);
-  w.detector_key_ttl = 1000;
-  bad(w, "detector_key_ttl applies to detectors");
-  w.detector_key_ttl  = 0;
+  w.key_ttl = 1000;
+  bad(w, "key_ttl applies to detectors");
+  w.key_ttl  = 0;
   w.max_detector_keys = 10;
   bad(w, "max_detector_keys applies to detectors");
-  o.detector_key_ttl = 60 * ms;  // == timeout: fine
+  o.key_ttl = 60 * ms;  // == timeout: fine
   EXPECT_NO_THROW(pipeline{o});
 }
 
@@ -413,7 +413,7 @@ TEST(detector_limits, KeyCapWithExpiryCountsLiveKeys)
     begin = end;
   }
   EXPECT_EQ(p.stats().records_rejected, 0u);
-  o.detector_key_ttl = 0;
+  o.key_ttl = 0;
   pipeline q(o);
   EXPECT_THROW(push(q, s, 0, s.keys.size()), capacity_error);
 }
@@ -539,7 +539,7 @@ TEST(detector_limits, OptionsAreCheckpointed)
   pipeline q = pipeline::restore(in, backend::cpu);
   EXPECT_EQ(q.options().max_detector_keys, 1234u);
   EXPECT_EQ(q.options().memory_budget_bytes, 5678901u);
-  EXPECT_EQ(q.options().detector_key_ttl, 3000 * ms);
+  EXPECT_EQ(q.options().key_ttl, 3000 * ms);
 }
 
 // ----- detector parameters

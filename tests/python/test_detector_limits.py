@@ -1,5 +1,5 @@
 """Bounded detector memory from Python: the key cap (max_detector_keys), the memory budget
-(memory_budget_bytes), key expiry (detector_key_ttl), the caps on detector parameters, and a
+(memory_budget_bytes), key expiry (key_ttl), the caps on detector parameters, and a
 detector push that runs out of memory (address space capped in a child process)."""
 import os
 import subprocess
@@ -54,11 +54,11 @@ def _run(pipe, keys, ts, values, cuts):
 
 def test_options_are_exposed_and_checkpointed(tmp_path):
     pipe = cusense.Pipeline(None, detectors=[D.EWMA(), D.Silence("1s")], max_detector_keys=100,
-                            memory_budget_bytes=10**7, detector_key_ttl="5s")
-    assert (pipe.max_detector_keys, pipe.memory_budget_bytes, pipe.detector_key_ttl) == (100, 10**7, 5 * 10**9)
+                            memory_budget_bytes=10**7, key_ttl="5s")
+    assert (pipe.max_detector_keys, pipe.memory_budget_bytes, pipe.key_ttl) == (100, 10**7, 5 * 10**9)
     pipe.checkpoint(tmp_path / "p.ckpt")
     back = cusense.Pipeline.restore(tmp_path / "p.ckpt")
-    assert (back.max_detector_keys, back.memory_budget_bytes, back.detector_key_ttl) == (100, 10**7, 5 * 10**9)
+    assert (back.max_detector_keys, back.memory_budget_bytes, back.key_ttl) == (100, 10**7, 5 * 10**9)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -66,9 +66,9 @@ def test_options_are_exposed_and_checkpointed(tmp_path):
     (dict(max_detector_keys=2**64), "max_detector_keys"),
     (dict(memory_budget_bytes=2**64), "memory_budget_bytes"),
     (dict(memory_budget_bytes=1.5), "memory_budget_bytes"),
-    (dict(detector_key_ttl=-1), "detector_key_ttl"),
-    (dict(detector_key_ttl=2**63), "detector_key_ttl"),
-    (dict(detector_key_ttl="1min"), "at least the silence timeout"),
+    (dict(key_ttl=-1), "key_ttl"),
+    (dict(key_ttl=2**63), "key_ttl"),
+    (dict(key_ttl="1min"), "at least the silence timeout"),
 ])
 def test_options_out_of_range_name_the_option(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match) as err:
@@ -79,8 +79,8 @@ def test_options_out_of_range_name_the_option(kwargs, match):
 def test_detector_options_need_detectors():
     with pytest.raises(ValueError, match="max_detector_keys applies to detectors"):
         cusense.Pipeline(cusense.Tumbling("1s"), max_detector_keys=10)
-    with pytest.raises(ValueError, match="detector_key_ttl applies to detectors"):
-        cusense.Pipeline(cusense.Tumbling("1s"), detector_key_ttl="1h")
+    with pytest.raises(ValueError, match="key_ttl applies to detectors"):
+        cusense.Pipeline(cusense.Tumbling("1s"), key_ttl="1h")
     # the budget applies to windows alone too
     cusense.Pipeline(cusense.Tumbling("1s"), memory_budget_bytes=10**6)
 
@@ -137,7 +137,7 @@ def test_key_ttl_scores_do_not_depend_on_batching_and_state_stays_bounded():
     rng = np.random.default_rng(3)
     keys, ts, values = _fleet(rng)
     make = lambda: cusense.Pipeline(None, detectors=[D.MultiScaleZ(min_count=5), D.Silence("200ms")],  # noqa: E731
-                                    max_out_of_orderness="50ms", detector_key_ttl="500ms", backend="cpu")
+                                    max_out_of_orderness="50ms", key_ttl="500ms", backend="cpu")
     whole, silence_whole = _run(make(), keys, ts, values, [])
     cuts = np.sort(rng.choice(len(keys), 300, replace=False))
     parts, silence_parts = _run(make(), keys, ts, values, cuts)
@@ -158,7 +158,7 @@ def test_key_ttl_scores_do_not_depend_on_batching_and_state_stays_bounded():
 
 
 def test_a_key_back_after_the_ttl_starts_afresh():
-    pipe = cusense.Pipeline(None, detectors=[D.EWMA(alpha=0.5), D.Silence("1s")], detector_key_ttl="10s")
+    pipe = cusense.Pipeline(None, detectors=[D.EWMA(alpha=0.5), D.Silence("1s")], key_ttl="10s")
     pipe.push([7] * 4, [0, 10**9, 2 * 10**9, 3 * 10**9], [1.0, 1.0, 1.0, 1.0])
     pipe.push([8], [20 * 10**9], [0.0])  # the watermark passes 3s + 10s: key 7 expires
     assert pipe.stats["open_keys"] == 1

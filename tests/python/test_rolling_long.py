@@ -84,3 +84,52 @@ def test_a_million_record_window_costs_what_a_short_one_costs(rng):
     short, long = seconds(200), seconds(10**6)
     # Recomputing each row took about 41 ns x n: 40,000 rows of Rolling(10**6) were minutes.
     assert long < 10 * short + 0.05, (short, long)
+
+
+@pytest.mark.parametrize("n", [5, 200])
+def test_key_ttl_restarts_a_key_after_a_gap_and_drops_idle_keys(n, rng, tmp_path):
+    """key_ttl on count windows: a record more than key_ttl after its key's previous record
+    (row order) starts the key's window afresh; keys idle for longer are dropped (open_keys
+    falls) without changing any row; rows do not depend on cuts or checkpoints."""
+    ttl = 500
+    parts = []
+    for key in range(12):
+        # bursts of records separated by gaps, some longer than the ttl
+        t0, times = 0, []
+        for _ in range(int(rng.integers(3, 8))):
+            t0 += int(rng.choice([100, 400, 900, 3000]))
+            times += list(t0 + np.sort(rng.integers(0, 300, int(rng.integers(1, 3 * n)))))
+        parts.append(pd.DataFrame({"key": key, "timestamp": times}))
+    df = pd.concat(parts).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    df["v"] = rng.normal(size=len(df))
+    k, t, v = df["key"].to_numpy(np.uint32), df["timestamp"].to_numpy(np.int64), df["v"].to_numpy()
+
+    def run(cuts, checkpoint_at=None):
+        p = cusense.Pipeline(cusense.Rolling(n, min_periods=1), aggs=["count", "mean", "max"],
+                             key_ttl=ttl, backend="cpu")
+        out, keys_open = [], []
+        for i, (lo, hi) in enumerate(zip(np.r_[0, cuts], np.r_[cuts, len(k)])):
+            p.push(k[lo:hi], t[lo:hi], v[lo:hi])
+            out.append(p.poll().to_pandas(datetimes=False))
+            keys_open.append(p.stats["open_keys"])
+            if checkpoint_at == i:
+                p.checkpoint(tmp_path / "c")
+                p = cusense.Pipeline.restore(tmp_path / "c")
+        out.append(p.flush().to_pandas(datetimes=False))
+        return pd.concat(out, ignore_index=True), keys_open
+
+    a, keys_open = run(np.sort(rng.choice(np.arange(1, len(k)), 30, replace=False)))
+    b, _ = run(np.sort(rng.choice(np.arange(1, len(k)), 7, replace=False)), checkpoint_at=3)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert min(keys_open[5:]) < 12  # idle keys were dropped along the way
+    # Oracle: each key's records split at gaps > ttl, a rolling window within each segment.
+    d = df.assign(arrival=np.arange(len(df))).sort_values(["timestamp", "key", "arrival"], kind="stable")
+    d["segment"] = d.groupby("key")["timestamp"].transform(lambda s: (s.diff() > ttl).cumsum())
+    roll = d.groupby(["key", "segment"])["v"].rolling(n, min_periods=1)
+    d["count"] = roll.count().reset_index(level=[0, 1], drop=True)
+    d["mean"] = roll.mean().reset_index(level=[0, 1], drop=True)
+    d["max"] = roll.max().reset_index(level=[0, 1], drop=True)
+    assert np.array_equal(a["key"], d["key"]) and np.array_equal(a["timestamp"], d["timestamp"])
+    assert np.array_equal(a["count"], d["count"].astype(np.int64))
+    np.testing.assert_array_equal(a["max"], d["max"])
+    np.testing.assert_allclose(a["mean"], d["mean"], rtol=1e-9, atol=1e-12)  # pandas rounds its own way

@@ -2,10 +2,10 @@
 fleet with silences, late bursts, checkpoints and restores, through every pipeline kind.
 
 Every record is accounted for, the late bursts are exactly the late records, and after the
-ramp-up the state, the checkpoint size and RSS are flat (the detectors forget keys with
-detector_key_ttl). Kinds whose state grows with every key ever seen (count windows: no key
-expiry) are expected to fail the flatness check; should they stop growing, the strict xfail
-says so. Two deliberately broken runs (a driver
+ramp-up the state, the checkpoint size and RSS are flat (count windows and detectors forget
+keys with key_ttl). Kinds whose state would grow with every key ever seen (soak.KNOWN_GROWTH,
+none today) are expected to fail the flatness check, a strict xfail. Two deliberately broken
+runs (a driver
 that leaks memory per new key, one that never polls its outputs) check that the flatness
 check can fail.
 """
@@ -59,18 +59,12 @@ def test_state_and_rss_flat_after_ramp_up(quick, kind):
     assert not bad, f"{kind} grows after the ramp-up: {bad}"
 
 
-def test_known_growth_is_per_key_ever_seen(quick):
-    # count windows keep up to n-1 = 9 records per key seen
-    for kind in soak.KNOWN_GROWTH:
-        f = quick[kind]["flatness"]["checkpoint_bytes"]
-        assert 0 < f["per_new_key"] < 2048, (kind, f)
-
-
-def test_detector_state_follows_the_active_keys(quick):
-    # with key expiry the detectors hold about the active keys plus those of the last ttl,
-    # far fewer than the keys ever seen
-    last = quick["detectors"]["samples"][-1]
-    assert 0 < last["open_keys"] < last["keys_seen"] / 2, last
+@pytest.mark.parametrize("kind", ["rolling", "detectors"])
+def test_per_key_state_follows_the_active_keys(quick, kind):
+    # with key expiry count windows and detectors hold about the active keys plus those that
+    # left within the last ttl (2 h of the 6 h run here), well below the keys ever seen
+    last = quick[kind]["samples"][-1]
+    assert 0 < last["open_keys"] < 0.7 * last["keys_seen"], last
 
 
 @pytest.mark.parametrize("broken", [dict(leak_bytes_per_key=4096), dict(skip_polls=True)],

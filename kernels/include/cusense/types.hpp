@@ -160,7 +160,7 @@ struct pipeline_options {
   /// Cap on the keys holding detector state at once (0 = unlimited): the keys of the batch not
   /// yet known are counted before anything is allocated for it, and a push that would exceed
   /// the cap throws cusense::capacity_error and changes nothing but the rejected count. Counted
-  /// while the batch is applied, before the keys it expires (detector_key_ttl) are dropped.
+  /// while the batch is applied, before the keys it expires (key_ttl) are dropped.
   /// Needs detectors.
   std::size_t max_detector_keys = 0;
   /// Bytes of state the pipeline may hold (0 = no budget): window state (stats().state_bytes of
@@ -168,14 +168,16 @@ struct pipeline_options {
   /// estimated growth would take the state beyond it throws cusense::capacity_error before
   /// anything is allocated for the batch (see detail/memory_budget.hpp for the estimate).
   std::size_t memory_budget_bytes = 0;
-  /// Nanoseconds of event time after which a key's detector state is forgotten (0 = never), in
-  /// [0, max_duration] and, with a silence detector, at least its timeout. A record that comes
-  /// more than detector_key_ttl after the previous scored record of its key is scored as the
-  /// key's first record (warm-up again; with a silence detector the silence is reported, but no
-  /// comeback, since the key starts afresh), and the key's state is dropped once the watermark
-  /// passes its last scored record + detector_key_ttl. Independent of how the stream is cut
-  /// into batches. Needs detectors.
-  std::int64_t detector_key_ttl = 0;
+  /// Nanoseconds of event time after which a key's history is forgotten (0 = never): its
+  /// detector state and its rolling-window history; in [0, max_duration] and, with a silence
+  /// detector, at least its timeout. Detectors: a record that comes more than key_ttl after the
+  /// previous scored record of its key is scored as the key's first record (warm-up again; with
+  /// a silence detector the silence is reported, but no comeback, since the key starts afresh).
+  /// Rolling windows: a record more than key_ttl after the previous record of its key (in row
+  /// order) starts the key's window afresh. Either way the key's state is dropped once the
+  /// watermark passes its last record + key_ttl. Independent of how the stream is cut into
+  /// batches. Needs detectors or a rolling window.
+  std::int64_t key_ttl = 0;
 
   /// Appends an aggregation by name (also "pXX" quantiles).
   void add_agg(std::string const& name);

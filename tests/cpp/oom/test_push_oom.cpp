@@ -462,7 +462,7 @@ TEST(push_oom, DetectorsWithKeyExpiry)
   pipeline_options o = base();
   o.windowed         = false;
   o.detectors        = every_detector(50);
-  o.detector_key_ttl = 60;
+  o.key_ttl = 60;
   expect_all_or_nothing(o, 6);
   expect_all_or_nothing(o, 7, 16, 50, 6);
 }
@@ -472,7 +472,7 @@ TEST(push_oom, DetectorsWithCapAndBudget)
   pipeline_options o    = base();
   o.windowed            = false;
   o.detectors           = every_detector(50);
-  o.detector_key_ttl    = 60;
+  o.key_ttl    = 60;
   o.max_detector_keys   = 1000;
   o.memory_budget_bytes = 10'000'000;
   expect_all_or_nothing(o, 8, 10, 60, 4);
@@ -483,7 +483,7 @@ TEST(push_oom, DetectorsWithExternalWatermark)
   pipeline_options o   = base();
   o.windowed           = false;
   o.detectors          = every_detector(50);
-  o.detector_key_ttl   = 60;
+  o.key_ttl   = 60;
   o.external_watermark = true;
   expect_all_or_nothing(o, 9, 10, 60, 3);
 }

@@ -16,7 +16,7 @@ namespace cusense::detail {
 /// at the end of the options, version 3 the parameters of multiscale_z and joint_z after it,
 /// version 4 external_watermark after those, version 5 the per-key counts of emitted records
 /// at the end of the rolling-window state, version 6 max_detector_keys, memory_budget_bytes and
-/// detector_key_ttl at the end of the options; older files are still read (as
+/// key_ttl at the end of the options; older files are still read (as
 /// nan_policy::skip, those parameters' defaults, the watermark from the records, each key's
 /// count equal to its history's length, and no detector limits).
 constexpr std::uint32_t checkpoint_format_version = 6;

@@ -45,7 +45,7 @@ struct detector_runner_sort_item {
 /// runs out (pipeline::push runs the window engine between reserve() and apply()):
 ///  - plan() reads the batch and the state and decides everything the push will do: which
 ///    records are late, released or buffered, the release order, the slots of new keys and of
-///    keys that start afresh (detector_key_ttl); it checks max_detector_keys. It changes
+///    keys that start afresh (key_ttl); it checks max_detector_keys. It changes
 ///    nothing observable and may throw (capacity_error, std::bad_alloc).
 ///  - reserve() makes room for what the plan adds. It changes nothing observable and may throw
 ///    std::bad_alloc.
@@ -147,7 +147,7 @@ class detector_runner {
 
   int channels_;
   std::int64_t ooo_;
-  std::int64_t ttl_;               // detector_key_ttl, 0 = never
+  std::int64_t ttl_;               // key_ttl, 0 = never
   std::size_t max_keys_;           // max_detector_keys, 0 = unlimited
   std::vector<detector_spec> scorers_;
   std::vector<double> thresholds_;

@@ -34,7 +34,7 @@ void check_memory_budget(pipeline_options const& o, std::uint64_t windows_now,
                          std::uint64_t window_growth, std::uint64_t detectors_now,
                          std::uint64_t detectors_after, std::size_t n);
 
-/// Checks max_detector_keys, memory_budget_bytes and detector_key_ttl (ranges, and that the
+/// Checks max_detector_keys, memory_budget_bytes and key_ttl (ranges, and that the
 /// detector options come with detectors); throws invalid_argument naming the option.
 void validate_limits(pipeline_options const& o);
 
