@@ -20,11 +20,12 @@ detector_kind parse_kind(std::string const& name)
 {
   for (auto k : {detector_kind::ewma, detector_kind::rolling_z, detector_kind::rolling_mad,
                  detector_kind::knn_discord, detector_kind::silence, detector_kind::multiscale_z,
-                 detector_kind::joint_z}) {
+                 detector_kind::joint_z, detector_kind::likelihood}) {
     if (to_string(k) == name) return k;
   }
   throw invalid_argument("unknown detector kind '" + name +
-                         "' (ewma, rolling_z, rolling_mad, knn_discord, multiscale_z, joint_z, silence)");
+                         "' (ewma, rolling_z, rolling_mad, knn_discord, multiscale_z, joint_z, "
+                         "likelihood, silence)");
 }
 
 }  // namespace
@@ -54,6 +55,18 @@ void bind_detectors(py::module_& m)
     .def_readwrite("clip", &detector_spec::clip)
     .def_readwrite("freeze", &detector_spec::freeze)
     .def_readwrite("channels", &detector_spec::channels)
+    .def_readwrite("tod_weight", &detector_spec::tod_weight)
+    .def_property(
+      "base", [](detector_spec const& s) { return to_string(s.base); },
+      [](detector_spec& s, std::string const& k) { s.base = parse_kind(k); })
+    .def_readwrite("scale", &detector_spec::scale)
+    .def_readwrite("short_window", &detector_spec::short_window)
+    .def_readwrite("long_window", &detector_spec::long_window)
+    .def_readwrite("reestimate", &detector_spec::reestimate)
+    .def_readwrite("learn", &detector_spec::learn)
+    .def_readwrite("warmup", &detector_spec::warmup)
+    .def_readwrite("rest", &detector_spec::rest)
+    .def_readwrite("spatial", &detector_spec::spatial)
     .def_property_readonly("column_name", &detector_spec::column_name)
     .def("validate", [](detector_spec const& s, int channels) { validate(s, channels); },
          py::arg("channels") = 1);

@@ -165,7 +165,7 @@ void bind_pipeline(py::module_& m)
     .def_readwrite("max_open_windows", &pipeline_options::max_open_windows)
     .def_readwrite("max_detector_keys", &pipeline_options::max_detector_keys)
     .def_readwrite("memory_budget_bytes", &pipeline_options::memory_budget_bytes)
-    .def_readwrite("detector_key_ttl", &pipeline_options::detector_key_ttl)
+    .def_readwrite("key_ttl", &pipeline_options::key_ttl)
     .def_readwrite("detectors", &pipeline_options::detectors);
 
   m.def(

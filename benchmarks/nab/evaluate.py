@@ -69,10 +69,31 @@ CUSENSE_CONFIGS = {
     "ewma_z": ("EWMA", {"alpha": 0.05, "min_count": 1}),
     "rolling_z": ("RollingZ", {"window": 100, "min_count": 2}),
     "rolling_mad": ("RollingMAD", {"window": 100, "min_count": 2}),
-    "knn_discord": ("KnnDiscord", {"L": 4, "H": 3000, "min_candidates": 50, "H2": 500, "K": 50}),
+    "knn_discord": ("KnnDiscord", {"L": 4, "H": 3000, "min_candidates": 50, "H2": 500, "K": 50,
+                                   "min_count": 250}),
     "multiscale_z": ("MultiScaleZ", {"alpha": 0.05, "trend": 0.01, "beta": 0.3, "gamma": 0.01,
                                      "clip": 4.0, "min_count": 30, "K": 500}),
+    # AnomalyLikelihood(base=KnnDiscord(L, H, min_candidates, tod_weight), the others)
+    "anomaly_likelihood": ("AnomalyLikelihood", {"L": 4, "H": 3000, "min_candidates": 50,
+                                                 "tod_weight": 0.02, "scale": 1.0,
+                                                 "short_window": 10, "long_window": 4000,
+                                                 "reestimate": 100, "learn": 150, "warmup": 300,
+                                                 "rest": 200, "spatial": 0.05}),
 }
+KNN_BASE_PARAMS = ("L", "H", "min_candidates", "tod_weight")
+
+
+def build_cusense(name: str, params: dict):
+    """The cusense.detectors object of configuration ``name`` with ``params`` (flat: a
+    likelihood's KnnDiscord base parameters are among them)."""
+    import cusense
+
+    cls = CUSENSE_CONFIGS[name][0]
+    if cls == "AnomalyLikelihood":
+        p = dict(params)
+        base = cusense.detectors.KnnDiscord(**{k: p.pop(k) for k in KNN_BASE_PARAMS if k in p})
+        return cusense.detectors.AnomalyLikelihood(base=base, **p)
+    return getattr(cusense.detectors, cls)(**params)
 
 
 def cusense_detector(name: str, backend: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -80,7 +101,7 @@ def cusense_detector(name: str, backend: str) -> Callable[[np.ndarray, np.ndarra
     import cusense  # imported here: cusense is optional for the reference runs
 
     cls, params = CUSENSE_CONFIGS[name]
-    det = getattr(cusense.detectors, cls)(**params)
+    det = build_cusense(name, params)
 
     def fn(ts, vals):
         return np.asarray(cusense.score(ts, vals, detector=det, backend=backend), dtype=np.float64)
@@ -354,7 +375,7 @@ def main(argv=None) -> int:
                     return {f: np.asarray(rd.DETECTORS[_name](ts, v, **params)) for f, (ts, v) in corpus.items()}
                 import cusense
 
-                cfg = getattr(cusense.detectors, CUSENSE_CONFIGS[_base][0])(**params)
+                cfg = build_cusense(_base, params)
                 return {f: np.asarray(cusense.score(ts, v, detector=cfg, backend=args.backend))
                         for f, (ts, v) in corpus.items()}
 

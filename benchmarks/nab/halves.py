@@ -15,8 +15,15 @@ import numpy as np
 
 import nab_scoring as ns
 
+# AnomalyLikelihood's default configuration, flat (its KnnDiscord base's parameters included).
+_LIKELIHOOD = dict(L=4, H=3000, min_candidates=50, tod_weight=0.02, scale=1.0, short_window=10,
+                   long_window=4000, reestimate=100, learn=150, warmup=300, rest=200, spatial=0.05)
+
 # Parameter grids searched on a half (the default configuration is always one of them).
 GRIDS: Dict[str, List[dict]] = {
+    "anomaly_likelihood": [dict(_LIKELIHOOD, tod_weight=w, rest=r, long_window=lw)
+                           for w, r, lw in itertools.product((0.0, 0.01, 0.02), (100, 200, 400),
+                                                             (4000, 8600))],
     "multiscale_z": [dict(alpha=a, trend=0.01, beta=b, gamma=g, clip=4.0, min_count=30, K=k)
                      for a, b, g, k in itertools.product((0.02, 0.05, 0.1), (0.3,), (0.002, 0.01),
                                                          (150, 500, 1000))],

@@ -268,16 +268,22 @@ def trailing_max_gate(s: np.ndarray, K: int = 50) -> np.ndarray:
 
 
 def knn_discord(timestamps, values, L: int = 4, H: int = 3000, H2: int = 500,
-                K: int = 50) -> np.ndarray:
+                K: int = 50, min_count: int = 250, tod_weight: float = 0.0) -> np.ndarray:
     """Best reference detector: 1-NN left discord, recent-max calibration, gating.
 
     ``score = trailing_max_gate(ratio_to_recent_max(knn_discord_raw(x; L=4, H=3000),
-    H2=500), K=50)``. Per-key state: last ``H`` values, a deque of <= ``H2``
-    raw scores and a deque of <= ``K`` calibrated scores. See
+    H2=500), K=50)``, then 0 at the first ``min_count`` (=250) records: the calibration's
+    warm-up (the first raw scores have too few earlier ones to be compared with, and the very
+    first would score ``r / (r + 0) = 1``). ``tod_weight > 0`` takes the raw distances of
+    :func:`knn_discord_tod_raw` instead. Per-key state: last ``H`` values (and their hours of
+    day), a deque of <= ``H2`` raw scores and a deque of <= ``K`` calibrated scores. See
     :func:`knn_discord_raw`, :func:`ratio_to_recent_max`, :func:`trailing_max_gate`.
     """
-    s = ratio_to_recent_max(knn_discord_raw(values, L=L, H=H), H2=H2)
-    return trailing_max_gate(s, K=K)
+    raw = (knn_discord_tod_raw(timestamps, values, L=L, H=H, w_tod=tod_weight) if tod_weight > 0
+           else knn_discord_raw(values, L=L, H=H))
+    s = trailing_max_gate(ratio_to_recent_max(raw, H2=H2), K=K)
+    s[:min_count] = 0.0
+    return s
 
 
 # --------------------------------------------------------------------------
@@ -377,9 +383,25 @@ def multiscale_z(timestamps, values, alpha: float = 0.05, trend: float = 0.01, b
     the score at position ``c`` is kept only when it beats every score since position
     ``K (c // K - 1)``, else 0.
     """
+    dev, warm = multiscale_z_dev(values, alpha=alpha, trend=trend, beta=beta, gamma=gamma,
+                                 clip=clip, min_count=min_count)
+    out = np.full(len(dev), np.nan)
+    ok = ~np.isnan(dev)
+    out[ok] = [z_to_score(z) if w else 0.0 for z, w in zip(dev[ok], warm[ok])]
+    if K > 0:
+        out[ok] = block_gate(out[ok], K)
+    return out
+
+
+def multiscale_z_dev(values, alpha: float = 0.05, trend: float = 0.01, beta: float = 0.3,
+                     gamma: float = 0.01, clip: float = 4.0, min_count: int = 30):
+    """:func:`multiscale_z` before its score map and gate: ``(z, warm)`` per record, ``z`` the
+    normal equivalent of the Student ``t`` (0 while ``c < min_count``), ``warm`` whether
+    ``c >= min_count``; NaN values give NaN and change nothing."""
     x = _as_f64(values)
     n = len(x)
     out = np.full(n, np.nan)
+    warm_out = np.zeros(n, dtype=bool)
     betas = (beta, beta / 3.0)
     c = 0
     for t in range(n):
@@ -388,18 +410,19 @@ def multiscale_z(timestamps, values, alpha: float = 0.05, trend: float = 0.01, b
             continue
         if c == 0:
             lvl, slope, v, a, w = xv, 0.0, 0.0, [0.0, 0.0], [0.0, 0.0]
-            s = 0.0
+            z = 0.0
         else:
             pred = lvl + slope
             e = xv - pred
             an = [(1 - bk) * a[k] + bk * e for k, bk in enumerate(betas)]
             warm = c >= min_count
-            s = 0.0
+            z = 0.0
             if warm:
                 tstat = max(abs(_safe_z(e, math.sqrt(v))), abs(_safe_z(an[0], math.sqrt(w[0]))),
                             abs(_safe_z(an[1], math.sqrt(w[1]))))
                 nu = max(1.0, (min(c, 2.0 / gamma) - 1.0) / 2.0)
-                s = z_to_score(math.sqrt((nu - 2.0 / 3.0 + 0.1 / nu) * math.log1p(tstat * tstat / nu)))
+                z = math.sqrt((nu - 2.0 / 3.0 + 0.1 / nu) * math.log1p(tstat * tstat / nu))
+                warm_out[t] = True
             ec = min(max(e, -clip * math.sqrt(v)), clip * math.sqrt(v)) if warm else e
             anc = [min(max(an[k], -clip * math.sqrt(w[k])), clip * math.sqrt(w[k])) if warm else an[k]
                    for k in range(2)]
@@ -410,12 +433,9 @@ def multiscale_z(timestamps, values, alpha: float = 0.05, trend: float = 0.01, b
             v = (1 - g) * v + g * ec * ec
             a = [(1 - bk) * a[k] + bk * ec for k, bk in enumerate(betas)]
             w = [(1 - g) * w[k] + g * anc[k] * anc[k] for k in range(2)]
-        out[t] = s
+        out[t] = z
         c += 1
-    if K > 0:
-        ok = ~np.isnan(out)
-        out[ok] = block_gate(out[ok], K)
-    return out
+    return out, warm_out
 
 
 def block_gate(s: np.ndarray, K: int) -> np.ndarray:
@@ -434,6 +454,132 @@ def block_gate(s: np.ndarray, K: int) -> np.ndarray:
     return np.where(s > M, s, 0.0)
 
 
+# --------------------------------------------------------------------------
+# Anomaly likelihood (after Numenta's HTM detector for NAB)
+# --------------------------------------------------------------------------
+
+LIKELIHOOD_RED = 1e-5       # tail probabilities at or below: alarms (first of a run only)
+LIKELIHOOD_YELLOW = 1e-3    # given to the rest of a run and to reds within `rest` of an alarm
+LIKELIHOOD_MEAN_FLOOR = 0.03
+LIKELIHOOD_VAR_FLOOR = 0.0003
+
+
+def likelihood_stage(novelty, values, short_window: int = 10, long_window: int = 4000,
+                     reestimate: int = 100, learn: int = 150, warmup: int = 300, rest: int = 200,
+                     spatial: float = 0.05) -> np.ndarray:
+    """The likelihood stage of :func:`anomaly_likelihood` over one key's novelties in [0, 1].
+
+    For record ``c`` (0-based) with novelty ``n_c`` and value ``x_c``:
+
+    * ``a`` = mean of the last ``min(c + 1, W)`` novelties (``W = short_window``), summed in
+      the slot order of a ring of ``W`` slots (``n_c`` goes to slot ``c % W``);
+    * from ``c >= warmup``: when there is no estimate yet or ``c % reestimate == 0``, the
+      estimate ``(m, sd)`` of ``a`` over the records ``>= learn`` of the last
+      ``ceil(long_window / reestimate)`` complete blocks of ``reestimate`` records and the
+      current block: ``m = max(S1/S0, 0.03)``, ``sd = sqrt(max(S2/S0 - (S1/S0)^2, 0.0003))``
+      (``m = 0.5, sd = 1000`` when ``S0 = 0``); ``y = a`` if ``a >= m`` else ``2m - a``;
+      ``p = 0.5 erfc((y - m) / (sd sqrt 2))``; a ``p <= 1e-5`` is kept only when the previous
+      record's ``p`` was ``> 1e-5`` and no kept one lies within the previous ``rest`` records,
+      else it becomes ``1e-3``; score ``log(p + 1e-10) / log(1e-10)``;
+    * ``spatial > 0`` (from ``c >= warmup``): ``x_c`` beyond ``[lo - spatial r, hi + spatial r]``
+      (``lo``, ``hi`` = min and max of every earlier value, ``r = hi - lo > 0``) scores 1;
+    * ``a`` joins the block accumulator (count, sum, sum of squares) when ``c >= learn``; the
+      accumulator closes a block after records ``c`` with ``(c + 1) % reestimate == 0``.
+    """
+    nov = np.asarray(novelty, dtype=np.float64)
+    x = _as_f64(values)
+    n = len(nov)
+    out = np.zeros(n)
+    W, B = short_window, reestimate
+    NB = -(-long_window // reestimate)
+    ring = [0.0] * W
+    blocks = [[0.0, 0.0, 0.0] for _ in range(NB)]
+    acc = [0.0, 0.0, 0.0]
+    m, sd, estimated = 0.5, 1000.0, False
+    prev_tail, last = 1.0, -1
+    lo = hi = 0.0
+    for c in range(n):
+        xv = x[c]
+        if c == 0:
+            lo = hi = xv
+        ring[c % W] = float(nov[c])
+        k = c + 1 if c + 1 < W else W
+        a = 0.0
+        for j in range(k):
+            a += ring[j]
+        a /= k
+        score = 0.0
+        if c >= warmup:
+            if not estimated or c % B == 0:
+                done = min(c // B, NB)
+                s0, s1, s2 = acc
+                for b in range(done):
+                    s0 += blocks[b][0]
+                    s1 += blocks[b][1]
+                    s2 += blocks[b][2]
+                if s0 > 0.0:
+                    mm = s1 / s0
+                    v = s2 / s0 - mm * mm
+                    m = mm if mm > LIKELIHOOD_MEAN_FLOOR else LIKELIHOOD_MEAN_FLOOR
+                    sd = math.sqrt(v if v >= LIKELIHOOD_VAR_FLOOR else LIKELIHOOD_VAR_FLOOR)
+                else:
+                    m, sd = 0.5, 1000.0
+                estimated = True
+            y = a if a >= m else 2.0 * m - a
+            tail = 0.5 * math.erfc((y - m) / (sd * math.sqrt(2.0)))
+            kept = tail
+            if tail <= LIKELIHOOD_RED:
+                if prev_tail > LIKELIHOOD_RED and (last < 0 or c - last > rest):
+                    last = c
+                else:
+                    kept = LIKELIHOOD_YELLOW
+            prev_tail = tail
+            score = math.log(kept + 1e-10) / math.log(1e-10)
+            if spatial > 0.0 and hi > lo:
+                tol = (hi - lo) * spatial
+                if xv > hi + tol or xv < lo - tol:
+                    score = 1.0
+        lo = min(lo, xv)
+        hi = max(hi, xv)
+        if c >= learn:
+            acc[0] += 1.0
+            acc[1] += a
+            acc[2] += a * a
+        if (c + 1) % B == 0:
+            blocks[(c // B) % NB] = acc
+            acc = [0.0, 0.0, 0.0]
+        out[c] = score
+    return out
+
+
+def anomaly_likelihood(timestamps, values, base: str = "knn_discord", L: int = 4, H: int = 3000,
+                       min_candidates: int = 50, tod_weight: float = 0.02, alpha: float = 0.05,
+                       trend: float = 0.01, beta: float = 0.3, gamma: float = 0.01,
+                       clip: float = 4.0, min_count: int = 30, scale: float = 1.0,
+                       short_window: int = 10, long_window: int = 4000, reestimate: int = 100,
+                       learn: int = 150, warmup: int = 300, rest: int = 200,
+                       spatial: float = 0.05) -> np.ndarray:
+    """Anomaly likelihood (``cusense.detectors.AnomalyLikelihood``): the raw scorer ``base``
+    gives each record a deviation (``"knn_discord"``: :func:`knn_discord_tod_raw` with
+    ``w_tod = tod_weight``, or :func:`knn_discord_raw` when it is 0; ``"multiscale_z"``: the
+    ``z`` of :func:`multiscale_z_dev`), the novelty is ``min(1, deviation / scale)``, and
+    :func:`likelihood_stage` gives the scores. No NaN values (NAB has none)."""
+    x = _as_f64(values)
+    if base == "knn_discord":
+        dev = (knn_discord_tod_raw(timestamps, x, L=L, H=H, w_tod=tod_weight,
+                                   min_candidates=min_candidates) if tod_weight > 0
+               else knn_discord_raw(x, L=L, H=H, min_candidates=min_candidates))
+    elif base == "multiscale_z":
+        dev, _ = multiscale_z_dev(x, alpha=alpha, trend=trend, beta=beta, gamma=gamma, clip=clip,
+                                  min_count=min_count)
+    else:
+        raise ValueError(f"base must be knn_discord or multiscale_z, got {base!r}")
+    nov = np.clip(np.asarray(dev, dtype=np.float64) / scale, 0.0, 1.0)
+    return likelihood_stage(nov, x, short_window=short_window, long_window=long_window,
+                            reestimate=reestimate, learn=learn, warmup=warmup, rest=rest,
+                            spatial=spatial)
+
+
 DETECTORS: Dict[str, Detector] = {
     "ewma_z": ewma_zscore,
     "rolling_z": rolling_zscore,
@@ -441,4 +587,5 @@ DETECTORS: Dict[str, Detector] = {
     "knn_discord": knn_discord,
     "multiscale_z": multiscale_z,
     "knn_discord_tod": knn_discord_tod,
+    "anomaly_likelihood": anomaly_likelihood,
 }

@@ -188,6 +188,19 @@ void write_options(state_writer& w, pipeline_options const& o)
   w.u64(o.max_detector_keys);  // since format version 6
   w.u64(o.memory_budget_bytes);
   w.i64(o.key_ttl);
+  // since format version 7
+  for (detector_spec const& d : o.detectors) {
+    w.f64(d.tod_weight);
+    w.u8(static_cast<std::uint8_t>(d.base));
+    w.f64(d.scale);
+    w.i64(d.short_window);
+    w.i64(d.long_window);
+    w.i64(d.reestimate);
+    w.i64(d.learn);
+    w.i64(d.warmup);
+    w.i64(d.rest);
+    w.f64(d.spatial);
+  }
 }
 
 // Reads the options as written; the ranges are checked by the pipeline constructor, as for
@@ -226,8 +239,9 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
                       "quantile_accuracy out of range");
   o.allowed_lateness = r.i64();
   o.detectors.resize(r.count(90));
+  int const detector_kinds = version >= 7 ? 8 : version >= 3 ? 7 : 5;
   for (detector_spec& d : o.detectors) {
-    d.kind           = read_enum<detector_kind>(r, version >= 3 ? 7 : 5, "detector kind");
+    d.kind           = read_enum<detector_kind>(r, detector_kinds, "detector kind");
     d.name           = r.str();
     d.threshold      = r.f64();
     d.channel        = r.i32();
@@ -260,6 +274,20 @@ pipeline_options read_options(state_reader& r, std::uint32_t version)
     o.max_detector_keys   = static_cast<std::size_t>(r.u64());
     o.memory_budget_bytes = static_cast<std::size_t>(r.u64());
     o.key_ttl    = r.i64();
+  }
+  if (version >= 7) {
+    for (detector_spec& d : o.detectors) {
+      d.tod_weight   = r.f64();
+      d.base         = read_enum<detector_kind>(r, 8, "likelihood base");
+      d.scale        = r.f64();
+      d.short_window = r.i64();
+      d.long_window  = r.i64();
+      d.reestimate   = r.i64();
+      d.learn        = r.i64();
+      d.warmup       = r.i64();
+      d.rest         = r.i64();
+      d.spatial      = r.f64();
+    }
   }
   return o;
 }

@@ -16,18 +16,29 @@
 namespace cusense {
 namespace detail {
 
+namespace {
+
+ops::detector_kind_id kind_id(detector_kind k)
+{
+  switch (k) {
+    case detector_kind::ewma: return ops::detector_kind_id::ewma;
+    case detector_kind::rolling_z: return ops::detector_kind_id::rolling_z;
+    case detector_kind::rolling_mad: return ops::detector_kind_id::rolling_mad;
+    case detector_kind::knn_discord: return ops::detector_kind_id::knn_discord;
+    case detector_kind::multiscale_z: return ops::detector_kind_id::multiscale_z;
+    case detector_kind::joint_z: return ops::detector_kind_id::joint_z;
+    case detector_kind::likelihood: return ops::detector_kind_id::likelihood;
+    case detector_kind::silence: break;
+  }
+  throw invalid_argument("the silence detector gives no scores");
+}
+
+}  // namespace
+
 ops::detector_params to_params(detector_spec const& s)
 {
   ops::detector_params p;
-  switch (s.kind) {
-    case detector_kind::ewma: p.kind = ops::detector_kind_id::ewma; break;
-    case detector_kind::rolling_z: p.kind = ops::detector_kind_id::rolling_z; break;
-    case detector_kind::rolling_mad: p.kind = ops::detector_kind_id::rolling_mad; break;
-    case detector_kind::knn_discord: p.kind = ops::detector_kind_id::knn_discord; break;
-    case detector_kind::multiscale_z: p.kind = ops::detector_kind_id::multiscale_z; break;
-    case detector_kind::joint_z: p.kind = ops::detector_kind_id::joint_z; break;
-    case detector_kind::silence: throw invalid_argument("the silence detector gives no scores");
-  }
+  p.kind           = kind_id(s.kind);
   p.channel        = s.channel;
   p.alpha          = s.alpha;
   p.window         = s.window;
@@ -43,6 +54,16 @@ ops::detector_params to_params(detector_spec const& s)
   p.clip           = s.clip;
   p.freeze         = s.freeze;
   p.channels       = s.channels;  // resolved by the runner (0 = all from `channel` on)
+  p.tod_weight     = s.tod_weight;
+  if (s.kind == detector_kind::likelihood) { p.base = kind_id(s.base); }
+  p.scale        = s.scale;
+  p.short_window = s.short_window;
+  p.long_window  = s.long_window;
+  p.reestimate   = s.reestimate;
+  p.learn        = s.learn;
+  p.warmup       = s.warmup;
+  p.rest         = s.rest;
+  p.spatial      = s.spatial;
   return p;
 }
 
@@ -101,14 +122,18 @@ detector_runner::detector_runner(pipeline_options const& o, backend where)
     bytes_per_key_ += static_cast<std::size_t>(p.d_stride()) * sizeof(double) +
                       static_cast<std::size_t>(p.i_stride()) * sizeof(std::int64_t);
   }
-  // multiscale_z and joint_z have no CUDA scorer yet: an explicit backend="cuda" is refused,
-  // automatic runs the detectors on the CPU (the windows keep their backend).
+  // multiscale_z, joint_z, likelihood and knn_discord with tod_weight have no CUDA scorer yet:
+  // an explicit backend="cuda" is refused, automatic runs the detectors on the CPU (the windows
+  // keep their backend).
   for (detector_spec const& s : scorers_) {
+    bool const tod = s.kind == detector_kind::knn_discord && s.tod_weight > 0.0;
     if (where == backend::cuda &&
-        (s.kind == detector_kind::multiscale_z || s.kind == detector_kind::joint_z)) {
+        (s.kind == detector_kind::multiscale_z || s.kind == detector_kind::joint_z ||
+         s.kind == detector_kind::likelihood || tod)) {
       if (o.where == backend::cuda) {
-        throw backend_unavailable("detector '" + to_string(s.kind) +
-                                  "' is not yet supported on the CUDA backend; use backend='cpu'");
+        throw backend_unavailable("detector '" + to_string(s.kind) + "'" +
+                                  (tod ? " with tod_weight > 0" : "") +
+                                  " is not yet supported on the CUDA backend; use backend='cpu'");
       }
       where = backend::cpu;
     }
@@ -397,6 +422,7 @@ void detector_runner::plan_typed(std::uint32_t const* keys, std::int64_t const* 
   // 5. Scratch of apply(), and a bound on the silence deadlines that may fall due: the heap's
   // entries below the watermark (a walk from the root that stops at larger entries).
   score_slots_.resize(plan_.scored);
+  score_ts_.resize(plan_.scored);
   score_values_.resize(plan_.scored * ch);
   row_of_.resize(n_late > 0 ? plan_.scored : 0);
   score_out_.resize(scorers_.size() * plan_.scored);
@@ -619,6 +645,7 @@ void detector_runner::apply_typed(std::uint32_t const* keys, std::int64_t const*
       }
     }
     score_slots_[k] = slot;
+    score_ts_[k]    = t;
     for (std::size_t c = 0; c < ch; ++c) score_values_[k * ch + c] = v[c];
     if (n_late > 0) row_of_[k] = r;
     ++k;
@@ -626,7 +653,8 @@ void detector_runner::apply_typed(std::uint32_t const* keys, std::int64_t const*
 
   // 3. Scores.
   if (engine_ && n_scored > 0) {
-    engine_->score(score_slots_.data(), score_values_.data(), n_scored, slots_used_, score_out_.data());
+    engine_->score(score_slots_.data(), score_ts_.data(), score_values_.data(), n_scored, slots_used_,
+                   score_out_.data());
   }
   for (std::size_t d = 0; d < scorers_.size(); ++d) {
     auto& col            = out_scores_[d];

@@ -20,8 +20,8 @@ class cpu_detector_engine final : public detector_engine {
   {
   }
 
-  void score(std::uint32_t const* slots, double const* values, std::size_t n,
-             std::uint32_t num_slots, double* scores) override
+  void score(std::uint32_t const* slots, std::int64_t const* ts, double const* values,
+             std::size_t n, std::uint32_t num_slots, double* scores) override
   {
     grow(num_slots);
     auto const ch = static_cast<std::size_t>(channels_);
@@ -37,7 +37,8 @@ class cpu_detector_engine final : public detector_engine {
           std::uint32_t const s = slots[r];
           if (parts > 1 && s % parts != part) continue;
           out[r] = ops::detector_step_row(p, d_[d].data() + s * ds, i_[d].data() + s * is,
-                                          values + r * ch + static_cast<std::size_t>(p.channel));
+                                          values + r * ch + static_cast<std::size_t>(p.channel),
+                                          ts[r]);
         }
       };
       if (threads <= 1) {

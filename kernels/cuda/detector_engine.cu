@@ -151,8 +151,10 @@ class cuda_detector_engine final : public detector_engine {
   {
   }
 
-  void score(std::uint32_t const* slots, double const* values, std::size_t n_,
-             std::uint32_t num_slots, double* scores) override
+  // ts is not read: the detectors that read event times (knn_discord with tod_weight > 0,
+  // likelihood) run on the CPU (detector_runner).
+  void score(std::uint32_t const* slots, std::int64_t const* /*ts*/, double const* values,
+             std::size_t n_, std::uint32_t num_slots, double* scores) override
   {
     if (n_ == 0) return;
     auto const n        = static_cast<std::int64_t>(n_);

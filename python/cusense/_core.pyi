@@ -220,6 +220,7 @@ class CheckpointError(ValueError):
     """A checkpoint could not be written or read."""
 class DetectorSpec:
     """One detector's configuration (C++ cusense::detector_spec); built by cusense.detectors."""
+    base: str
     kind: str
     name: str
     def __init__(self) -> None:
@@ -296,6 +297,18 @@ class DetectorSpec:
     def gamma(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     @property
+    def learn(self) -> int:
+        ...
+    @learn.setter
+    def learn(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def long_window(self) -> int:
+        ...
+    @long_window.setter
+    def long_window(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
     def min_candidates(self) -> int:
         ...
     @min_candidates.setter
@@ -306,6 +319,36 @@ class DetectorSpec:
         ...
     @min_count.setter
     def min_count(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def reestimate(self) -> int:
+        ...
+    @reestimate.setter
+    def reestimate(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def rest(self) -> int:
+        ...
+    @rest.setter
+    def rest(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def scale(self) -> float:
+        ...
+    @scale.setter
+    def scale(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def short_window(self) -> int:
+        ...
+    @short_window.setter
+    def short_window(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def spatial(self) -> float:
+        ...
+    @spatial.setter
+    def spatial(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
         ...
     @property
     def threshold(self) -> float:
@@ -320,10 +363,22 @@ class DetectorSpec:
     def timeout(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
+    def tod_weight(self) -> float:
+        ...
+    @tod_weight.setter
+    def tod_weight(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
     def trend(self) -> float:
         ...
     @trend.setter
     def trend(self, arg0: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    @property
+    def warmup(self) -> int:
+        ...
+    @warmup.setter
+    def warmup(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
         ...
     @property
     def window(self) -> int:

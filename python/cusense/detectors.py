@@ -11,7 +11,8 @@ Semantics (both backends):
   every buffered record with ``timestamp < watermark``, ``flush()`` releases all.
 * A record with ``timestamp <`` the watermark before it (arrival order) is *late*: it appears in
   ``poll_scores()`` with ``late=True`` and NaN scores, touches no state, and is counted.
-* Scores are in ``[0, 1)``; ``is_anomaly = score >= threshold``. The z-score detectors map
+* Scores are in ``[0, 1)`` (``[0, 1]`` for :class:`AnomalyLikelihood`);
+  ``is_anomaly = score >= threshold``. The z-score detectors map
   ``z`` to ``Lp / (1 + Lp)`` with ``Lp = -log10(erfc(|z| / sqrt 2))`` (0 at z = 0, 0.565 at
   1.96, 0.720 at 3, 0.801 at 3.9, 0.862 at 5). NaN values score NaN and are skipped.
 * A detector reads one value channel (``channel``, default 0).
@@ -141,9 +142,13 @@ class KnnDiscord(Detector):
     """1-NN left discord of the last ``L`` values among the subsequences of the previous ``H``
     values (normalised by the history's std), calibrated as ``raw / (raw + M)`` with ``M`` the
     largest raw of the previous ``H2`` records, and gated: a record keeps its score only when it
-    beats every calibrated score of the previous ``K`` records. The default detector. The default
-    ``threshold`` (0.5365) is the one the corpus-wide NAB sweep picks for the standard profile
-    (``benchmarks/nab/evaluate.py``)."""
+    beats every calibrated score of the previous ``K`` records. Scores are 0 while the key has
+    fewer than ``min_count`` earlier values (the calibration's warm-up: the first raw scores
+    have too few earlier ones to be compared with, so without it every key would alarm at its
+    first score). With ``tod_weight`` ``w > 0`` a candidate whose last value lies ``dh`` hours
+    of the day (UTC, circular) away from the record adds ``w dh^2`` to its squared normalised
+    distance (CPU backend only). The default ``threshold`` (0.5365) is the one the corpus-wide
+    NAB sweep picks for the standard profile (``benchmarks/nab/evaluate.py``)."""
 
     threshold: float = 0.5365
     L: int = 4
@@ -151,6 +156,8 @@ class KnnDiscord(Detector):
     min_candidates: int = 50
     H2: int = 500
     K: int = 50
+    min_count: int = 250
+    tod_weight: float = 0.0
     channel: int = 0
     name: str | None = None
     kind = "knn_discord"
@@ -158,13 +165,24 @@ class KnnDiscord(Detector):
     def __post_init__(self) -> None:
         _check_threshold(self.threshold)
         _check_int("L", self.L, 1, MAX_SUBSEQUENCE)
-        for name in ("H", "H2", "K", "min_candidates"):
+        for name in ("H", "H2", "K", "min_candidates", "min_count"):
             _check_int(name, getattr(self, name), 1, MAX_HISTORY)
+        _check_number("tod_weight", self.tod_weight, 0.0, 1e6)
         _check_int("channel", self.channel, 0, MAX_CHANNEL)
 
     def _fill(self, spec: _core.DetectorSpec) -> None:
         spec.L, spec.H, spec.min_candidates = int(self.L), int(self.H), int(self.min_candidates)
         spec.H2, spec.K = int(self.H2), int(self.K)
+        spec.min_count, spec.tod_weight = int(self.min_count), float(self.tod_weight)
+
+
+def _check_number(name: str, value: object, low: float, high: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not ((low < v) if low_open else (low <= v)) or not v <= high:
+        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{low:g}, {high:g}], "
+                         f"got {value!r}")
 
 
 def _check_weight(name: str, value: float, zero_ok: bool = False) -> None:
@@ -269,6 +287,79 @@ class JointZ(Detector):
 
 
 @dataclass(frozen=True)
+class AnomalyLikelihood(Detector):
+    """Anomaly likelihood of a raw scorer's novelty, and new extremes (after Numenta's HTM
+    detector for NAB). ``base`` gives each record a deviation: :class:`KnnDiscord`'s raw
+    nearest-neighbour distance (its ``L``, ``H``, ``min_candidates`` and ``tod_weight``; the
+    default ``KnnDiscord(tod_weight=0.02)``) or :class:`MultiScaleZ`'s ``z`` before its gate
+    (its ``alpha``, ``trend``, ``beta``, ``gamma``, ``clip``, ``min_count``); the novelty is
+    ``min(1, deviation / scale)`` (``scale=None``: 1 for KnnDiscord, whose distances are in
+    standard deviations of the history, 5 for MultiScaleZ's ``z``). The mean ``a`` of the last ``short_window`` novelties is
+    compared with the mean and spread of ``a`` over the last ``long_window`` records
+    (re-estimated every ``reestimate`` records; the first ``learn`` records left out; floored
+    at 0.03 and sqrt(0.0003)): its two-sided normal tail ``p`` gives the score
+    ``log(p + 1e-10) / log(1e-10)`` (0.5 at ``p = 1e-5``). Only the first record of a run with
+    ``p <= 1e-5`` keeps it, and only when no such alarm was kept in the previous ``rest``
+    records (else ``p = 1e-3``: score 0.3). A value beyond every earlier value of the key by
+    more than ``spatial`` times their range scores 1 (``spatial=0``: off). Scores lie in
+    ``[0, 1]``; 0 while the key has fewer than ``warmup`` earlier values. The other parameters
+    of ``base`` are not used (its threshold, name, channel, ``H2``, ``K`` and, for KnnDiscord,
+    ``min_count``) and are reset to their defaults. CPU backend only. The default
+    ``threshold`` (0.5) keeps every alarm (``p <= 1e-5``) and spatial anomaly."""
+
+    base: KnnDiscord | MultiScaleZ = KnnDiscord(tod_weight=0.02)
+    threshold: float = 0.5
+    scale: float | None = None
+    short_window: int = 10
+    long_window: int = 4000
+    reestimate: int = 100
+    learn: int = 150
+    warmup: int = 300
+    rest: int = 200
+    spatial: float = 0.05
+    channel: int = 0
+    name: str | None = None
+    kind = "likelihood"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base, KnnDiscord):
+            b: KnnDiscord | MultiScaleZ = KnnDiscord(L=self.base.L, H=self.base.H,
+                                                     min_candidates=self.base.min_candidates,
+                                                     tod_weight=self.base.tod_weight)
+        elif isinstance(self.base, MultiScaleZ):
+            b = MultiScaleZ(alpha=self.base.alpha, trend=self.base.trend, beta=self.base.beta,
+                            gamma=self.base.gamma, clip=self.base.clip,
+                            min_count=self.base.min_count)
+        else:
+            raise TypeError("base must be a cusense.detectors.KnnDiscord or MultiScaleZ, got "
+                            f"{type(self.base).__name__}")
+        object.__setattr__(self, "base", b)
+        if self.scale is None:
+            object.__setattr__(self, "scale", 1.0 if isinstance(b, KnnDiscord) else 5.0)
+        _check_threshold(self.threshold)
+        _check_number("scale", self.scale, 0.0, 1e6, low_open=True)
+        _check_int("short_window", self.short_window, 1, MAX_SUBSEQUENCE)
+        _check_int("reestimate", self.reestimate, 1, MAX_HISTORY)
+        _check_int("long_window", self.long_window, int(self.reestimate), MAX_HISTORY)
+        if -(-int(self.long_window) // int(self.reestimate)) > 1 << 16:
+            raise ValueError("long_window / reestimate must be <= 65536 blocks, got "
+                             f"{self.long_window} / {self.reestimate}")
+        _check_int("warmup", self.warmup, 1, MAX_HISTORY)
+        _check_int("learn", self.learn, 0, int(self.warmup) - 1)
+        _check_int("rest", self.rest, 0, MAX_HISTORY)
+        _check_number("spatial", self.spatial, 0.0, 1e6)
+        _check_int("channel", self.channel, 0, MAX_CHANNEL)
+
+    def _fill(self, spec: _core.DetectorSpec) -> None:
+        self.base._fill(spec)
+        spec.base = self.base.kind
+        spec.scale, spec.short_window = float(self.scale or 0.0), int(self.short_window)
+        spec.long_window, spec.reestimate = int(self.long_window), int(self.reestimate)
+        spec.learn, spec.warmup, spec.rest = int(self.learn), int(self.warmup), int(self.rest)
+        spec.spatial = float(self.spatial)
+
+
+@dataclass(frozen=True)
 class Silence(Detector):
     """A key that sends nothing for longer than ``timeout`` (measured by the watermark) is
     reported by ``pipe.poll_silence()``, and reported again when it comes back."""
@@ -288,8 +379,10 @@ class Silence(Detector):
 
 def default() -> Detector:
     """The configuration recommended for unknown data (one setting for every stream):
-    ``MultiScaleZ()`` with its defaults (threshold 0.7691, ``|z| = 3.5``). For several
-    channels of one device scored jointly, use :class:`JointZ`."""
+    ``MultiScaleZ()`` with its defaults (threshold 0.7691, ``|z| = 3.5``): O(1) state, fast,
+    quiet on healthy sensors and loud on spikes and level shifts. For several channels of one
+    device scored jointly, use :class:`JointZ`; for single series judged like NAB (contextual
+    anomalies, new extremes, one alarm per event), :class:`AnomalyLikelihood`."""
     return MultiScaleZ()
 
 
@@ -304,13 +397,25 @@ def detector_of_spec(spec: _core.DetectorSpec) -> Detector:
         return cls(window=spec.window, min_count=spec.min_count, **common)
     if spec.kind == "knn_discord":
         return KnnDiscord(L=spec.L, H=spec.H, min_candidates=spec.min_candidates, H2=spec.H2,
-                          K=spec.K, **common)
+                          K=spec.K, min_count=spec.min_count, tod_weight=spec.tod_weight, **common)
     if spec.kind == "multiscale_z":
         return MultiScaleZ(alpha=spec.alpha, trend=spec.trend, beta=spec.beta, gamma=spec.gamma,
                            clip=spec.clip, min_count=spec.min_count, K=spec.K, **common)
     if spec.kind == "joint_z":
         return JointZ(alpha=spec.alpha, beta=spec.beta, gamma=spec.gamma, freeze=spec.freeze,
                       min_count=spec.min_count, channels=spec.channels, **common)
+    if spec.kind == "likelihood":
+        base: KnnDiscord | MultiScaleZ
+        if spec.base == "knn_discord":
+            base = KnnDiscord(L=spec.L, H=spec.H, min_candidates=spec.min_candidates,
+                              tod_weight=spec.tod_weight)
+        else:
+            base = MultiScaleZ(alpha=spec.alpha, trend=spec.trend, beta=spec.beta,
+                               gamma=spec.gamma, clip=spec.clip, min_count=spec.min_count)
+        return AnomalyLikelihood(base=base, scale=spec.scale, short_window=spec.short_window,
+                                 long_window=spec.long_window, reestimate=spec.reestimate,
+                                 learn=spec.learn, warmup=spec.warmup, rest=spec.rest,
+                                 spatial=spec.spatial, **common)
     if spec.kind == "silence":
         return Silence(timeout=spec.timeout)
     raise ValueError(f"unknown detector kind {spec.kind!r}")
@@ -356,4 +461,4 @@ def score(timestamps: Column, values: Column, keys: Column = None, detector: Det
 
 
 __all__ = ["Detector", "EWMA", "RollingZ", "RollingMAD", "KnnDiscord", "MultiScaleZ", "JointZ",
-           "Silence", "default", "score", "detector_of_spec"]
+           "AnomalyLikelihood", "Silence", "default", "score", "detector_of_spec"]

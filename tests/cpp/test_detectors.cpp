@@ -5,6 +5,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <vector>
 
 #include <cusense/cusense.hpp>
@@ -115,7 +116,7 @@ std::vector<double> knn_oracle(std::vector<double> const& x, detector_spec const
     s[t] = raw[t] + M > 0 ? raw[t] / (raw[t] + M) : 0.0;
     double prev = -INFINITY;
     for (std::int64_t k = std::max<std::int64_t>(0, t - p.K); k < t; ++k) prev = std::max(prev, s[k]);
-    g[t] = s[t] > prev ? s[t] : 0.0;
+    g[t] = s[t] > prev && t >= p.min_count ? s[t] : 0.0;
   }
   return g;
 }
@@ -236,7 +237,7 @@ TYPED_TEST_SUITE(detector_test, backends, backend_names);
 std::vector<detector_spec> all_detectors()
 {
   detector_spec knn = detector_spec::knn_discord();
-  knn.H = 60, knn.L = 3, knn.min_candidates = 10, knn.H2 = 25, knn.K = 7;
+  knn.H = 60, knn.L = 3, knn.min_candidates = 10, knn.H2 = 25, knn.K = 7, knn.min_count = 20;
   return {detector_spec::ewma(0.1), detector_spec::rolling_z(20), detector_spec::rolling_mad(15), knn};
 }
 
@@ -563,6 +564,169 @@ TEST(detectors, joint_z_reads_its_channels_and_scores_a_joint_shift)
   EXPECT_EQ(a, b);
   detector_spec bad = detector_spec::joint_z(2, 2);
   EXPECT_THROW(score(nullptr, ts.data(), v.data(), n, 3, bad, backend::cpu), invalid_argument);
+}
+
+
+// --- likelihood (CPU backend only for now) -----------------------------------------------------------
+
+detector_spec small_likelihood(detector_kind base)
+{
+  detector_spec d  = detector_spec::likelihood();
+  d.base           = base;
+  d.H              = 200;
+  d.min_candidates = 20;
+  d.tod_weight     = 0.05;
+  d.min_count      = 10;  // the multiscale_z base's warm-up
+  d.short_window   = 5;
+  d.long_window    = 300;
+  d.reestimate     = 50;
+  d.learn          = 40;
+  d.warmup         = 120;
+  d.rest           = 30;
+  return d;
+}
+
+pipeline_options likelihood_options(detector_spec const& d, std::int64_t ooo = 200)
+{
+  pipeline_options o;
+  o.windowed             = false;
+  o.detectors            = {d};
+  o.max_out_of_orderness = ooo;
+  o.where                = backend::cpu;
+  return o;
+}
+
+TEST(detectors, likelihood_batching_keys_and_checkpoints_change_nothing)
+{
+  stream s = make_stream(8000, 5, 150, 31);
+  std::int64_t const minute = 60'000'000'000;
+  for (std::size_t i = 0; i < s.ts.size(); ++i) s.ts[i] *= minute;  // hours of day vary
+  for (detector_kind base : {detector_kind::knn_discord, detector_kind::multiscale_z}) {
+    detector_spec const d = small_likelihood(base);
+    pipeline whole(likelihood_options(d, 200 * minute));
+    scored const want = run(whole, s, {s.ts.size()}, "score_likelihood");
+    double top = 0;
+    for (double v : want.score) {
+      ASSERT_TRUE(v >= 0.0 && v <= 1.0) << v;
+      top = std::max(top, v);
+    }
+    EXPECT_GE(top, 0.5);  // some alarms
+    pipeline cut(likelihood_options(d, 200 * minute));
+    EXPECT_TRUE(close(run(cut, s, random_cuts(s.ts.size(), 300, 9), "score_likelihood").score, want.score, 0.0, 0.0));
+    // a checkpoint after a third of the stream, restored, goes on with the same scores
+    pipeline first(likelihood_options(d, 200 * minute));
+    std::size_t const third = s.ts.size() / 3;
+    first.push(s.keys.data(), s.ts.data(), s.values.data(), third);
+    table const a = first.poll_scores();
+    std::stringstream buf;
+    first.checkpoint(buf);
+    pipeline second = pipeline::restore(buf, backend::cpu);
+    detector_spec const& r = second.options().detectors.at(0);
+    EXPECT_EQ(r.base, d.base);
+    EXPECT_EQ(r.tod_weight, d.tod_weight);
+    EXPECT_EQ(r.scale, d.scale);
+    EXPECT_EQ(r.short_window, d.short_window);
+    EXPECT_EQ(r.long_window, d.long_window);
+    EXPECT_EQ(r.reestimate, d.reestimate);
+    EXPECT_EQ(r.learn, d.learn);
+    EXPECT_EQ(r.warmup, d.warmup);
+    EXPECT_EQ(r.rest, d.rest);
+    EXPECT_EQ(r.spatial, d.spatial);
+    second.push(s.keys.data() + third, s.ts.data() + third, s.values.data() + third, s.ts.size() - third);
+    table const b = second.poll_scores();
+    second.flush();
+    table const c = second.poll_scores();
+    std::vector<double> got(s.ts.size(), std::numeric_limits<double>::quiet_NaN());
+    for (table const* t : {&a, &b, &c}) {
+      auto const& seq = t->get<std::int64_t>("seq");
+      auto const& sc  = t->get<double>("score_likelihood");
+      for (std::size_t i = 0; i < seq.size(); ++i) got[std::size_t(seq[i])] = sc[i];
+    }
+    EXPECT_TRUE(close(got, want.score, 0.0, 0.0));
+  }
+}
+
+TEST(detectors, likelihood_scores_new_extremes_and_waits_for_its_warm_up)
+{
+  std::size_t const n = 1000;
+  std::vector<std::int64_t> ts(n);
+  std::vector<double> v(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ts[i] = std::int64_t(i) * 1'000'000'000;
+    v[i]  = double(i % 4 == 3 ? 1 : i % 4);  // 0 1 2 1 ...
+  }
+  v[700] = 2.2;  // beyond the range by 10 %
+  v[100] = 9.0;  // during the warm-up
+  detector_spec d = detector_spec::likelihood();
+  d.base          = detector_kind::multiscale_z;
+  std::vector<double> const s = score(nullptr, ts.data(), v.data(), n, d, backend::cpu);
+  for (std::size_t i = 0; i < 300; ++i) EXPECT_EQ(s[i], 0.0) << i;
+  EXPECT_LT(s[700], 1.0);  // 9 is the range's maximum now
+  v[100] = 1.0;
+  std::vector<double> const t = score(nullptr, ts.data(), v.data(), n, d, backend::cpu);
+  EXPECT_EQ(t[700], 1.0);
+}
+
+TEST(detectors, likelihood_bad_parameters_are_rejected)
+{
+  auto make = [](detector_spec d) { return pipeline(likelihood_options(d)); };
+  EXPECT_NO_THROW(make(detector_spec::likelihood()));
+  auto bad = [&](auto set) {
+    detector_spec d = detector_spec::likelihood();
+    set(d);
+    EXPECT_THROW(make(d), invalid_argument);
+  };
+  bad([](detector_spec& d) { d.base = detector_kind::ewma; });
+  bad([](detector_spec& d) { d.base = detector_kind::likelihood; });
+  bad([](detector_spec& d) { d.scale = 0; });
+  bad([](detector_spec& d) { d.scale = std::nan(""); });
+  bad([](detector_spec& d) { d.short_window = 0; });
+  bad([](detector_spec& d) { d.short_window = 1025; });
+  bad([](detector_spec& d) { d.reestimate = 0; });
+  bad([](detector_spec& d) { d.long_window = d.reestimate - 1; });
+  bad([](detector_spec& d) { d.long_window = std::int64_t{1} << 20, d.reestimate = 8; });
+  bad([](detector_spec& d) { d.warmup = 0; });
+  bad([](detector_spec& d) { d.learn = d.warmup; });
+  bad([](detector_spec& d) { d.learn = -1; });
+  bad([](detector_spec& d) { d.rest = -1; });
+  bad([](detector_spec& d) { d.spatial = -0.5; });
+  bad([](detector_spec& d) { d.spatial = INFINITY; });
+  bad([](detector_spec& d) { d.tod_weight = -1; });
+  bad([](detector_spec& d) { d.H = 3; });
+  bad([](detector_spec& d) { d.base = detector_kind::multiscale_z, d.alpha = 0; });
+  detector_spec knn = detector_spec::knn_discord();
+  knn.min_count     = 0;
+  EXPECT_THROW(make(knn), invalid_argument);
+  knn.min_count  = 250;
+  knn.tod_weight = std::nan("");
+  EXPECT_THROW(make(knn), invalid_argument);
+}
+
+TEST(detectors, knn_discord_waits_for_its_calibration)
+{
+  // Regression: the first calibrated score was raw / (raw + 0) = 1 on every key.
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> noise(0, 1);
+  std::size_t const n = 600;
+  std::vector<std::int64_t> ts(n);
+  std::vector<double> v(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ts[i] = std::int64_t(i) * 1'000'000'000;
+    v[i]  = std::sin(double(i) / 30.0) + noise(rng);
+  }
+  detector_spec d = detector_spec::knn_discord();
+  d.H             = 400;
+  std::vector<double> const s = score(nullptr, ts.data(), v.data(), n, d, backend::cpu);
+  std::size_t first = 0;
+  while (first < n && s[first] == 0.0) ++first;
+  EXPECT_GE(first, std::size_t(d.min_count));
+  ASSERT_LT(first, n);
+  EXPECT_LT(s[first], 0.99);
+  d.min_count                   = 1;  // as before: the first score is 1
+  std::vector<double> const old = score(nullptr, ts.data(), v.data(), n, d, backend::cpu);
+  std::size_t k                 = 0;
+  while (old[k] == 0.0) ++k;
+  EXPECT_EQ(old[k], 1.0);
 }
 
 }  // namespace

@@ -72,7 +72,7 @@ def rolling_mad_ref(x, window, min_count=2):
     return out
 
 
-def knn_ref(x, L, H, min_candidates, H2, K):
+def knn_ref(x, L, H, min_candidates, H2, K, min_count):
     n = len(x)
     raw = np.zeros(n)
     for t in range(L - 1, n):
@@ -91,11 +91,11 @@ def knn_ref(x, L, H, min_candidates, H2, K):
         m = raw[max(0, t - H2):t].max(initial=0.0)
         s[t] = raw[t] / (raw[t] + m) if raw[t] + m > 0 else 0.0
         prev = s[max(0, t - K):t].max(initial=-np.inf)
-        g[t] = s[t] if s[t] > prev else 0.0
+        g[t] = s[t] if s[t] > prev and t >= min_count else 0.0
     return g
 
 
-SMALL_KNN = dict(L=3, H=60, min_candidates=10, H2=25, K=7)
+SMALL_KNN = dict(L=3, H=60, min_candidates=10, H2=25, K=7, min_count=20)
 
 DETECTORS = {
     "ewma": (D.EWMA(alpha=0.1), lambda x: ewma_ref(x, 0.1)),
@@ -211,6 +211,7 @@ def test_default_is_multiscale_z():
     assert d.threshold == 0.7691  # |z| = 3.5 (benchmarks/fleet/evaluate.py)
     k = D.KnnDiscord()
     assert (k.L, k.H, k.min_candidates, k.H2, k.K, k.threshold) == (4, 3000, 50, 500, 50, 0.5365)
+    assert (k.min_count, k.tod_weight) == (250, 0.0)
 
 
 @pytest.mark.parametrize("name", list(DETECTORS))

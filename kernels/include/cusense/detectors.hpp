@@ -37,6 +37,7 @@ enum class detector_kind {
   silence,      ///< sensor silent for longer than `timeout` (poll_silence, no score column)
   multiscale_z, ///< Holt residual z at three time scales (the default)
   joint_z,      ///< several channels of a record scored jointly (multivariate)
+  likelihood,   ///< anomaly likelihood of a raw scorer's novelty, and new extremes
 };
 
 std::string to_string(detector_kind k);
@@ -54,12 +55,27 @@ std::string to_string(detector_kind k);
 /// - rolling_mad(window): B as above; z = (x - median(B)) / (1.4826 MAD(B)), with 1.2533 *
 ///   mean|B - median(B)| as the spread when the MAD is 0. Median of an even count: mean of the
 ///   two middle values. Score 0 while |B| < min_count (default 2). window >= 2.
-/// - knn_discord(L, H, min_candidates, H2, K), the default detector: for the record at key
+/// - knn_discord(L, H, min_candidates, H2, K): for the record at key
 ///   position t, query q = the last L values (including x); candidates: all length-L
 ///   subsequences of the previous H values not overlapping q (raw = 0 when fewer than
 ///   min_candidates); raw = min_j ||q - c_j||_2 / (sqrt(L) std(previous min(t, H) values));
 ///   calibrated s = raw / (raw + M), M = max raw of the previous H2 records; score = s when s
-///   is greater than every s of the previous K records, else 0 (one alarm per burst).
+///   is greater than every s of the previous K records, else 0 (one alarm per burst); 0 while
+///   t < min_count (250 by the factory: the calibration's warm-up). With tod_weight w > 0 a
+///   candidate whose last value lies dh hours of the day away from the record's (UTC, circular)
+///   adds w dh^2 to its squared normalised distance (ops::knn_raw_tod); CPU backend only.
+/// - likelihood: anomaly likelihood (after Numenta's HTM detector for NAB) of the novelty
+///   min(1, dev / scale) of a raw scorer `base` (knn_discord: its raw distance, with L, H,
+///   min_candidates, tod_weight; multiscale_z: its z before the gate, with alpha, trend, beta,
+///   gamma, clip, min_count): the mean a of the last short_window novelties is compared with
+///   the mean and spread of a over the last long_window records (re-estimated every
+///   `reestimate` records, the first `learn` records left out, floored at 0.03 and sqrt 0.0003);
+///   its two-sided normal tail p gives the score log(p + 1e-10) / log(1e-10) (0.5 at p = 1e-5).
+///   Only the first record of a run with p <= 1e-5 keeps it, and only when no such alarm was
+///   kept in the previous `rest` records (else p = 1e-3: score 0.3). A value beyond every
+///   earlier value by more than `spatial` times their range scores 1. Scores lie in [0, 1]; 0
+///   while the key has fewer than `warmup` earlier values. CPU backend only. See
+///   ops::likelihood_step.
 /// - multiscale_z(alpha, trend, beta, gamma, clip), the default detector: Holt's linear trend
 ///   (level weight alpha, slope weight trend) predicts x; the residual e, and its short-scale
 ///   EWMAs with weights beta and beta/3, are each divided by the root of an EWMA (weight gamma)
@@ -84,7 +100,9 @@ struct detector_spec {
 
   double alpha           = 0.05;  ///< ewma: in (0, 1]
   std::int64_t window    = 100;   ///< rolling_z, rolling_mad: >= 2
-  std::int64_t min_count = 1;     ///< values needed before scoring (ewma 1, rolling 2)
+  /// values needed before scoring (ewma 1, rolling 2, knn_discord 250, multiscale_z 30, joint_z
+  /// 50; likelihood: its multiscale_z base's, the likelihood's own is `warmup`)
+  std::int64_t min_count = 1;
   std::int64_t L = 4, H = 3000, min_candidates = 50, H2 = 500;  ///< knn_discord
   std::int64_t K = 50;  ///< knn_discord, multiscale_z (0 = no gate): alarm gate span
   std::int64_t timeout = 0;       ///< silence: nanoseconds, > 0
@@ -94,6 +112,17 @@ struct detector_spec {
   double clip   = 4.0;    ///< multiscale_z: > 0
   double freeze = 4.0;    ///< joint_z: z at or above which the baseline stops adapting, > 0
   int channels  = 0;      ///< joint_z: channels read from `channel` on; 0 = all the rest
+  double tod_weight = 0.0;  ///< knn_discord (and a knn likelihood base): >= 0, per hour^2
+  /// likelihood: the raw scorer, knn_discord or multiscale_z (its parameters: the fields above)
+  detector_kind base = detector_kind::knn_discord;
+  double scale              = 1.0;   ///< likelihood: novelty = min(1, dev / scale), > 0
+  std::int64_t short_window = 10;    ///< likelihood: novelties in the short mean, [1, 1024]
+  std::int64_t long_window  = 4000;  ///< likelihood: records of the long-window estimate
+  std::int64_t reestimate   = 100;   ///< likelihood: re-estimation period (records)
+  std::int64_t learn        = 150;   ///< likelihood: first records left out of the estimate
+  std::int64_t warmup       = 300;   ///< likelihood: records before the first score, > learn
+  std::int64_t rest         = 200;   ///< likelihood: records after an alarm without another
+  double spatial            = 0.05;  ///< likelihood: new-extreme tolerance (0: off)
 
   static detector_spec ewma(double alpha = 0.05, double threshold = 0.8)
   {
@@ -124,6 +153,19 @@ struct detector_spec {
     detector_spec s;
     s.kind      = detector_kind::knn_discord;
     s.threshold = threshold;
+    s.min_count = 250;
+    return s;
+  }
+  /// likelihood over knn_discord's raw distance with the hour-of-day penalty 0.02 (the NAB
+  /// configuration; `base` and its parameters can be changed after).
+  static detector_spec likelihood(double threshold = 0.5)
+  {
+    detector_spec s;
+    s.kind       = detector_kind::likelihood;
+    s.threshold  = threshold;
+    s.base       = detector_kind::knn_discord;
+    s.tod_weight = 0.02;
+    s.min_count  = 30;  // a multiscale_z base's warm-up
     return s;
   }
   /// multiscale_z with the defaults; threshold 0.7691 is |z| = 3.5.

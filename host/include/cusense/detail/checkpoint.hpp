@@ -16,10 +16,11 @@ namespace cusense::detail {
 /// at the end of the options, version 3 the parameters of multiscale_z and joint_z after it,
 /// version 4 external_watermark after those, version 5 the per-key counts of emitted records
 /// at the end of the rolling-window state, version 6 max_detector_keys, memory_budget_bytes and
-/// key_ttl at the end of the options; older files are still read (as
-/// nan_policy::skip, those parameters' defaults, the watermark from the records, each key's
-/// count equal to its history's length, and no detector limits).
-constexpr std::uint32_t checkpoint_format_version = 6;
+/// key_ttl at the end of the options, version 7 the parameters of likelihood and
+/// knn_discord's tod_weight after those; older files are still read (as nan_policy::skip,
+/// those parameters' defaults, the watermark from the records, each key's count equal to its
+/// history's length, and no detector limits).
+constexpr std::uint32_t checkpoint_format_version = 7;
 /// The oldest format version this build reads.
 constexpr std::uint32_t oldest_checkpoint_format_version = 1;
 /// CRC-32 (IEEE 802.3, as zlib's crc32).

@@ -204,6 +204,7 @@ class detector_runner {
   std::vector<double> rel_values_;
   std::vector<std::uint32_t> row_slot_;  // by row in release order (after restarts)
   std::vector<std::uint32_t> score_slots_;
+  std::vector<std::int64_t> score_ts_;  // event times of the records to score
   std::vector<double> score_values_, score_out_;
   std::vector<std::size_t> row_of_;
   std::vector<std::size_t> heap_walk_;

@@ -58,6 +58,7 @@ enum class detector_kind_id : int {
   knn_discord = 3,
   multiscale_z = 4,
   joint_z     = 5,
+  likelihood  = 6,
 };
 
 /// Parameters of one scoring detector, trivially copyable to the device.
@@ -78,6 +79,26 @@ struct detector_params {
   double clip           = 4.0;   ///< multiscale_z: residuals clipped at clip spreads in updates
   double freeze         = 4.0;   ///< joint_z: no baseline update while z >= freeze
   std::int64_t channels = 1;     ///< joint_z: channels read, from `channel` on
+  double tod_weight     = 0.0;   ///< knn_discord (and a knn likelihood base): hour-of-day penalty
+  detector_kind_id base = detector_kind_id::knn_discord;  ///< likelihood: the raw scorer
+  double scale          = 1.0;   ///< likelihood: novelty = min(1, deviation / scale)
+  std::int64_t short_window = 10;    ///< likelihood: records in the short mean of the novelty
+  std::int64_t long_window  = 4000;  ///< likelihood: records in the long-window estimate
+  std::int64_t reestimate   = 100;   ///< likelihood: records per block (re-estimation period)
+  std::int64_t learn        = 150;   ///< likelihood: first records kept out of the estimate
+  std::int64_t warmup       = 300;   ///< likelihood: records before the first score
+  std::int64_t rest         = 200;   ///< likelihood: records after an alarm with no new one
+  double spatial            = 0.05;  ///< likelihood: new-extreme tolerance (share of the range)
+
+  /// knn ring: H values, and their hours of day when tod_weight > 0.
+  CUSENSE_HD std::int64_t knn_ring_stride() const { return tod_weight > 0.0 ? 2 * H : H; }
+  /// likelihood: blocks of `reestimate` records kept for the long-window estimate.
+  CUSENSE_HD std::int64_t likelihood_blocks() const { return (long_window + reestimate - 1) / reestimate; }
+  /// likelihood: doubles of the raw scorer's state (the likelihood's own follow).
+  CUSENSE_HD std::int64_t likelihood_base_stride() const
+  {
+    return base == detector_kind_id::multiscale_z ? 9 : knn_ring_stride();
+  }
 
   CUSENSE_HD std::int64_t d_stride() const
   {
@@ -85,16 +106,21 @@ struct detector_params {
       case detector_kind_id::ewma: return 2;                  // mean, var
       case detector_kind_id::rolling_z: return window;        // ring
       case detector_kind_id::rolling_mad: return 2 * window;  // ring, sorted
-      case detector_kind_id::knn_discord: return H + (H2 + 1) + (K + 1);  // ring, dq2, dq3 values
+      case detector_kind_id::knn_discord:  // ring (and hours), dq2, dq3 values
+        return knn_ring_stride() + (H2 + 1) + (K + 1);
       case detector_kind_id::multiscale_z: return 9;  // level, slope, var, a1, w1, a2, w2, 2 block maxima
       case detector_kind_id::joint_z: return 3 * channels;  // mean, smoothed residual, spread
+      case detector_kind_id::likelihood:  // base state, short ring, blocks, accumulator, 6 scalars
+        return likelihood_base_stride() + short_window + 3 * likelihood_blocks() + 3 + 6;
     }
     return 0;
   }
   CUSENSE_HD std::int64_t i_stride() const
   {
-    // count; knn: + dq2 head/size, dq3 head/size, dq2 and dq3 indices
-    return kind == detector_kind_id::knn_discord ? 5 + (H2 + 1) + (K + 1) : 1;
+    // count; knn: + dq2 head/size, dq3 head/size, dq2 and dq3 indices; likelihood: + last
+    // alarm position
+    if (kind == detector_kind_id::knn_discord) { return 5 + (H2 + 1) + (K + 1); }
+    return kind == detector_kind_id::likelihood ? 2 : 1;
   }
 };
 
@@ -375,14 +401,18 @@ struct max_deque {
 
 /// Stages 2 and 3 of knn_discord for the record at key position t with raw score r:
 ///   s = r / (r + M), M = max raw over the previous H2 records (0 if none; s = 0 if r + M == 0);
-///   score = s if s > max s over the previous K records (strictly; -inf if none), else 0.
+///   score = s if s > max s over the previous K records (strictly; -inf if none), else 0; and 0
+///   while t < min_count (the calibration's warm-up: the first raw scores have too few earlier
+///   ones to be calibrated against; s still enters both deques).
 /// State (i): [count, dq2 head, dq2 size, dq3 head, dq3 size, dq2 idx (H2+1), dq3 idx (K+1)];
-/// (d): [ring (H), dq2 val (H2+1), dq3 val (K+1)]. Does not touch the ring or the count.
+/// (d): [ring (knn_ring_stride()), dq2 val (H2+1), dq3 val (K+1)]. Does not touch the ring or
+/// the count.
 CUSENSE_HD double knn_calibrate(detector_params const& p, double* d, std::int64_t* i,
                                 std::int64_t t, double r)
 {
-  max_deque q2{i + 5, d + p.H, p.H2 + 1, i + 1, i + 2};
-  max_deque q3{i + 5 + (p.H2 + 1), d + p.H + (p.H2 + 1), p.K + 1, i + 3, i + 4};
+  std::int64_t const ring = p.knn_ring_stride();
+  max_deque q2{i + 5, d + ring, p.H2 + 1, i + 1, i + 2};
+  max_deque q3{i + 5 + (p.H2 + 1), d + ring + (p.H2 + 1), p.K + 1, i + 3, i + 4};
   q2.expire(t - p.H2);
   double const M = q2.empty() ? 0.0 : q2.front();
   double const s = (r + M) > 0.0 ? r / (r + M) : 0.0;
@@ -390,18 +420,101 @@ CUSENSE_HD double knn_calibrate(detector_params const& p, double* d, std::int64_
   q3.expire(t - p.K);
   double const g = (q3.empty() || s > q3.front()) ? s : 0.0;
   q3.push(t, s);
-  return g;
+  return t < p.min_count ? 0.0 : g;
 }
 
-CUSENSE_HD double knn_step(detector_params const& p, double* d, std::int64_t* i, double x)
+/// Hour of the day in [0, 24) of a timestamp in ns since the epoch (UTC): the seconds since
+/// midnight (floor division, so times before 1970 too) / 3600.
+CUSENSE_HD double hour_of_day(std::int64_t ts)
 {
-  std::int64_t const t = i[0];
-  ring_view const h{d, p.H, t};
+  std::int64_t sec = ts / 1000000000;
+  if (ts % 1000000000 < 0) { --sec; }
+  std::int64_t r = sec % 86400;
+  if (r < 0) { r += 86400; }
+  return static_cast<double>(r) / 3600.0;
+}
+
+/// knn_raw with an hour-of-day penalty (tod_weight w > 0): hh(k) is the hour of day of history
+/// value h(k) (k < len), hx the record's own. With sd the population std of the history,
+///   e_j = ||q - x[j-L+1 .. j]||^2 / (L sd^2),  dh_j = min(|hx - hh(j)|, 24 - |hx - hh(j)|),
+///   raw = sqrt(min_j (e_j + w dh_j^2)),
+/// the hour taken at the candidate's last value: a candidate from another time of day must be
+/// closer to count as the neighbour. sd <= tiny_spread: 0 when the nearest squared distance is
+/// <= tiny_spread^2, else huge_z (no penalty, as knn_raw).
+template <typename Hist, typename Hours>
+CUSENSE_HD double knn_raw_tod(detector_params const& p, Hist const& h, Hours const& hh,
+                              std::int64_t len, std::int64_t t, double hx)
+{
+  std::int64_t const L = p.L;
+  if (t < L - 1) { return 0.0; }
+  std::int64_t j_lo = t - p.H + L - 1;
+  if (j_lo < L - 1) { j_lo = L - 1; }
+  std::int64_t const j_hi = t - L;
+  if (j_hi - j_lo + 1 < p.min_candidates) { return 0.0; }
+  std::int64_t const base = t - len;  // key position of h(0)
+  double m                = 0.0;
+  for (std::int64_t k = 0; k < len; ++k) m += h(k);
+  m /= static_cast<double>(len);
+  double q = 0.0;
+  for (std::int64_t k = 0; k < len; ++k) {
+    double const e = h(k) - m;
+    q += e * e;
+  }
+  double const sd    = sqrt(q / static_cast<double>(len));
+  bool const flat    = !(sd > tiny_spread);
+  double const denom = static_cast<double>(L) * sd * sd;
+  double best        = 0.0;
+  bool have          = false;
+  for (std::int64_t j = j_lo; j <= j_hi; ++j) {
+    double s = 0.0;
+    for (std::int64_t k = 0; k < L; ++k) {
+      double const e = h(t - L + 1 + k - base) - h(j - L + 1 + k - base);
+      s += e * e;
+    }
+    if (!flat) {
+      double dh = fabs(hx - hh(j - base));
+      if (24.0 - dh < dh) { dh = 24.0 - dh; }
+      s = s / denom + p.tod_weight * dh * dh;
+    }
+    if (!have || s < best) {
+      best = s;
+      have = true;
+    }
+  }
+  if (!flat) { return sqrt(best); }
+  return sqrt(best) <= tiny_spread ? 0.0 : huge_z;
+}
+
+/// The raw score (stage 1) of value x at key position t from the ring of the key's last H values
+/// (and, with tod_weight > 0, their hours of day after them: ring[H .. 2H)).
+CUSENSE_HD double knn_raw_at(detector_params const& p, double const* ring, std::int64_t t, double x,
+                             std::int64_t ts)
+{
+  ring_view const h{ring, p.H, t};
   std::int64_t const len = h.size();
   ring_with_value const hx{h, len, x};
-  double const r     = knn_raw(p, hx, len, t);
-  double const score = knn_calibrate(p, d, i, t, r);
-  ring_push(d, p.H, t, x);
+  if (p.tod_weight > 0.0) {
+    ring_view const hh{ring + p.H, p.H, t};
+    return knn_raw_tod(p, hx, hh, len, t, hour_of_day(ts));
+  }
+  return knn_raw(p, hx, len, t);
+}
+
+/// Adds value x (at key position t, time ts) to the ring of knn_raw_at.
+CUSENSE_HD void knn_ring_push(detector_params const& p, double* ring, std::int64_t t, double x,
+                              std::int64_t ts)
+{
+  ring_push(ring, p.H, t, x);
+  if (p.tod_weight > 0.0) { ring_push(ring + p.H, p.H, t, hour_of_day(ts)); }
+}
+
+CUSENSE_HD double knn_step(detector_params const& p, double* d, std::int64_t* i, double x,
+                           std::int64_t ts)
+{
+  std::int64_t const t = i[0];
+  double const r       = knn_raw_at(p, d, t, x, ts);
+  double const score   = knn_calibrate(p, d, i, t, r);
+  knn_ring_push(p, d, t, x, ts);
   i[0] = t + 1;
   return score;
 }
@@ -461,21 +574,26 @@ CUSENSE_HD double multiscale_gate(detector_params const& p, double* d, std::int6
   return g;
 }
 
-CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::int64_t* i, double x)
+/// The state update of multiscale_z_step without the gate: returns the normal z of the record
+/// (t_to_z of the largest of the three statistics; 0 while c < min_count) and sets *warm to
+/// c >= min_count. d[7], d[8] (the gate's maxima) are not touched.
+CUSENSE_HD double multiscale_z_dev(detector_params const& p, double* d, std::int64_t* i, double x,
+                                   bool* warm_out)
 {
   std::int64_t const c = i[0];
   i[0]                 = c + 1;
   if (c == 0) {
     d[0] = x;
     for (int k = 1; k < 7; ++k) d[k] = 0.0;
-    return multiscale_gate(p, d, c, 0.0);
+    *warm_out = false;
+    return 0.0;
   }
   double const beta2 = p.beta / 3.0;
   double const pred  = d[0] + d[1];
   double const e     = x - pred;
   double const a1    = (1.0 - p.beta) * d[3] + p.beta * e;
   double const a2    = (1.0 - beta2) * d[5] + beta2 * e;
-  double score       = 0.0;
+  double dev         = 0.0;
   bool const warm    = c >= p.min_count;
   if (warm) {
     double z        = abs_z(e, d[2]);
@@ -485,7 +603,7 @@ CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::in
     if (z2 > z) z = z2;
     double const seen = static_cast<double>(c) < 2.0 / p.gamma ? static_cast<double>(c) : 2.0 / p.gamma;
     double const nu   = (seen - 1.0) / 2.0 > 1.0 ? (seen - 1.0) / 2.0 : 1.0;
-    score             = z_to_score(t_to_z(z, nu));
+    dev               = t_to_z(z, nu);
   }
   double const ec  = warm ? clamp_abs(e, p.clip * sqrt(d[2])) : e;
   double const a1c = warm ? clamp_abs(a1, p.clip * sqrt(d[4])) : a1;
@@ -500,7 +618,16 @@ CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::in
   d[4]             = (1.0 - g) * d[4] + g * a1c * a1c;
   d[5]             = (1.0 - beta2) * d[5] + beta2 * ec;
   d[6]             = (1.0 - g) * d[6] + g * a2c * a2c;
-  return multiscale_gate(p, d, c, score);
+  *warm_out        = warm;
+  return dev;
+}
+
+CUSENSE_HD double multiscale_z_step(detector_params const& p, double* d, std::int64_t* i, double x)
+{
+  std::int64_t const c = i[0];
+  bool warm            = false;
+  double const z       = multiscale_z_dev(p, d, i, x, &warm);
+  return multiscale_gate(p, d, c, warm ? z_to_score(z) : 0.0);
 }
 
 // --- joint (multivariate) z-score -------------------------------------------------------------------
@@ -569,28 +696,167 @@ CUSENSE_HD double joint_z_step(detector_params const& p, double* d, std::int64_t
   return warm ? z_to_score(z) : 0.0;
 }
 
+// --- anomaly likelihood (wraps knn_discord or multiscale_z) ----------------------------------------
+
+/// Tail probabilities at or below this are alarms ("red"); the first of a run only.
+constexpr double likelihood_red = 1e-5;
+/// The tail probability given to the rest of a red run, and to reds within `rest` records after
+/// an alarm ("yellow": score 0.3).
+constexpr double likelihood_yellow = 1e-3;
+/// Floors of the long-window estimate: mean and variance of the short mean of the novelty.
+constexpr double likelihood_mean_floor = 0.03;
+constexpr double likelihood_var_floor  = 0.0003;
+
+/// Tail probability to a score in [0, 1]: log(p + 1e-10) / log(1e-10) (p = 1e-5 -> 0.5, 1e-3 ->
+/// 0.3, 0.5 -> 0.03, 0 -> 1).
+CUSENSE_HD double tail_to_score(double tail) { return log(tail + 1e-10) / log(1e-10); }
+
+/// The likelihood stage for the record at key position c with novelty nov in [0, 1] and value x.
+/// State d = [short ring (W = short_window), blocks (3 per block: count, sum, sum of squares of
+/// the short mean), accumulator (3), mean, sd, prev_tail, min, max, estimated], i = [last alarm
+/// position (-1 none)]. Steps:
+/// - a = mean of the last min(c + 1, W) novelties (the ring in slot order);
+/// - from c >= warmup: when there is no estimate yet or c % reestimate == 0, (mean, sd) of a over
+///   the records >= learn in the last long_window / reestimate complete blocks and the current
+///   one, floored at likelihood_mean_floor and sqrt(likelihood_var_floor) (mean 0.5, sd 1000 when
+///   there are none); tail = 0.5 erfc(|a - mean| / (sd sqrt 2)) (mirrored below the mean);
+///   a tail <= red is kept only for the first record of a run of reds and when the last kept one
+///   is more than `rest` records back, else it becomes yellow; score = tail_to_score(tail);
+/// - spatial (> 0, from c >= warmup): a value beyond [min - spatial r, max + spatial r] of every
+///   earlier value (r = max - min > 0) scores 1;
+/// - then a joins the accumulator when c >= learn, which becomes a block every `reestimate`
+///   records.
+/// Scores are 0 while c < warmup.
+CUSENSE_HD double likelihood_stage(detector_params const& p, double* d, std::int64_t* li,
+                                   std::int64_t c, double nov, double x)
+{
+  std::int64_t const W  = p.short_window;
+  std::int64_t const NB = p.likelihood_blocks();
+  std::int64_t const B  = p.reestimate;
+  double* ring          = d;
+  double* blk           = ring + W;
+  double* acc           = blk + 3 * NB;
+  double* sc            = acc + 3;  // mean, sd, prev_tail, min, max, estimated
+  if (c == 0) {
+    for (std::int64_t k = 0; k < W + 3 * NB + 3; ++k) d[k] = 0.0;
+    sc[0] = 0.5;
+    sc[1] = 1000.0;
+    sc[2] = 1.0;
+    sc[3] = x;
+    sc[4] = x;
+    sc[5] = 0.0;
+    li[0] = -1;
+  }
+  ring[c % W]          = nov;
+  std::int64_t const n = c + 1 < W ? c + 1 : W;
+  double a             = 0.0;
+  for (std::int64_t k = 0; k < n; ++k) a += ring[k];
+  a /= static_cast<double>(n);
+  double score = 0.0;
+  if (c >= p.warmup) {
+    if (sc[5] == 0.0 || c % B == 0) {
+      std::int64_t const done = c / B < NB ? c / B : NB;
+      double s0 = acc[0], s1 = acc[1], s2 = acc[2];
+      for (std::int64_t b = 0; b < done; ++b) {
+        s0 += blk[3 * b];
+        s1 += blk[3 * b + 1];
+        s2 += blk[3 * b + 2];
+      }
+      if (s0 > 0.0) {
+        double const m = s1 / s0;
+        double v       = s2 / s0 - m * m;
+        if (v < likelihood_var_floor) { v = likelihood_var_floor; }
+        sc[0] = m > likelihood_mean_floor ? m : likelihood_mean_floor;
+        sc[1] = sqrt(v);
+      } else {
+        sc[0] = 0.5;
+        sc[1] = 1000.0;
+      }
+      sc[5] = 1.0;
+    }
+    double const y    = a >= sc[0] ? a : 2.0 * sc[0] - a;
+    double const tail = 0.5 * erfc((y - sc[0]) / (sc[1] * sqrt(2.0)));
+    double kept       = tail;
+    if (tail <= likelihood_red) {
+      if (sc[2] > likelihood_red && (li[0] < 0 || c - li[0] > p.rest)) {
+        li[0] = c;
+      } else {
+        kept = likelihood_yellow;
+      }
+    }
+    sc[2] = tail;
+    score = tail_to_score(kept);
+    if (p.spatial > 0.0 && sc[4] > sc[3]) {
+      double const tol = (sc[4] - sc[3]) * p.spatial;
+      if (x > sc[4] + tol || x < sc[3] - tol) { score = 1.0; }
+    }
+  }
+  if (x < sc[3]) { sc[3] = x; }
+  if (x > sc[4]) { sc[4] = x; }
+  if (c >= p.learn) {
+    acc[0] += 1.0;
+    acc[1] += a;
+    acc[2] += a * a;
+  }
+  if ((c + 1) % B == 0) {
+    std::int64_t const b = (c / B) % NB;
+    for (int k = 0; k < 3; ++k) {
+      blk[3 * b + k] = acc[k];
+      acc[k]         = 0.0;
+    }
+  }
+  return score;
+}
+
+/// Anomaly likelihood: the raw scorer `base` gives each record a deviation dev (knn_discord: the
+/// raw nearest-neighbour distance of knn_raw_at, with the hour-of-day penalty when tod_weight >
+/// 0; multiscale_z: the normal z of multiscale_z_dev, before its gate), the novelty is
+/// min(1, dev / scale), and likelihood_stage turns it into the score. State d = [base state
+/// (likelihood_base_stride()), likelihood_stage's], i = [count, last alarm position].
+CUSENSE_HD double likelihood_step(detector_params const& p, double* d, std::int64_t* i, double x,
+                                  std::int64_t ts)
+{
+  std::int64_t const c = i[0];
+  double dev           = 0.0;
+  if (p.base == detector_kind_id::multiscale_z) {
+    bool warm = false;
+    dev       = multiscale_z_dev(p, d, i, x, &warm);  // counts the value
+  } else {
+    dev = knn_raw_at(p, d, c, x, ts);
+    knn_ring_push(p, d, c, x, ts);
+    i[0] = c + 1;
+  }
+  double nov = dev / p.scale;
+  if (!(nov < 1.0)) { nov = 1.0; }
+  if (nov < 0.0) { nov = 0.0; }
+  return likelihood_stage(p, d + p.likelihood_base_stride(), i + 1, c, nov, x);
+}
+
 /// One sequential step of any univariate detector: the score of x, and the state updated.
 /// NaN -> NaN.
-CUSENSE_HD double detector_step(detector_params const& p, double* d, std::int64_t* i, double x)
+CUSENSE_HD double detector_step(detector_params const& p, double* d, std::int64_t* i, double x,
+                                std::int64_t ts = 0)
 {
   if (isnan_(x)) { return x; }
   switch (p.kind) {
     case detector_kind_id::ewma: return ewma_step(p, d, i, x);
     case detector_kind_id::rolling_z: return rolling_z_step(p, d, i, x);
     case detector_kind_id::rolling_mad: return rolling_mad_step(p, d, i, x);
-    case detector_kind_id::knn_discord: return knn_step(p, d, i, x);
+    case detector_kind_id::knn_discord: return knn_step(p, d, i, x, ts);
     case detector_kind_id::multiscale_z: return multiscale_z_step(p, d, i, x);
     case detector_kind_id::joint_z: return x;  // needs the record's channels: detector_step_row
+    case detector_kind_id::likelihood: return likelihood_step(p, d, i, x, ts);
   }
   return x;
 }
 
-/// One sequential step of any detector on a record's channels: row[0] is channel p.channel.
+/// One sequential step of any detector on a record's channels (row[0] is channel p.channel) at
+/// time ts (ns; read by knn_discord with tod_weight > 0 and likelihood).
 CUSENSE_HD double detector_step_row(detector_params const& p, double* d, std::int64_t* i,
-                                    double const* row)
+                                    double const* row, std::int64_t ts)
 {
   if (p.kind == detector_kind_id::joint_z) { return joint_z_step(p, d, i, row); }
-  return detector_step(p, d, i, row[0]);
+  return detector_step(p, d, i, row[0], ts);
 }
 
 }  // namespace cusense::ops
