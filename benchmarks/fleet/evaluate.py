@@ -50,6 +50,8 @@ def detectors():
         "RollingZ(window=100)": D.RollingZ(window=100),
         "RollingMAD(window=100)": D.RollingMAD(window=100),
         "KnnDiscord()": D.KnnDiscord(),
+        "AnomalyLikelihood()": D.AnomalyLikelihood(),
+        "AnomalyLikelihood(base=MultiScaleZ())": D.AnomalyLikelihood(base=D.MultiScaleZ()),
     }
 
 

@@ -118,7 +118,7 @@ def test_defaults():
     d = D.AnomalyLikelihood()
     assert d.base == D.KnnDiscord(tod_weight=0.02)
     assert (d.scale, d.short_window, d.long_window, d.reestimate, d.learn, d.warmup, d.rest,
-            d.spatial, d.threshold) == (1.0, 10, 4000, 100, 150, 300, 200, 0.05, 0.5)
+            d.spatial, d.threshold) == (1.0, 10, 4000, 100, 150, 300, 200, 0.05, 0.51)
     # only the scoring parameters of the base are kept
     d = D.AnomalyLikelihood(base=D.KnnDiscord(L=5, H2=7, K=3, threshold=0.9, name="x"))
     assert d.base == D.KnnDiscord(L=5)

@@ -157,8 +157,9 @@ struct detector_spec {
     return s;
   }
   /// likelihood over knn_discord's raw distance with the hour-of-day penalty 0.02 (the NAB
-  /// configuration; `base` and its parameters can be changed after).
-  static detector_spec likelihood(double threshold = 0.5)
+  /// configuration; `base` and its parameters can be changed after). Threshold 0.51: the NAB
+  /// standard profile's (p <= about 6e-6; 0.5 keeps every alarm).
+  static detector_spec likelihood(double threshold = 0.51)
   {
     detector_spec s;
     s.kind       = detector_kind::likelihood;
