@@ -11,13 +11,13 @@ numpy references)::
 
 Detector names:
 
-* ``ewma_z``, ``rolling_z``, ``rolling_mad``, ``knn_discord``: the numpy
-  references of :data:`reference_detectors.DETECTORS` (``references`` selects
-  all four; they are the default);
-* ``cusense-ewma_z``, ``cusense-rolling_z``, ``cusense-rolling_mad``,
-  ``cusense-knn_discord``: the same configurations run through
+* ``ewma_z``, ``rolling_z``, ``rolling_mad``, ``knn_discord``, ``multiscale_z``,
+  ``knn_discord_tod``, ``anomaly_likelihood``: the numpy references of
+  :data:`reference_detectors.DETECTORS` (``references`` selects them all; the default);
+* ``cusense-<name>`` for each of them but ``knn_discord_tod``: the same configuration
+  (:data:`CUSENSE_CONFIGS`) run through
   ``cusense.score(ts, values, detector=cusense.detectors.X(...), backend=...)``
-  (``cusense`` selects all four; needs the ``cusense`` package installed).
+  (``cusense`` selects them all; needs the ``cusense`` package installed).
 
 Every ``cusense-<name>`` run is checked against the ``<name>`` reference on every
 file (unless ``--no-check``): the largest ``|cusense - reference|`` per file is

@@ -73,6 +73,7 @@ def _block_output(page: str) -> str:
     ("detectors/rolling-mad.md", "250"),
     ("detectors/knn-discord.md", "True"),
     ("detectors/joint-z.md", "True"),
+    ("detectors/anomaly-likelihood.md", "True"),
 ])
 def test_detector_examples_print_what_they_say(page, expected):
     assert _block_output(page).split("\n")[-2].strip() == expected
