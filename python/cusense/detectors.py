@@ -294,8 +294,9 @@ class AnomalyLikelihood(Detector):
     default ``KnnDiscord(tod_weight=0.02)``) or :class:`MultiScaleZ`'s ``z`` before its gate
     (its ``alpha``, ``trend``, ``beta``, ``gamma``, ``clip``, ``min_count``); the novelty is
     ``min(1, deviation / scale)`` (``scale=None``: 1 for KnnDiscord, whose distances are in
-    standard deviations of the history, 6 for MultiScaleZ's ``z``). The mean ``a`` of the last ``short_window`` novelties is
-    compared with the mean and spread of ``a`` over the last ``long_window`` records
+    standard deviations of the history, 6 for MultiScaleZ's ``z``). The mean ``a`` of the last
+    ``short_window`` novelties is compared with the mean and spread of ``a`` over the last
+    ``long_window`` records
     (re-estimated every ``reestimate`` records; the first ``learn`` records left out; floored
     at 0.03 and sqrt(0.0003)): its two-sided normal tail ``p`` gives the score
     ``log(p + 1e-10) / log(1e-10)`` (0.5 at ``p = 1e-5``). Only the first record of a run with

@@ -93,7 +93,10 @@ struct detector_params {
   /// knn ring: H values, and their hours of day when tod_weight > 0.
   CUSENSE_HD std::int64_t knn_ring_stride() const { return tod_weight > 0.0 ? 2 * H : H; }
   /// likelihood: blocks of `reestimate` records kept for the long-window estimate.
-  CUSENSE_HD std::int64_t likelihood_blocks() const { return (long_window + reestimate - 1) / reestimate; }
+  CUSENSE_HD std::int64_t likelihood_blocks() const
+  {
+    return (long_window + reestimate - 1) / reestimate;
+  }
   /// likelihood: doubles of the raw scorer's state (the likelihood's own follow).
   CUSENSE_HD std::int64_t likelihood_base_stride() const
   {
