@@ -339,6 +339,51 @@ TEST_F(reliability, NanPolicyIsCheckpointed)
   EXPECT_NO_THROW(old.push(&key, &t, &nan, 1));
 }
 
+// Checkpoints of format 6 (before likelihood and tod_weight: 73 bytes per detector at the end of
+// the options) still read, with those parameters' defaults, and score on as before.
+TEST_F(reliability, Format6DetectorCheckpointsStillRead)
+{
+  pipeline_options o;
+  o.windowed             = false;
+  o.where                = backend::cpu;
+  o.max_out_of_orderness = 0;
+  detector_spec knn      = detector_spec::knn_discord();
+  knn.H = 300, knn.H2 = 50, knn.K = 10, knn.min_count = 60;
+  o.detectors = {knn};
+  std::vector<std::uint32_t> keys(2000);
+  std::vector<std::int64_t> ts(2000);
+  std::vector<double> v(2000);
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    keys[i] = std::uint32_t(i % 2);
+    ts[i]   = std::int64_t(i / 2) * 1000;
+    v[i]    = std::sin(double(i) / 17.0) + (i % 97 == 0 ? 3.0 : 0.0);
+  }
+  auto tail_scores = [&](pipeline& p) {
+    p.push(keys.data() + 1000, ts.data() + 1000, v.data() + 1000, 1000);
+    p.flush();
+    return p.poll_scores().get<double>("score_knn_discord");
+  };
+  pipeline whole(o);
+  whole.push(keys.data(), ts.data(), v.data(), 1000);
+  (void)whole.poll_scores();
+  whole.checkpoint(path("v7.ckpt"));
+  std::vector<double> const want = tail_scores(whole);
+
+  std::string payload    = payload_of(read(path("v7.ckpt")));
+  std::string const next = std::string("\x08\0\0\0\0\0\0\0pipeline", 16);
+  std::size_t const at   = payload.find(next);
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_EQ(payload[at - 73 + 8], static_cast<char>(detector_kind::knn_discord));  // the base
+  payload.erase(at - 73, 73);
+  write(path("v6.ckpt"), with_version(detail::frame_checkpoint(payload), 6));
+  pipeline old = pipeline::restore(path("v6.ckpt"), backend::cpu);
+  detector_spec const& r = old.options().detectors.at(0);
+  EXPECT_EQ(r.tod_weight, 0.0);
+  EXPECT_EQ(r.min_count, 60);
+  EXPECT_EQ(r.warmup, detector_spec{}.warmup);
+  EXPECT_EQ(tail_scores(old), want);
+}
+
 TEST_F(reliability, OptionRangesAreChecked)
 {
   for (int threads : {-5, 257, 4096, 1000000}) {

@@ -165,7 +165,7 @@ def good_checkpoint(tmp_path):
     (lambda b: b[:-7], "truncated"),
     (lambda b: b[:12], "truncated"),
     (lambda b: b[:100] + bytes([b[100] ^ 0x40]) + b[101:], "checksum"),
-    (lambda b: b[:8] + bytes([7]) + b[9:], "version 7"),
+    (lambda b: b[:8] + bytes([250]) + b[9:], "version 250"),  # a version from the future
     (lambda b: b"NOTACKPT" + b[8:], "not a cusense checkpoint"),
 ])
 def test_damaged_checkpoints_are_rejected(good_checkpoint, tmp_path, damage, message):
