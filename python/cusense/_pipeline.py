@@ -357,6 +357,8 @@ class Pipeline:
 
     def _init_python_state(self, channels: int) -> None:
         self._channels = channels
+        # Read once: `_core.options` copies every option (detector specs included) per access.
+        self._external = bool(self._core.options.external_watermark)
         # Records of pushes refused by the checks in Python, before the engine saw them; the
         # engine counts the pushes it refuses itself. Not part of checkpoints.
         self._records_rejected_in_python = 0
@@ -415,7 +417,7 @@ class Pipeline:
     @property
     def watermark(self) -> str:
         """``"records"`` or ``"external"`` (see the ``watermark`` parameter)."""
-        return "external" if self._core.options.external_watermark else "records"
+        return "external" if self._external else "records"
 
     def push(self, keys: Column, timestamps: Column, values: Column, time_unit: str | None = None,
              *, positions: Column | None = None,
@@ -440,7 +442,7 @@ class Pipeline:
         positions increase strictly and fall between the positions of the records around them.
         A push may hold steps and no records.
         """
-        external = self._core.options.external_watermark
+        external = self._external
         if (positions is None or watermark_steps is None) == external:
             raise TypeError("a pipeline with watermark='external' needs positions and "
                             "watermark_steps with every push" if external else
@@ -519,7 +521,7 @@ class Pipeline:
         return self._output(self._core.flush(), positions)
 
     def _output(self, columns: dict[str, np.ndarray], positions: bool) -> Result:
-        if positions and not self._core.options.external_watermark:
+        if positions and not self._external:
             raise ValueError("positions=True needs a pipeline with watermark='external'")
         if not positions:
             columns.pop("position", None)

@@ -44,6 +44,16 @@ def _route(keys, times, parts, ooo, state):
     return idx, steps
 
 
+def _push_routed(pipes, kb, tb, vb, ooo, state):
+    """Routes one batch as the partitioned pipeline's router does and pushes each part."""
+    first = state["next"]
+    idx, steps = _route(kb, tb, len(pipes), ooo, state)
+    for p, pipe in enumerate(pipes):
+        i = np.asarray(idx[p], dtype=np.int64)
+        pipe.push(kb[i], tb[i], vb[i], positions=2 * (first + i),
+                  watermark_steps=tuple(np.asarray(a, np.int64) for a in steps[p]))
+
+
 def _merge(tables, sort_cols):
     frames = [t for t in tables if len(t)]
     if not frames:
@@ -75,12 +85,8 @@ def test_partitions_merge_into_the_single_pipeline(kind, lateness, rng):
         single.push(kb, tb, vb)
         want.append(single.poll().to_pandas(datetimes=False))
         want_late.append(single.poll_late().to_pandas(datetimes=False))
-        first = state["next"]
-        idx, steps = _route(kb, tb, parts, ooo, state)
+        _push_routed(split, kb, tb, vb, ooo, state)
         for p in range(parts):
-            i = np.asarray(idx[p], dtype=np.int64)
-            split[p].push(kb[i], tb[i], vb[i], positions=2 * (first + i),
-                          watermark_steps=tuple(np.asarray(a, np.int64) for a in steps[p]))
             got[p].append(split[p].poll(positions=True).to_pandas(datetimes=False))
             got_late[p].append(split[p].poll_late(positions=True).to_pandas(datetimes=False))
     want.append(single.flush().to_pandas(datetimes=False))
@@ -183,17 +189,11 @@ def test_rekeyed_checkpoints_continue_like_the_single_pipeline(kind, before, aft
     want, got = [], []
 
     def run(pipes, lo, hi):
-        parts = len(pipes)
         for a, b in zip(range(lo, hi, 250), list(range(lo + 250, hi, 250)) + [hi]):
             kb, tb, vb = k[a:b], t[a:b], v[a:b]
             single.push(kb, tb, vb)
             want.append(single.poll().to_pandas(datetimes=False))
-            first = state["next"]
-            idx, steps = _route(kb, tb, parts, ooo, state)
-            for p in range(parts):
-                i = np.asarray(idx[p], dtype=np.int64)
-                pipes[p].push(kb[i], tb[i], vb[i], positions=2 * (first + i),
-                              watermark_steps=tuple(np.asarray(x, np.int64) for x in steps[p]))
+            _push_routed(pipes, kb, tb, vb, ooo, state)
             # Rows stay in the pipelines until a poll: some cross the rekeying as held outputs.
             if rng.random() < 0.5 or b == hi:
                 got.append(_merge([q.poll(positions=True).to_pandas(datetimes=False) for q in pipes],
@@ -256,12 +256,7 @@ def test_detectors_under_external_watermarks_merge_into_the_single_pipeline(rng)
     for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(k)]):
         kb, tb, vb = k[lo:hi], t[lo:hi], v[lo:hi]
         single.push(kb, tb, vb)
-        first = state["next"]
-        idx, steps = _route(kb, tb, parts, ooo, state)
-        for p in range(parts):
-            i = np.asarray(idx[p], dtype=np.int64)
-            split[p].push(kb[i], tb[i], vb[i], positions=2 * (first + i),
-                          watermark_steps=tuple(np.asarray(a, np.int64) for a in steps[p]))
+        _push_routed(split, kb, tb, vb, ooo, state)
         want = single.poll_scores().to_pandas(datetimes=False)
         got = _merge([q.poll_scores().to_pandas(datetimes=False) for q in split],
                      ["timestamp", "key"])
