@@ -28,18 +28,22 @@ void window_runner::run(watermark_feed feed)
 {
   if (feed.batch().n == 0 && feed.steps().count == 0) { return; }
   if (options_.max_open_windows != 0) { kind_->check_capacity(feed); }
-  std::size_t const late_before = out_.late.size();
-  std::size_t const rows_before = out_.windows.size();
-  std::uint64_t const nan_before = out_.nan_values;
-  // A kind that throws has changed nothing, so the fields are only updated after it returns.
-  kind_->apply(feed, out_);
-  std::size_t const late = out_.late.size() - late_before;
+  window_output::mark const before = out_.here();
+  // A kind that throws has left its state as it was; its output is dropped here, and the
+  // fields are only updated after it returns.
+  try {
+    kind_->apply(feed, out_);
+  } catch (...) {
+    out_.roll_back(before);
+    throw;
+  }
+  std::size_t const late = out_.late.size() - before.late;
   fields_.clock = feed.clock();
   fields_.seq += feed.batch().n;
   fields_.late += late;
   fields_.aggregated += feed.batch().n - late;
-  fields_.nan_values += out_.nan_values - nan_before;
-  fields_.emitted += out_.windows.size() - rows_before;
+  fields_.nan_values += out_.nan_values - before.nan_values;
+  fields_.emitted += out_.windows.size() - before.windows;
 }
 
 void window_runner::flush()

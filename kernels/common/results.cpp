@@ -275,6 +275,16 @@ void window_table_builder::append_row(std::uint32_t key, std::int64_t ts, channe
   append_values(acc, min_periods);
 }
 
+void window_table_builder::truncate(std::size_t rows)
+{
+  shrink_to(keys_, rows);
+  shrink_to(starts_, rows);
+  shrink_to(ends_, rows);
+  for (auto& c : int_cols_) shrink_to(c, rows);
+  for (auto& c : float_cols_) shrink_to(c, rows);
+  shrink_to(is_update_, rows);
+}
+
 table window_table_builder::finish()
 {
   table t;

@@ -22,6 +22,13 @@ void reserve_more(std::vector<T>& v, std::size_t more)
   if (v.size() + more > v.capacity()) { v.reserve(std::max(v.size() + more, 2 * v.capacity())); }
 }
 
+/// Drops the elements of `v` from `n` on (none when it holds fewer); never allocates.
+template <typename T>
+void shrink_to(std::vector<T>& v, std::size_t n)
+{
+  if (v.size() > n) { v.erase(v.begin() + static_cast<std::ptrdiff_t>(n), v.end()); }
+}
+
 /// Final value of one aggregation from a moments accumulator.
 double finalize(ops::moments const& m, agg a);
 /// Final value of any aggregation from a full accumulator (q: the quantile, for agg::quantile).
@@ -57,6 +64,9 @@ class window_table_builder {
                    ops::moments const* acc, std::int64_t min_periods);
   /// Rows appended since the last finish().
   std::size_t size() const { return keys_.size(); }
+  /// Drops the rows from `rows` on, a row half appended included (a push that failed); never
+  /// allocates.
+  void truncate(std::size_t rows);
   table finish();
 
  private:
@@ -96,6 +106,14 @@ class late_table_builder {
     for (int c = 0; c < channels_; ++c) values_[c].push_back(static_cast<double>(values[c]));
   }
   std::size_t size() const { return keys_.size(); }
+  /// Drops the rows from `rows` on, a row half appended included (a push that failed); never
+  /// allocates.
+  void truncate(std::size_t rows)
+  {
+    shrink_to(keys_, rows);
+    shrink_to(ts_, rows);
+    for (auto& v : values_) shrink_to(v, rows);
+  }
   /// Room for `rows` more records, so that appending them cannot fail.
   void reserve(std::size_t rows)
   {

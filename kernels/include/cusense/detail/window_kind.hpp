@@ -38,6 +38,22 @@ class window_output {
     if (keep_positions) { late_positions.push_back(p); }
   }
 
+  /// How much output there is: what a push that fails goes back to (roll_back).
+  struct mark {
+    std::size_t windows, late;
+    std::uint64_t nan_values;
+  };
+  mark here() const { return {windows.size(), late.size(), nan_values}; }
+  /// Drops what was written since `m` was taken; never allocates.
+  void roll_back(mark const& m)
+  {
+    windows.truncate(m.windows);
+    late.truncate(m.late);
+    nan_values = m.nan_values;
+    shrink_to(window_positions, m.windows);
+    shrink_to(late_positions, m.late);
+  }
+
   window_table_builder windows;
   late_table_builder late;
   std::uint64_t nan_values = 0;  ///< NaN values among the aggregated records
@@ -187,8 +203,8 @@ struct runner_fields {
 };
 
 /// The state steps of one window kind on the CPU. The runner calls check_capacity, then apply,
-/// with a feed positioned before the batch; a kind that throws from either has changed
-/// nothing.
+/// with a feed positioned before the batch. A kind that throws from either has left its own
+/// state as it was (the runner drops what the apply wrote to the output).
 class window_kind {
  public:
   virtual ~window_kind() = default;
