@@ -27,6 +27,7 @@ void window_runner::push_external(record_batch const& batch, std::int64_t const*
 void window_runner::run(watermark_feed feed)
 {
   if (feed.batch().n == 0 && feed.steps().count == 0) { return; }
+  settle();  // first, so that rows left for later keep their place before this batch's
   if (options_.max_open_windows != 0) { kind_->check_capacity(feed); }
   window_output::mark const before = out_.here();
   // A kind that throws has left its state as it was; its output is dropped here, and the
@@ -46,8 +47,21 @@ void window_runner::run(watermark_feed feed)
   fields_.emitted += out_.windows.size() - before.windows;
 }
 
+void window_runner::settle()
+{
+  std::size_t const rows_before = out_.windows.size();
+  try {
+    kind_->settle(out_);
+  } catch (...) {
+    fields_.emitted += out_.windows.size() - rows_before;
+    throw;
+  }
+  fields_.emitted += out_.windows.size() - rows_before;
+}
+
 void window_runner::flush()
 {
+  settle();
   std::size_t const rows_before = out_.windows.size();
   kind_->flush(out_);
   out_.tag_windows(std::numeric_limits<std::int64_t>::max());
@@ -56,9 +70,7 @@ void window_runner::flush()
 
 void window_runner::drain(table* windows, table* late)
 {
-  std::size_t const rows_before = out_.windows.size();
-  kind_->settle(out_);
-  fields_.emitted += out_.windows.size() - rows_before;
+  settle();
   if (windows) {
     table t = out_.windows.finish();
     if (out_.keep_positions) {
@@ -95,9 +107,7 @@ engine_counters window_runner::counters()
 
 void window_runner::save_state(state_writer& out)
 {
-  std::size_t const rows_before = out_.windows.size();
-  kind_->settle(out_);
-  fields_.emitted += out_.windows.size() - rows_before;
+  settle();
   kind_->save_state(out, fields_);
 }
 

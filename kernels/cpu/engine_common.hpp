@@ -35,11 +35,28 @@ class acc_pool {
     acc_.resize(acc_.size() + static_cast<std::size_t>(channels_));
     return s;
   }
+  /// Whether the next take() reuses a freed slot (rather than growing the pool).
+  bool has_free() const { return !free_.empty(); }
+  /// Undoes the last take() that returned `s` (`reused`: what has_free() said before it), for
+  /// the takes of a batch undone in reverse order; never allocates.
+  void untake(std::uint32_t s, bool reused)
+  {
+    if (reused) {
+      for (int c = 0; c < channels_; ++c) at(s)[c] = channel_acc{};
+      free_.push_back(s);  // its place in free_ is still reserved: no allocation
+    } else {
+      acc_.resize(acc_.size() - static_cast<std::size_t>(channels_));
+    }
+  }
   void give_back(std::uint32_t s)
   {
     for (int c = 0; c < channels_; ++c) at(s)[c] = channel_acc{};
     free_.push_back(s);
   }
+  /// Room to give back `n` more slots without allocating.
+  void reserve_free(std::size_t n) { reserve_more(free_, n); }
+  /// Slots ever taken (live or free): slot ids are below this.
+  std::size_t slots() const { return acc_.size() / static_cast<std::size_t>(channels_); }
   channel_acc* at(std::uint32_t s) { return acc_.data() + std::size_t{s} * static_cast<std::size_t>(channels_); }
   std::size_t live() const { return acc_.size() / static_cast<std::size_t>(channels_) - free_.size(); }
   /// Bytes of the live slots, sketches included (walks every slot; free slots hold empty

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <limits>
 #include <map>
+#include <tuple>
+#include <utility>
 #include <unordered_map>
 #include <vector>
 
@@ -40,10 +42,21 @@ class cpu_sliding_kind final : public cpu_kind_base {
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
 
+  // All or nothing: what the batch changes is journalled (new panes, the prior state of panes
+  // it adds to) and undone if anything throws; the panes the watermark frees are freed only
+  // once nothing else can fail.
   void apply(watermark_feed& feed, window_output& out) override
   {
     out_ = &out;
-    with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
+    start_batch();
+    try {
+      with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
+      free_panes_before(kept_from_);
+    } catch (...) {
+      undo_batch();
+      throw;
+    }
+    end_batch();
   }
 
   void flush(window_output& out) override
@@ -141,25 +154,112 @@ class cpu_sliding_kind final : public cpu_kind_base {
         feed.after(i, t, advance);
         continue;
       }
-      pane_map& panes = keys_[key];
-      auto it         = panes.find(j);
-      if (it == panes.end()) {
-        it = panes.emplace(j, pool_.take()).first;
-        keys_by_pane_[j].push_back(key);
-      }
-      out_->nan_values += add_record(pool_.at(it->second), layout_, v, channels_, t, feed.seq(i));
+      auto const [panes, slot] = pane_to_change(key, j);
+      out_->nan_values += add_record(pool_.at(slot), layout_, v, channels_, t, feed.seq(i));
       if (feed.has() && options_.allowed_lateness > 0) {
         // Windows holding the record that were emitted and are still kept: emit them again.
         std::int64_t const lo = std::max(win_.first_window(j), kept_from_);
         std::int64_t const hi = std::min(win_.last_window(j), emitted_before_ - 1);
-        for (std::int64_t k = lo; k <= hi; ++k) emit_window(key, panes, k, true);
+        for (std::int64_t k = lo; k <= hi; ++k) emit_window(key, *panes, k, true);
         out_->tag_windows(feed.position(i));
       }
       feed.after(i, t, advance);
     }
   }
 
-  // The watermark moved to `wm`: emit the windows it closed, free what can no longer change.
+  // ----- one batch, all or nothing ----------------------------------------------------------
+
+  // A (key, pane) state the batch created: undone by removing it.
+  struct new_pane {
+    std::uint32_t key;
+    std::int64_t j;
+    std::uint32_t slot;
+    bool reused;  // the slot came from the pool's free list
+  };
+
+  void start_batch()
+  {
+    batch_start_ = {emitted_before_, kept_from_};
+    ++epoch_;
+    touched_.resize(pool_.slots(), 0);  // slots from here on are new in this batch
+  }
+
+  void end_batch()
+  {
+    new_panes_.clear();
+    saved_slots_.clear();
+    saved_accs_.clear();
+  }
+
+  // The pane map of `key` and the slot of its pane `j`, created if new; either way the batch
+  // can be undone afterwards.
+  std::pair<pane_map*, std::uint32_t> pane_to_change(std::uint32_t key, std::int64_t j)
+  {
+    if (auto k = keys_.find(key); k != keys_.end()) {
+      if (auto p = k->second.find(j); p != k->second.end()) {
+        keep_prior_state(p->second);
+        return {&k->second, p->second};
+      }
+    }
+    reserve_more(new_panes_, 1);  // so the pane is journalled before anything else changes
+    bool const reused        = pool_.has_free();
+    std::uint32_t const slot = pool_.take();
+    new_panes_.push_back({key, j, slot, reused});
+    if (slot < touched_.size()) { touched_[slot] = epoch_; }  // empty: nothing to keep
+    pane_map& panes = keys_[key];
+    panes.emplace(j, slot);
+    keys_by_pane_[j].push_back(key);
+    return {&panes, slot};
+  }
+
+  // Before the batch first changes the pane in `slot`: keeps its accumulators. The pool gets a
+  // copy and the original is kept, so an undo restores it exactly (sketch capacity included).
+  void keep_prior_state(std::uint32_t slot)
+  {
+    if (slot >= touched_.size() || touched_[slot] == epoch_) { return; }  // new, or kept
+    auto const n = static_cast<std::size_t>(channels_);
+    reserve_more(saved_slots_, 1);
+    reserve_more(saved_accs_, n);
+    std::size_t const at = saved_accs_.size();
+    channel_acc* a       = pool_.at(slot);
+    try {
+      for (std::size_t c = 0; c < n; ++c) saved_accs_.push_back(a[c]);
+    } catch (...) {
+      shrink_to(saved_accs_, at);
+      throw;
+    }
+    for (std::size_t c = 0; c < n; ++c) std::swap(a[c], saved_accs_[at + c]);
+    saved_slots_.push_back(slot);
+    touched_[slot] = epoch_;
+  }
+
+  // Puts everything the batch changed back as it was; never allocates.
+  void undo_batch()
+  {
+    auto const n = static_cast<std::size_t>(channels_);
+    for (std::size_t i = 0; i < saved_slots_.size(); ++i) {
+      channel_acc* a = pool_.at(saved_slots_[i]);
+      for (std::size_t c = 0; c < n; ++c) a[c] = std::move(saved_accs_[i * n + c]);
+    }
+    for (auto p = new_panes_.rbegin(); p != new_panes_.rend(); ++p) {
+      // Undone in reverse, so the key is the last one the batch added to its pane's list.
+      if (auto k = keys_.find(p->key); k != keys_.end()) {
+        k->second.erase(p->j);
+        if (k->second.empty()) { keys_.erase(k); }
+      }
+      if (auto h = keys_by_pane_.find(p->j); h != keys_by_pane_.end()) {
+        if (!h->second.empty() && h->second.back() == p->key) { h->second.pop_back(); }
+        if (h->second.empty()) { keys_by_pane_.erase(h); }
+      }
+      pool_.untake(p->slot, p->reused);
+    }
+    std::tie(emitted_before_, kept_from_) = batch_start_;
+    end_batch();
+  }
+
+  // The watermark moved to `wm`: emit the windows it closed. The panes that can no longer
+  // change (below kept_from_) are freed at the end of the batch: records in them are late, and
+  // no window from emitted_before_ on holds them.
   void advance(std::int64_t wm)
   {
     std::int64_t const closed = closed_before(wm, 0);
@@ -168,10 +268,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
       emitted_before_ = closed;
     }
     std::int64_t const kept = closed_before(wm, options_.allowed_lateness);
-    if (kept_from_ == none || kept > kept_from_) {
-      free_panes_before(kept);
-      kept_from_ = kept;
-    }
+    if (kept_from_ == none || kept > kept_from_) { kept_from_ = kept; }
   }
 
   // Emits, in (window start, key) order, the windows k0 <= k < k1 holding records
@@ -211,12 +308,17 @@ class cpu_sliding_kind final : public cpu_kind_base {
     out_->windows.append(key, win_.start(k), win_.end(k), tmp_.data(), update);
   }
 
-  // Frees the panes of windows k < kept only (panes j < kept * panes_per_slide).
+  // Frees the panes of windows k < kept only (panes j < kept * panes_per_slide); allocates (if
+  // at all) before changing anything.
   void free_panes_before(std::int64_t kept)
   {
+    if (kept == none) { return; }
     auto const end = kept == std::numeric_limits<std::int64_t>::max()
                        ? keys_by_pane_.end()
                        : keys_by_pane_.lower_bound(win_.first_pane(kept));
+    std::size_t n = 0;
+    for (auto it = keys_by_pane_.begin(); it != end; ++it) n += it->second.size();
+    pool_.reserve_free(n);
     for (auto it = keys_by_pane_.begin(); it != end; ++it) {
       for (std::uint32_t key : it->second) {
         auto k          = keys_.find(key);
@@ -263,7 +365,15 @@ class cpu_sliding_kind final : public cpu_kind_base {
   std::vector<std::pair<std::int64_t, std::uint32_t>> ready_;        // scratch: (window, key)
   std::vector<channel_acc> tmp_;
   std::int64_t emitted_before_ = none;  // windows k < this have been emitted (by the watermark)
-  std::int64_t kept_from_      = none;  // windows k < this are freed
+  std::int64_t kept_from_      = none;  // windows k < this are freed (at the end of each batch)
+
+  // The batch in progress (see apply).
+  std::pair<std::int64_t, std::int64_t> batch_start_;  // emitted_before_, kept_from_
+  std::vector<new_pane> new_panes_;
+  std::vector<std::uint32_t> saved_slots_;  // panes the batch changed, in saved_accs_ order
+  std::vector<channel_acc> saved_accs_;     // their accumulators before the batch
+  std::vector<std::uint64_t> touched_;      // per slot: the last batch (epoch_) that saved it
+  std::uint64_t epoch_ = 0;
 };
 
 }  // namespace

@@ -131,6 +131,8 @@ struct key_entry {
 
 // Open-addressing table from a key to its key_entry (linear probing). Entries are not erased one by one when their windows are emitted:
 // their ways go stale, and growing the table drops the entries that hold no open state.
+// A batch can be undone (undo_batch): the keys it inserted are journalled, and the table as
+// it was before the batch's first growth is kept until end_batch.
 class key_table {
  public:
   key_table() : entries_(std::size_t{1} << min_bits), shift_(64 - min_bits) {}
@@ -152,6 +154,8 @@ class key_table {
           rebuild(live_from);
           return find_or_insert(key, live_from);
         }
+        reserve_more(inserted_, 1);
+        inserted_.push_back(key);
         e.key  = key;
         e.used = 1;
         ++size_;
@@ -177,6 +181,27 @@ class key_table {
   {
     std::fill(entries_.begin(), entries_.end(), key_entry{});
     size_ = 0;
+  }
+
+  /// Puts back the keys the table held when the batch began (entries found there are as the
+  /// batch left them); never allocates.
+  void undo_batch()
+  {
+    if (rebuilt_) {
+      entries_.swap(before_entries_);
+      shift_ = before_shift_;
+      size_  = before_size_;
+    }
+    for (auto k = inserted_.rbegin(); k != inserted_.rend(); ++k) erase(*k);
+    end_batch();
+  }
+
+  /// The batch is kept: forgets what undo_batch would need.
+  void end_batch()
+  {
+    inserted_.clear();
+    std::vector<key_entry>{}.swap(before_entries_);
+    rebuilt_ = false;
   }
 
  private:
@@ -205,6 +230,8 @@ class key_table {
     while ((std::size_t{1} << bits) < 2 * (live + 1)) ++bits;
     std::vector<key_entry> fresh(std::size_t{1} << bits);  // may throw: nothing changed yet
     std::swap(entries_, fresh);
+    unsigned const old_shift    = shift_;
+    std::size_t const old_size = size_;
     shift_ = 64 - bits;
     size_  = 0;
     std::size_t const mask = entries_.size() - 1;
@@ -215,11 +242,46 @@ class key_table {
       entries_[i] = e;
       ++size_;
     }
+    if (!rebuilt_) {  // the table as the batch found it, for undo_batch
+      before_entries_ = std::move(fresh);
+      before_shift_   = old_shift;
+      before_size_    = old_size;
+      rebuilt_        = true;
+    }
+  }
+
+  // Removes `key` if present, shifting back the entries of its probe run so that every entry
+  // stays reachable from its home (no tombstones).
+  void erase(std::uint32_t key)
+  {
+    std::size_t const mask = entries_.size() - 1;
+    std::size_t i          = home(key);
+    for (;; i = (i + 1) & mask) {
+      if (entries_[i].used == 0) { return; }
+      if (entries_[i].key == key) { break; }
+    }
+    for (std::size_t j = (i + 1) & mask; entries_[j].used != 0; j = (j + 1) & mask) {
+      std::size_t const h = home(entries_[j].key);
+      // The entry at j may fill the hole at i when its home is not cyclically in (i, j].
+      bool const home_between = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+      if (!home_between) {
+        entries_[i] = entries_[j];
+        i           = j;
+      }
+    }
+    entries_[i] = key_entry{};
+    --size_;
   }
 
   std::vector<key_entry> entries_;
   unsigned shift_;
   std::size_t size_ = 0;
+  // The batch in progress (undo_batch).
+  std::vector<std::uint32_t> inserted_;
+  std::vector<key_entry> before_entries_;
+  unsigned before_shift_    = 0;
+  std::size_t before_size_  = 0;
+  bool rebuilt_             = false;
 };
 
 struct shard_state {
@@ -257,6 +319,7 @@ struct shard_state {
     std::uint32_t slot;
   };
   std::vector<created_state> created;  // states the current batch created, for roll-back
+  std::vector<key_entry> changed_keys;  // key entries before the batch's create() changed them
   std::size_t slots_before     = 0;    // slot_key.size() when the batch started
   std::size_t spill_log_before = 0;    // spill_log.size() when the batch started
   std::uint64_t aggregated     = 0;
@@ -277,9 +340,17 @@ struct shard_state {
   {
     todo.clear();
     slots.clear();
-    created.clear();
+    end_batch();
     slots_before     = slot_key.size();
     spill_log_before = spill_log.size();
+  }
+
+  /// The batch is kept: forgets what roll_back would need.
+  void end_batch()
+  {
+    created.clear();
+    changed_keys.clear();
+    keys.end_batch();
   }
 
   // Gives back a slot taken for a state of the current batch. Slots are given back in reverse
@@ -325,14 +396,15 @@ struct shard_state {
     e.spill_max = std::max(e.spill_max, win);
   }
 
-  // The slot of a new state (key, win), which must be missing. Strong guarantee: throws
-  // (bad_alloc) with nothing changed but, at most, a spilled copy of a way (found there or
-  // in the way: the same state).
+  // The slot of a new state (key, win), which must be missing. Throws (bad_alloc) with nothing
+  // changed but, at most, a way sent to the spill log, which roll_back undoes.
   __attribute__((noinline)) std::uint32_t create(key_entry& e, std::uint32_t key, std::int64_t win,
                                                  int channels)
   {
     // A free way takes the state; else the older of the two windows goes to the spill log,
     // or the new state itself when it is older than both.
+    reserve_more(changed_keys, 1);
+    changed_keys.push_back(e);  // what roll_back restores
     int way = !way_open(e, 0) ? 0 : !way_open(e, 1) ? 1 : e.win[0] <= e.win[1] ? 0 : 1;
     bool const to_log = way_open(e, way) && win < e.win[way];
     if (way_open(e, way) && !to_log) { spill_state(e, e.win[way], e.slot[way]); }
@@ -378,43 +450,29 @@ struct shard_state {
     return slot;
   }
 
-  // Removes every state the current batch created, restoring the shard as it was (entries
-  // the batch added to the key table stay, with empty ways). Allocates nothing.
+  // Removes every state the current batch created and every key it added, restoring the
+  // shard as it was (its state_bytes and checkpoint included). Allocates nothing.
   void roll_back(int channels)
   {
-    if (created.empty()) { return; }
-    // Within a batch no slot is freed, so a slot names one state: sorted by slot, `created`
-    // tells which spilled entries of this batch are new states (the others, states that
-    // existed before the batch and left their way, stay).
-    auto const by_slot = [](created_state const& a, created_state const& b) { return a.slot < b.slot; };
-    std::sort(created.begin(), created.end(), by_slot);
-    auto const is_new = [&](spilled_state const& s) {
-      return std::binary_search(created.begin(), created.end(), created_state{s.win, s.key, s.slot}, by_slot);
-    };
-    spill_log.erase(std::remove_if(spill_log.begin() + static_cast<std::ptrdiff_t>(spill_log_before),
-                                   spill_log.end(), is_new),
-                    spill_log.end());
+    keys.undo_batch();
+    for (auto c = changed_keys.rbegin(); c != changed_keys.rend(); ++c) {
+      if (key_entry* e = keys.find(c->key)) { *e = *c; }  // keys new to the batch are gone
+    }
+    shrink_to(spill_log, spill_log_before);  // the batch only appended to the log
     spill.clear();
     spill_indexed = 0;
-    for (created_state const& c : created) {
-      // Each list ends with the states the batch created in its window: pop one per state.
-      auto w = open_by_window.find(c.win);
+    // In reverse: each window's list ends with the states the batch created in it, and slots
+    // go back to the free list in the order they left it.
+    for (auto c = created.rbegin(); c != created.rend(); ++c) {
+      auto w = open_by_window.find(c->win);
       w->second.pop_back();
       if (w->second.empty()) { open_by_window.erase(w); }
-      if (key_entry* e = keys.find(c.key)) {
-        for (int way = 0; way < 2; ++way) {
-          if (e->slot[way] == c.slot && e->win[way] == c.win) {
-            e->slot[way] = flat_index::none;
-            e->win[way]  = window_none;
-          }
-        }
-      }
-      if (c.slot < slots_before) { free_slots.push_back(c.slot); }  // popped from there: capacity held
+      if (c->slot < slots_before) { free_slots.push_back(c->slot); }  // capacity held
     }
     slot_key.resize(slots_before);
     acc.resize(slots_before * static_cast<std::size_t>(channels));
-    created.clear();
     last_list = nullptr;
+    end_batch();
   }
 
   // Drops the spilled states of emitted windows (no allocation).
@@ -506,7 +564,7 @@ struct shard_state {
     }
     aggregated += n;
     todo.clear();
-    created.clear();
+    end_batch();
   }
 
   // After the windows below `limit` were emitted and their slots freed.
@@ -557,12 +615,18 @@ class cpu_tumbling_kind final : public window_kind {
     emit_before(std::numeric_limits<std::int64_t>::max());
   }
 
-  // Windows whose emission a push deferred (out of memory), if any.
+  // Windows whose emission a push deferred (out of memory), if any: step by step, each tagged
+  // with its step's position, as the push would have.
   void settle(window_output& out) override
   {
     out_ = &out;
-    emit_closed();
-    out_->tag_windows(last_position_);
+    for (; pending_from_ < pending_.size(); ++pending_from_) {
+      pending_step const& s = pending_[pending_from_];
+      emit_before(window_.closed_before(s.watermark));
+      out_->tag_windows(s.position);
+    }
+    pending_.clear();
+    pending_from_ = 0;
   }
 
   kind_size size() const override
@@ -594,6 +658,8 @@ class cpu_tumbling_kind final : public window_kind {
     // it was; pass 2 cannot fail. All passes run in one parallel region: the batch is cut into
     // one chunk per part (thread) for pass 0, the shards are divided among the threads for
     // passes 1 and 2. Results do not depend on the number of threads or parts.
+    // Room to leave every watermark step of the batch for later (settle).
+    pending_.reserve(std::max<std::size_t>(1, feed.steps().count));
     for (auto& s : shards_) s.begin_batch();
     late_idx_.clear();
     std::size_t const n   = batch.n;
@@ -807,15 +873,17 @@ class cpu_tumbling_kind final : public window_kind {
                         feed.position(i));
     }
     // The batch is applied; windows it closes are emitted now (step by step under external
-    // watermarks, each row tagged with its step's position), or, when memory runs out here, by
-    // the next call (settle), so the caller never sees an applied batch fail.
+    // watermarks, each row tagged with its step's position), or, when memory runs out here,
+    // from the step that failed on by the next call (settle), so the caller never sees an
+    // applied batch fail.
+    std::size_t steps_done = 0;
     try {
       if (external) {
         feed.finish([&](std::int64_t position) {
           clock_ = feed.clock();
           emit_closed();
           out_->tag_windows(position);
-          last_position_ = position;
+          ++steps_done;
         });
       } else {
         clock_ = feed.clock();
@@ -823,7 +891,14 @@ class cpu_tumbling_kind final : public window_kind {
       }
     } catch (std::bad_alloc const&) {
       feed.move_to(batch.n);
-      if (feed.steps().count != 0) { last_position_ = feed.steps().position[feed.steps().count - 1]; }
+      watermark_steps const& steps = feed.steps();
+      if (external) {  // (reserved above: no allocation)
+        for (std::size_t s = steps_done; s < steps.count; ++s) {
+          pending_.push_back({feed.step_watermark(s), steps.position[s]});
+        }
+      } else {
+        pending_.push_back({feed.clock().value(), 0});
+      }
     }
     clock_ = feed.clock();
   }
@@ -934,7 +1009,13 @@ class cpu_tumbling_kind final : public window_kind {
   std::vector<shard_state> shards_;
   window_output* out_ = nullptr;  // the output of the apply, flush or settle in progress
   watermark_clock clock_;          // as of the end of the last batch
-  std::int64_t last_position_ = 0;  // of the last watermark step (external watermarks)
+  // Watermark steps whose emission ran out of memory, for settle (pending_[pending_from_, ...)).
+  struct pending_step {
+    std::int64_t watermark;
+    std::int64_t position;  // of the step (external watermarks)
+  };
+  std::vector<pending_step> pending_;
+  std::size_t pending_from_ = 0;
   std::vector<std::uint32_t> late_idx_;  // scratch: late records of the current batch
   // Scratch of emit_before, kept across calls so that emission does not allocate in steady
   // state: per shard its rows (first) and windows (first_range) below the limit.
@@ -1012,7 +1093,7 @@ void cpu_tumbling_kind::load_state(state_reader& in, runner_fields& fields, key_
     std::copy_n(&st.acc[i * static_cast<std::size_t>(channels)], channels,
                 &sh.acc[std::size_t{slot} * channels]);
   }
-  for (auto& sh : shards_) sh.created.clear();
+  for (auto& sh : shards_) sh.end_batch();
   fields.aggregated = st.aggregated;
   fields.nan_values = st.nan_values;
   fields.clock.has    = st.has_max;

@@ -27,6 +27,9 @@ class window_runner final : public window_engine {
 
  private:
   void run(watermark_feed feed);
+  // Lets the kind emit what a push that ran out of memory left for later (window_kind::settle),
+  // counting the rows it emits even if it fails part way.
+  void settle();
 
   pipeline_options options_;
   std::unique_ptr<window_kind> kind_;

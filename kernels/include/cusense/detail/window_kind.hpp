@@ -94,6 +94,8 @@ class watermark_feed {
     return positions_ ? positions_[i] : static_cast<std::int64_t>(first_seq_ + i);
   }
   watermark_steps const& steps() const { return steps_; }
+  /// The watermark after step s of the batch (external).
+  std::int64_t step_watermark(std::size_t s) const { return steps_.watermark[s]; }
 
   /// Before record 0: the caller's steps at 0; advance(position) after each.
   template <typename Advance>
@@ -216,8 +218,9 @@ class window_kind {
   virtual void apply(watermark_feed& feed, window_output& out) = 0;
   /// Ends the stream: every open window is emitted.
   virtual void flush(window_output& out) = 0;
-  /// Emits what an apply that ran out of memory after taking its batch left for later (the
-  /// runner calls it before output or state is read).
+  /// Emits what an apply that ran out of memory after taking its batch left for later, as the
+  /// apply would have (the runner calls it before the next push or flush, and before output or
+  /// state is read). May throw (out of memory) having emitted part of it, and be called again.
   virtual void settle(window_output&) {}
   virtual kind_size size() const = 0;
   /// The kind's state form, with the runner's fields where the form puts them.
