@@ -48,6 +48,12 @@ class acc_pool {
       acc_.resize(acc_.size() - static_cast<std::size_t>(channels_));
     }
   }
+  /// Undoes the last give_back (of `s`), for a batch undone in reverse order; never allocates.
+  void retake(std::uint32_t s)
+  {
+    (void)s;  // it is the last slot given back
+    free_.pop_back();
+  }
   void give_back(std::uint32_t s)
   {
     for (int c = 0; c < channels_; ++c) at(s)[c] = channel_acc{};

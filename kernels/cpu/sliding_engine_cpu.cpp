@@ -42,16 +42,14 @@ class cpu_sliding_kind final : public cpu_kind_base {
     tmp_.resize(static_cast<std::size_t>(channels_));
   }
 
-  // All or nothing: what the batch changes is journalled (new panes, the prior state of panes
-  // it adds to) and undone if anything throws; the panes the watermark frees are freed only
-  // once nothing else can fail.
+  // All or nothing: what the batch changes is journalled (panes created and freed, the prior
+  // state of panes it adds to) and undone if anything throws.
   void apply(watermark_feed& feed, window_output& out) override
   {
     out_ = &out;
     start_batch();
     try {
       with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
-      free_panes_before(kept_from_);
     } catch (...) {
       undo_batch();
       throw;
@@ -63,7 +61,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
   {
     out_ = &out;
     emit_windows(emitted_before_, std::numeric_limits<std::int64_t>::max());
-    free_panes_before(std::numeric_limits<std::int64_t>::max());
+    free_panes_before(std::numeric_limits<std::int64_t>::max(), /*journal=*/false);
   }
 
   kind_size size() const override
@@ -127,7 +125,9 @@ class cpu_sliding_kind final : public cpu_kind_base {
   }
 
  private:
-  using pane_map = std::map<std::int64_t, std::uint32_t>;  // pane id -> slot
+  using pane_map   = std::map<std::int64_t, std::uint32_t>;  // pane id -> slot
+  using key_map    = std::unordered_map<std::uint32_t, pane_map>;
+  using pane_lists = std::map<std::int64_t, std::vector<std::uint32_t>>;
 
   // The windows closed at watermark `wm` - lateness: those with ids below the result.
   std::int64_t closed_before(std::int64_t wm, std::int64_t lateness) const
@@ -169,12 +169,16 @@ class cpu_sliding_kind final : public cpu_kind_base {
 
   // ----- one batch, all or nothing ----------------------------------------------------------
 
-  // A (key, pane) state the batch created: undone by removing it.
-  struct new_pane {
+  // A (key, pane) state the batch created (undone by removing it) or freed (undone by putting
+  // back its map nodes, which it keeps, and its accumulators, kept in freed_accs_).
+  struct pane_change {
     std::uint32_t key;
     std::int64_t j;
     std::uint32_t slot;
-    bool reused;  // the slot came from the pool's free list
+    bool freed;
+    bool reused;                       // created: the slot came from the pool's free list
+    pane_map::node_type pane_node;     // freed: the pane's entry in the key's map
+    key_map::node_type key_node;       // freed: the key's entry, when this was its last pane
   };
 
   void start_batch()
@@ -184,9 +188,11 @@ class cpu_sliding_kind final : public cpu_kind_base {
     touched_.resize(pool_.slots(), 0);  // slots from here on are new in this batch
   }
 
-  void end_batch()
+  void end_batch() noexcept
   {
-    new_panes_.clear();
+    changes_.clear();
+    freed_accs_.clear();
+    freed_lists_.clear();
     saved_slots_.clear();
     saved_accs_.clear();
   }
@@ -201,10 +207,10 @@ class cpu_sliding_kind final : public cpu_kind_base {
         return {&k->second, p->second};
       }
     }
-    reserve_more(new_panes_, 1);  // so the pane is journalled before anything else changes
+    reserve_more(changes_, 1);  // so the pane is journalled before anything else changes
     bool const reused        = pool_.has_free();
     std::uint32_t const slot = pool_.take();
-    new_panes_.push_back({key, j, slot, reused});
+    changes_.push_back({key, j, slot, false, reused, {}, {}});
     if (slot < touched_.size()) { touched_[slot] = epoch_; }  // empty: nothing to keep
     pane_map& panes = keys_[key];
     panes.emplace(j, slot);
@@ -233,15 +239,27 @@ class cpu_sliding_kind final : public cpu_kind_base {
     touched_[slot] = epoch_;
   }
 
-  // Puts everything the batch changed back as it was; never allocates.
-  void undo_batch()
+  // Puts everything the batch changed back as it was. Never allocates: nodes go back into the
+  // maps they left (an unordered map that held as many keys before needs no more buckets), and
+  // slots into the pool's free list in reverse order of leaving it.
+  void undo_batch() noexcept
   {
     auto const n = static_cast<std::size_t>(channels_);
-    for (std::size_t i = 0; i < saved_slots_.size(); ++i) {
-      channel_acc* a = pool_.at(saved_slots_[i]);
-      for (std::size_t c = 0; c < n; ++c) a[c] = std::move(saved_accs_[i * n + c]);
-    }
-    for (auto p = new_panes_.rbegin(); p != new_panes_.rend(); ++p) {
+    std::size_t accs_end = freed_accs_.size();
+    // The freed panes' key lists first: panes the batch created and then freed are undone
+    // below through them, and it creates no pane in a freed list's pane after freeing it
+    // (such records are late).
+    for (auto& list : freed_lists_) keys_by_pane_.insert(std::move(list));
+    for (auto p = changes_.rbegin(); p != changes_.rend(); ++p) {
+      if (p->freed) {
+        pool_.retake(p->slot);
+        accs_end -= n;
+        channel_acc* a = pool_.at(p->slot);
+        for (std::size_t c = 0; c < n; ++c) a[c] = std::move(freed_accs_[accs_end + c]);
+        if (!p->key_node.empty()) { keys_.insert(std::move(p->key_node)); }
+        keys_.find(p->key)->second.insert(std::move(p->pane_node));
+        continue;
+      }
       // Undone in reverse, so the key is the last one the batch added to its pane's list.
       if (auto k = keys_.find(p->key); k != keys_.end()) {
         k->second.erase(p->j);
@@ -253,13 +271,15 @@ class cpu_sliding_kind final : public cpu_kind_base {
       }
       pool_.untake(p->slot, p->reused);
     }
+    for (std::size_t i = 0; i < saved_slots_.size(); ++i) {  // every pane is in its slot again
+      channel_acc* a = pool_.at(saved_slots_[i]);
+      for (std::size_t c = 0; c < n; ++c) a[c] = std::move(saved_accs_[i * n + c]);
+    }
     std::tie(emitted_before_, kept_from_) = batch_start_;
     end_batch();
   }
 
-  // The watermark moved to `wm`: emit the windows it closed. The panes that can no longer
-  // change (below kept_from_) are freed at the end of the batch: records in them are late, and
-  // no window from emitted_before_ on holds them.
+  // The watermark moved to `wm`: emit the windows it closed, free what can no longer change.
   void advance(std::int64_t wm)
   {
     std::int64_t const closed = closed_before(wm, 0);
@@ -268,7 +288,10 @@ class cpu_sliding_kind final : public cpu_kind_base {
       emitted_before_ = closed;
     }
     std::int64_t const kept = closed_before(wm, options_.allowed_lateness);
-    if (kept_from_ == none || kept > kept_from_) { kept_from_ = kept; }
+    if (kept_from_ == none || kept > kept_from_) {
+      free_panes_before(kept, /*journal=*/true);
+      kept_from_ = kept;
+    }
   }
 
   // Emits, in (window start, key) order, the windows k0 <= k < k1 holding records
@@ -308,28 +331,44 @@ class cpu_sliding_kind final : public cpu_kind_base {
     out_->windows.append(key, win_.start(k), win_.end(k), tmp_.data(), update);
   }
 
-  // Frees the panes of windows k < kept only (panes j < kept * panes_per_slide); allocates (if
-  // at all) before changing anything.
-  void free_panes_before(std::int64_t kept)
+  // Frees the panes of windows k < kept only (panes j < kept * panes_per_slide), allocating
+  // (if at all) before changing anything. `journal`: the batch may still be undone.
+  void free_panes_before(std::int64_t kept, bool journal)
   {
-    if (kept == none) { return; }
     auto const end = kept == std::numeric_limits<std::int64_t>::max()
                        ? keys_by_pane_.end()
                        : keys_by_pane_.lower_bound(win_.first_pane(kept));
-    std::size_t n = 0;
-    for (auto it = keys_by_pane_.begin(); it != end; ++it) n += it->second.size();
+    std::size_t n = 0, lists = 0;
+    for (auto it = keys_by_pane_.begin(); it != end; ++it, ++lists) n += it->second.size();
     pool_.reserve_free(n);
+    if (journal) {
+      reserve_more(changes_, n);
+      reserve_more(freed_accs_, n * static_cast<std::size_t>(channels_));
+      reserve_more(freed_lists_, lists);
+    }
     for (auto it = keys_by_pane_.begin(); it != end; ++it) {
       for (std::uint32_t key : it->second) {
         auto k          = keys_.find(key);
         pane_map& panes = k->second;
         auto p          = panes.find(it->first);
-        pool_.give_back(p->second);
-        panes.erase(p);
-        if (panes.empty()) { keys_.erase(k); }
+        std::uint32_t const slot = p->second;
+        if (journal) {
+          channel_acc* a = pool_.at(slot);
+          for (int c = 0; c < channels_; ++c) freed_accs_.push_back(std::move(a[c]));
+          changes_.push_back({key, it->first, slot, true, false, panes.extract(p), {}});
+          if (panes.empty()) { changes_.back().key_node = keys_.extract(k); }
+        } else {
+          panes.erase(p);
+          if (panes.empty()) { keys_.erase(k); }
+        }
+        pool_.give_back(slot);
       }
     }
-    keys_by_pane_.erase(keys_by_pane_.begin(), end);
+    if (journal) {
+      while (keys_by_pane_.begin() != end) freed_lists_.push_back(keys_by_pane_.extract(keys_by_pane_.begin()));
+    } else {
+      keys_by_pane_.erase(keys_by_pane_.begin(), end);
+    }
   }
 
   // Refuses (before changing anything) a batch that would take the (key, pane) states held
@@ -360,16 +399,18 @@ class cpu_sliding_kind final : public cpu_kind_base {
 
   ops::sliding win_;
   acc_pool pool_;
-  std::unordered_map<std::uint32_t, pane_map> keys_;
-  std::map<std::int64_t, std::vector<std::uint32_t>> keys_by_pane_;  // pane -> keys holding it
+  key_map keys_;
+  pane_lists keys_by_pane_;  // pane -> keys holding it
   std::vector<std::pair<std::int64_t, std::uint32_t>> ready_;        // scratch: (window, key)
   std::vector<channel_acc> tmp_;
   std::int64_t emitted_before_ = none;  // windows k < this have been emitted (by the watermark)
-  std::int64_t kept_from_      = none;  // windows k < this are freed (at the end of each batch)
+  std::int64_t kept_from_      = none;  // windows k < this are freed
 
   // The batch in progress (see apply).
   std::pair<std::int64_t, std::int64_t> batch_start_;  // emitted_before_, kept_from_
-  std::vector<new_pane> new_panes_;
+  std::vector<pane_change> changes_;          // in the order they happened
+  std::vector<channel_acc> freed_accs_;       // of the freed panes, in changes_ order
+  std::vector<pane_lists::node_type> freed_lists_;
   std::vector<std::uint32_t> saved_slots_;  // panes the batch changed, in saved_accs_ order
   std::vector<channel_acc> saved_accs_;     // their accumulators before the batch
   std::vector<std::uint64_t> touched_;      // per slot: the last batch (epoch_) that saved it
