@@ -3,6 +3,7 @@
 // accumulators and a base class. The watermark, counters and outputs are the window runner's
 // (detail/window_kind.hpp); what the CUDA engines share with them is in
 // cusense/detail/engine_shared.hpp.
+#include <cassert>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -42,16 +43,15 @@ class acc_pool {
   void untake(std::uint32_t s, bool reused)
   {
     if (reused) {
-      for (int c = 0; c < channels_; ++c) at(s)[c] = channel_acc{};
-      free_.push_back(s);  // its place in free_ is still reserved: no allocation
+      give_back(s);  // its place in free_ is still reserved: no allocation
     } else {
       acc_.resize(acc_.size() - static_cast<std::size_t>(channels_));
     }
   }
   /// Undoes the last give_back (of `s`), for a batch undone in reverse order; never allocates.
-  void retake(std::uint32_t s)
+  void retake([[maybe_unused]] std::uint32_t s)
   {
-    (void)s;  // it is the last slot given back
+    assert(!free_.empty() && free_.back() == s);
     free_.pop_back();
   }
   void give_back(std::uint32_t s)

@@ -894,7 +894,7 @@ class cpu_tumbling_kind final : public window_kind {
       watermark_steps const& steps = feed.steps();
       if (external) {  // (reserved above: no allocation)
         for (std::size_t s = steps_done; s < steps.count; ++s) {
-          pending_.push_back({feed.step_watermark(s), steps.position[s]});
+          pending_.push_back({steps.watermark[s], steps.position[s]});
         }
       } else {
         pending_.push_back({feed.clock().value(), 0});

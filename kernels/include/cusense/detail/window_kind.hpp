@@ -94,8 +94,6 @@ class watermark_feed {
     return positions_ ? positions_[i] : static_cast<std::int64_t>(first_seq_ + i);
   }
   watermark_steps const& steps() const { return steps_; }
-  /// The watermark after step s of the batch (external).
-  std::int64_t step_watermark(std::size_t s) const { return steps_.watermark[s]; }
 
   /// Before record 0: the caller's steps at 0; advance(position) after each.
   template <typename Advance>
