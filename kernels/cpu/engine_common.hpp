@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cusense/detail/accumulator.hpp>
@@ -61,6 +62,7 @@ class acc_pool {
   }
   /// Room to give back `n` more slots without allocating.
   void reserve_free(std::size_t n) { reserve_more(free_, n); }
+  int channels() const { return channels_; }
   /// Slots ever taken (live or free): slot ids are below this.
   std::size_t slots() const { return acc_.size() / static_cast<std::size_t>(channels_); }
   channel_acc* at(std::uint32_t s) { return acc_.data() + std::size_t{s} * static_cast<std::size_t>(channels_); }
@@ -78,6 +80,64 @@ class acc_pool {
   int channels_;
   std::vector<channel_acc> acc_;
   std::vector<std::uint32_t> free_;
+};
+
+/// The accumulators a batch changes, as they were before it, so that an undo restores them
+/// exactly: the pool gets a copy and the original is kept (sketch capacity included).
+class prior_slots {
+ public:
+  /// A batch starts: slots taken from here on are new to it (nothing to keep).
+  void start(acc_pool const& pool)
+  {
+    ++epoch_;
+    touched_.resize(pool.slots(), 0);
+  }
+  /// `slot` was just taken (from the free list: empty), so it holds nothing to keep.
+  void taken(std::uint32_t slot)
+  {
+    if (slot < touched_.size()) { touched_[slot] = epoch_; }
+  }
+  /// Before the batch first changes `slot` (or gives it back): keeps its accumulators.
+  void keep(acc_pool& pool, std::uint32_t slot)
+  {
+    if (slot >= touched_.size() || touched_[slot] == epoch_) { return; }  // new, or kept
+    auto const n = static_cast<std::size_t>(pool.channels());
+    reserve_more(saved_slots_, 1);
+    reserve_more(saved_accs_, n);
+    std::size_t const at = saved_accs_.size();
+    channel_acc* a       = pool.at(slot);
+    try {
+      for (std::size_t c = 0; c < n; ++c) saved_accs_.push_back(a[c]);
+    } catch (...) {
+      shrink_to(saved_accs_, at);
+      throw;
+    }
+    for (std::size_t c = 0; c < n; ++c) std::swap(a[c], saved_accs_[at + c]);
+    saved_slots_.push_back(slot);
+    touched_[slot] = epoch_;
+  }
+  /// Puts the kept accumulators back, once every slot holds its state again; never allocates.
+  void restore(acc_pool& pool) noexcept
+  {
+    auto const n = static_cast<std::size_t>(pool.channels());
+    for (std::size_t i = 0; i < saved_slots_.size(); ++i) {
+      channel_acc* a = pool.at(saved_slots_[i]);
+      for (std::size_t c = 0; c < n; ++c) a[c] = std::move(saved_accs_[i * n + c]);
+    }
+    clear();
+  }
+  /// The batch is kept: forgets the prior states.
+  void clear() noexcept
+  {
+    saved_slots_.clear();
+    saved_accs_.clear();
+  }
+
+ private:
+  std::vector<std::uint32_t> saved_slots_;  // in saved_accs_ order
+  std::vector<channel_acc> saved_accs_;     // `channels` per saved slot
+  std::vector<std::uint64_t> touched_;      // per slot: the last batch (epoch_) that kept it
+  std::uint64_t epoch_ = 0;
 };
 
 /// Adds the `channels` values of one record to `acc`; returns the number of NaN values.

@@ -15,6 +15,7 @@
 // is_update (when the session is still or again closed) or marks it so that its next emission
 // is flagged is_update.
 #include <algorithm>
+#include <cassert>
 #include <limits>
 #include <set>
 #include <utility>
@@ -56,6 +57,7 @@ struct key_state {
   bool freed        = false;  // freed_until holds the largest end of a freed session
   std::int64_t freed_until = 0;
   std::vector<session_state> sessions;  // by first; each starts at or after the end of the one before
+  std::uint64_t saved_in = 0;  // the last batch (epoch) that journalled it
 };
 
 // A session due at end_bound (or later): (key, first) finds it, ticket tells whether it is current.
@@ -84,6 +86,16 @@ class due_heap {
     return e;
   }
   void clear() { heap_.clear(); }
+  /// Undoes a batch: drops the entries with tickets above `last_old` (filed by the batch) and
+  /// puts back those it popped; never allocates (the heap held them all before the batch).
+  void undo(std::uint64_t last_old, std::vector<due_entry> const& popped) noexcept
+  {
+    heap_.erase(std::remove_if(heap_.begin(), heap_.end(),
+                               [&](due_entry const& e) { return e.ticket > last_old; }),
+                heap_.end());
+    for (due_entry const& e : popped) heap_.push_back(e);
+    std::make_heap(heap_.begin(), heap_.end(), later{});
+  }
 
  private:
   struct later {  // a type, not a function pointer, so that the heap algorithms inline it
@@ -107,7 +119,13 @@ class key_map {
       if (e.key == key) { return e.index; }
     }
   }
-  /// Maps a key that is not present.
+  /// Room for `n` more keys: inserting them will not allocate.
+  void reserve_more(std::size_t n)
+  {
+    while (2 * (size_ + n) > entries_.size()) grow();
+  }
+  /// Maps a key that is not present. Does not allocate when it leaves the map no larger than
+  /// it has been.
   void insert(std::uint32_t key, std::uint32_t index)
   {
     if (2 * (size_ + 1) > entries_.size()) { grow(); }
@@ -167,10 +185,20 @@ class cpu_session_kind final : public cpu_kind_base {
   {
   }
 
+  // All or nothing: what the batch changes is journalled (keys added and dropped, the prior
+  // state of the keys and accumulators it changes, heap entries it pops, freed-session marks)
+  // and undone if anything throws.
   void apply(watermark_feed& feed, window_output& out) override
   {
     out_ = &out;
-    with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
+    start_batch();
+    try {
+      with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
+    } catch (...) {
+      undo_batch();
+      throw;
+    }
+    end_batch();
   }
 
   void flush(window_output& out) override
@@ -302,7 +330,11 @@ class cpu_session_kind final : public cpu_kind_base {
         feed.after(i, t, advance);
         continue;
       }
-      if (index == key_map::none) { index = state_of(key); }
+      if (index == key_map::none) {
+        index = state_of(key);
+      } else {
+        keep_prior_state(index);
+      }
       std::vector<session_state>& sessions = key_states_[index].sessions;
       // Sessions touching t: first < t + gap and last + gap > t (contiguous in start order).
       std::size_t const hi = static_cast<std::size_t>(
@@ -314,7 +346,7 @@ class cpu_session_kind final : public cpu_kind_base {
       session_state s{t, t, 0, 0, false, false};
       bool keeps_entry = false;  // the session's heap entry stays valid
       if (lo == hi) {
-        s.slot = pool_.take();
+        s.slot = take_slot();
       } else {
         session_state const& base = sessions[lo];
         s.slot   = base.slot;
@@ -324,14 +356,16 @@ class cpu_session_kind final : public cpu_kind_base {
           s.last    = std::max(s.last, sessions[j].last);
           s.emitted = s.emitted || sessions[j].emitted;
           if (j != lo) {
+            prior_.keep(pool_, s.slot);
             channel_acc* into = pool_.at(s.slot);
             channel_acc* from = pool_.at(sessions[j].slot);
             for (int c = 0; c < channels_; ++c) merge_into(into[c], from[c], layout_);
-            pool_.give_back(sessions[j].slot);
+            give_back_slot(sessions[j].slot);
           }
         }
         keeps_entry = hi - lo == 1 && s.first == base.first;
       }
+      prior_.keep(pool_, s.slot);
       out_->nan_values += add_record(pool_.at(s.slot), layout_, v, channels_, t, feed.seq(i));
       std::int64_t const end = sess_.end(s.last);
       if (feed.has() && end <= feed.value()) {
@@ -367,20 +401,26 @@ class cpu_session_kind final : public cpu_kind_base {
     return ks.freed && t < ks.freed_until;
   }
 
-  // The state of `key`, created when missing.
+  // The state of `key`, created when missing (allocating before changing anything).
   std::uint32_t state_of(std::uint32_t key)
   {
     std::uint32_t index = keys_.find(key);
     if (index != key_map::none) { return index; }
-    if (free_key_states_.empty()) {
-      index = static_cast<std::uint32_t>(key_states_.size());
-      key_states_.emplace_back();
-    } else {
+    bool const reused = !free_key_states_.empty();
+    if (!reused) { reserve_more(key_states_, 1); }
+    keys_.reserve_more(1);
+    if (journalling_) { reserve_more(changes_, 1); }
+    if (reused) {
       index = free_key_states_.back();
       free_key_states_.pop_back();
+    } else {
+      index = static_cast<std::uint32_t>(key_states_.size());
+      key_states_.emplace_back();
     }
-    key_states_[index].key = key;
+    key_states_[index].key      = key;
+    key_states_[index].saved_in = epoch_;  // its undo below empties it: nothing to keep
     keys_.insert(key, index);
+    if (journalling_) { changes_.push_back({change::key_added, reused, key, index}); }
     return index;
   }
 
@@ -390,8 +430,164 @@ class cpu_session_kind final : public cpu_kind_base {
   {
     key_state& ks = key_states_[index];
     if (!ks.sessions.empty() || ks.freed) { return; }
+    reserve_more(free_key_states_, 1);
+    if (journalling_) { reserve_more(changes_, 1); }
     keys_.erase(ks.key);
     free_key_states_.push_back(index);
+    if (journalling_) { changes_.push_back({change::key_dropped, false, ks.key, index}); }
+  }
+
+  // ----- one batch, all or nothing ----------------------------------------------------------
+
+  // A change the batch made to the keys, the pool or the freed-session marks, undone in
+  // reverse order.
+  struct change {
+    enum what : std::uint8_t {
+      key_added,    // index: from the free list (reused) or appended
+      key_dropped,  // index went to the free list
+      key_saved,    // the key's state before the batch: saved_keys_[at], saved_sessions_[from..)
+      slot_taken,   // index: the slot, from the free list (reused) or appended
+      slot_freed,   // index: the slot, given back
+      mark_added,   // freed_order_ got (end, key)
+      mark_removed  // freed_order_ lost a node, kept in removed_marks_
+    };
+    what w;
+    bool reused;
+    std::uint32_t key;
+    std::uint32_t index;
+    std::int64_t end = 0;  // mark_added
+  };
+  struct saved_key {
+    bool freed;
+    std::int64_t freed_until;
+    std::size_t from;  // its sessions, in saved_sessions_
+    std::size_t count;
+  };
+
+  void start_batch()
+  {
+    journalling_ = true;
+    ++epoch_;
+    prior_.start(pool_);
+    batch_start_ = {live_keys_, freed_marks_, tickets_};
+  }
+
+  void end_batch() noexcept
+  {
+    journalling_ = false;
+    changes_.clear();
+    saved_keys_.clear();
+    saved_sessions_.clear();
+    removed_marks_.clear();
+    popped_open_.clear();
+    popped_kept_.clear();
+    prior_.clear();
+  }
+
+  // Before the batch first changes the state of key `index`: keeps its fields and sessions.
+  void keep_prior_state(std::uint32_t index)
+  {
+    key_state& ks = key_states_[index];
+    if (!journalling_ || ks.saved_in == epoch_) { return; }
+    reserve_more(changes_, 1);
+    reserve_more(saved_keys_, 1);
+    std::size_t const from = saved_sessions_.size();
+    saved_sessions_.insert(saved_sessions_.end(), ks.sessions.begin(), ks.sessions.end());
+    saved_keys_.push_back({ks.freed, ks.freed_until, from, ks.sessions.size()});
+    changes_.push_back({change::key_saved, false, ks.key, index});
+    ks.saved_in = epoch_;
+  }
+
+  std::uint32_t take_slot()
+  {
+    if (journalling_) { reserve_more(changes_, 1); }
+    bool const reused        = pool_.has_free();
+    std::uint32_t const slot = pool_.take();
+    if (journalling_) {
+      prior_.taken(slot);
+      changes_.push_back({change::slot_taken, reused, 0, slot});
+    }
+    return slot;
+  }
+
+  void give_back_slot(std::uint32_t slot)
+  {
+    pool_.reserve_free(1);
+    if (journalling_) {
+      prior_.keep(pool_, slot);
+      reserve_more(changes_, 1);
+    }
+    pool_.give_back(slot);
+    if (journalling_) { changes_.push_back({change::slot_freed, false, 0, slot}); }
+  }
+
+  // Pops the top entry of `heap`, journalling it when it was there before the batch.
+  due_entry pop_due(due_heap& heap, std::vector<due_entry>& popped)
+  {
+    if (journalling_ && heap.top().ticket <= batch_start_.tickets) {
+      popped.push_back(heap.top());
+    }
+    return heap.pop();
+  }
+
+  // An entry popped before the session's end: files it again, due at the session's end (with
+  // a new ticket, so that an undo tells it from the entry it replaces).
+  void file_again(std::uint32_t index, std::size_t pos)
+  {
+    keep_prior_state(index);
+    session_state& s = key_states_[index].sessions[pos];
+    file(key_states_[index].key, s);
+  }
+
+  // Puts everything the batch changed back as it was. Never allocates: every container holds
+  // no more than it held before (nor than its capacity), and slots go back to the pool's free
+  // list in reverse order of leaving it.
+  void undo_batch() noexcept
+  {
+    std::size_t saved   = saved_keys_.size();
+    std::size_t removed = removed_marks_.size();
+    for (auto c = changes_.rbegin(); c != changes_.rend(); ++c) {
+      switch (c->w) {
+        case change::key_added: {
+          key_state& ks = key_states_[c->index];
+          keys_.erase(c->key);
+          if (c->reused) {
+            ks.sessions.clear();
+            ks.freed = false;
+            free_key_states_.push_back(c->index);
+          } else {
+            key_states_.pop_back();
+          }
+          break;
+        }
+        case change::key_dropped:
+          assert(free_key_states_.back() == c->index);
+          free_key_states_.pop_back();
+          key_states_[c->index].key = c->key;  // its index may have gone to another key since
+          keys_.insert(c->key, c->index);
+          break;
+        case change::key_saved: {
+          saved_key const& k = saved_keys_[--saved];
+          key_state& ks      = key_states_[c->index];
+          ks.key             = c->key;
+          auto const from    = saved_sessions_.begin() + static_cast<std::ptrdiff_t>(k.from);
+          ks.sessions.assign(from, from + static_cast<std::ptrdiff_t>(k.count));
+          ks.freed       = k.freed;
+          ks.freed_until = k.freed_until;
+          break;
+        }
+        case change::slot_taken: pool_.untake(c->index, c->reused); break;
+        case change::slot_freed: pool_.retake(c->index); break;
+        case change::mark_added: freed_order_.erase({c->end, c->key}); break;
+        case change::mark_removed: freed_order_.insert(std::move(removed_marks_[--removed])); break;
+      }
+    }
+    prior_.restore(pool_);
+    open_.undo(batch_start_.tickets, popped_open_);
+    kept_.undo(batch_start_.tickets, popped_kept_);
+    live_keys_   = batch_start_.live_keys;
+    freed_marks_ = batch_start_.freed_marks;
+    end_batch();
   }
 
   std::vector<std::uint32_t> used_key_states() const
@@ -441,13 +637,24 @@ class cpu_session_kind final : public cpu_kind_base {
     while (!freed_order_.empty() && sess_.end(freed_order_.begin()->first) <= horizon) {
       auto const [until, key] = *freed_order_.begin();
       std::uint32_t const index = keys_.find(key);
+      if (journalling_) {
+        reserve_more(changes_, 1);
+        reserve_more(removed_marks_, 1);
+      }
       if (index != key_map::none && key_states_[index].freed &&
           key_states_[index].freed_until == until) {
+        keep_prior_state(index);
         key_states_[index].freed = false;
         --freed_marks_;
         drop_if_unused(index);
+        if (journalling_) { reserve_more(changes_, 1); }
       }
-      freed_order_.erase(freed_order_.begin());
+      if (journalling_) {
+        removed_marks_.push_back(freed_order_.extract(freed_order_.begin()));
+        changes_.push_back({change::mark_removed, false, key, 0});
+      } else {
+        freed_order_.erase(freed_order_.begin());
+      }
     }
   }
 
@@ -458,14 +665,15 @@ class cpu_session_kind final : public cpu_kind_base {
     if (open_.empty() || open_.top().end_bound > limit) { return; }  // most watermark steps
     ready_.clear();
     while (!open_.empty() && open_.top().end_bound <= limit) {
-      due_entry e                 = open_.pop();
-      std::uint32_t const index   = keys_.find(e.key);
-      std::size_t const pos       = locate(e, index);
+      reserve_more(ready_, 1);
+      if (journalling_) { reserve_more(popped_open_, 1); }
+      due_entry const e         = pop_due(open_, popped_open_);
+      std::uint32_t const index = keys_.find(e.key);
+      std::size_t const pos     = locate(e, index);
       if (pos == npos) { continue; }
       std::int64_t const end = sess_.end(key_states_[index].sessions[pos].last);
       if (end > limit) {
-        e.end_bound = end;
-        open_.push(e);
+        file_again(index, pos);
         continue;
       }
       ready_.push_back({e.first, e.key, index, pos});
@@ -475,6 +683,7 @@ class cpu_session_kind final : public cpu_kind_base {
     });
     out_->windows.reserve(ready_.size());
     for (ready_session const& r : ready_) {
+      keep_prior_state(r.index);
       session_state& s = key_states_[r.index].sessions[r.pos];
       append(r.key, r.first, s, s.emitted);
       s.emitted = true;
@@ -486,26 +695,34 @@ class cpu_session_kind final : public cpu_kind_base {
   // Frees the closed sessions with end <= limit.
   void free_until(std::int64_t limit)
   {
+    bool const marks = limit != std::numeric_limits<std::int64_t>::max();
     while (!kept_.empty() && kept_.top().end_bound <= limit) {
-      due_entry e               = kept_.pop();
+      if (journalling_) { reserve_more(popped_kept_, 1); }
+      due_entry const e         = pop_due(kept_, popped_kept_);
       std::uint32_t const index = keys_.find(e.key);
       std::size_t const pos     = locate(e, index);
       if (pos == npos) { continue; }
-      key_state& ks          = key_states_[index];
-      std::int64_t const end = sess_.end(ks.sessions[pos].last);
+      std::int64_t const end = sess_.end(key_states_[index].sessions[pos].last);
       if (end > limit) {
-        e.end_bound = end;
-        kept_.push(e);
+        file_again(index, pos);
         continue;
       }
-      pool_.give_back(ks.sessions[pos].slot);
+      keep_prior_state(index);
+      if (marks) {
+        // The mark first: everything after it below cannot fail.
+        if (journalling_) { reserve_more(changes_, 1); }
+        if (freed_order_.emplace(end, e.key).second && journalling_) {
+          changes_.push_back({change::mark_added, false, e.key, 0, end});
+        }
+      }
+      key_state& ks = key_states_[index];
+      give_back_slot(ks.sessions[pos].slot);
       ks.sessions.erase(ks.sessions.begin() + static_cast<std::ptrdiff_t>(pos));
       if (ks.sessions.empty()) { --live_keys_; }
-      if (limit != std::numeric_limits<std::int64_t>::max()) {
+      if (marks) {
         freed_marks_ += ks.freed ? 0 : 1;
         ks.freed_until = ks.freed ? std::max(ks.freed_until, end) : end;
         ks.freed       = true;
-        freed_order_.emplace(end, e.key);
       }
       drop_if_unused(index);
     }
@@ -554,6 +771,22 @@ class cpu_session_kind final : public cpu_kind_base {
   std::uint64_t tickets_ = 0;
   std::set<std::pair<std::int64_t, std::uint32_t>> freed_order_;  // (freed end, key)
   std::vector<ready_session> ready_;                              // scratch
+
+  // The batch in progress (see apply).
+  bool journalling_   = false;
+  std::uint64_t epoch_ = 0;  // of the batch in progress or the last one
+  struct {
+    std::size_t live_keys;
+    std::size_t freed_marks;
+    std::uint64_t tickets;  // heap entries with higher tickets were filed by the batch
+  } batch_start_{};
+  std::vector<change> changes_;  // in the order they happened
+  std::vector<saved_key> saved_keys_;
+  std::vector<session_state> saved_sessions_;
+  std::vector<decltype(freed_order_)::node_type> removed_marks_;
+  std::vector<due_entry> popped_open_;  // entries the batch popped that were filed before it
+  std::vector<due_entry> popped_kept_;
+  prior_slots prior_;  // accumulators it changed, as they were
 };
 
 }  // namespace

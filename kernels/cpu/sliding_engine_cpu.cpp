@@ -184,8 +184,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
   void start_batch()
   {
     batch_start_ = {emitted_before_, kept_from_};
-    ++epoch_;
-    touched_.resize(pool_.slots(), 0);  // slots from here on are new in this batch
+    prior_.start(pool_);
   }
 
   void end_batch() noexcept
@@ -193,8 +192,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
     changes_.clear();
     freed_accs_.clear();
     freed_lists_.clear();
-    saved_slots_.clear();
-    saved_accs_.clear();
+    prior_.clear();
   }
 
   // The pane map of `key` and the slot of its pane `j`, created if new; either way the batch
@@ -203,7 +201,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
   {
     if (auto k = keys_.find(key); k != keys_.end()) {
       if (auto p = k->second.find(j); p != k->second.end()) {
-        keep_prior_state(p->second);
+        prior_.keep(pool_, p->second);
         return {&k->second, p->second};
       }
     }
@@ -211,32 +209,11 @@ class cpu_sliding_kind final : public cpu_kind_base {
     bool const reused        = pool_.has_free();
     std::uint32_t const slot = pool_.take();
     changes_.push_back({key, j, slot, false, reused, {}, {}});
-    if (slot < touched_.size()) { touched_[slot] = epoch_; }  // empty: nothing to keep
+    prior_.taken(slot);
     pane_map& panes = keys_[key];
     panes.emplace(j, slot);
     keys_by_pane_[j].push_back(key);
     return {&panes, slot};
-  }
-
-  // Before the batch first changes the pane in `slot`: keeps its accumulators. The pool gets a
-  // copy and the original is kept, so an undo restores it exactly (sketch capacity included).
-  void keep_prior_state(std::uint32_t slot)
-  {
-    if (slot >= touched_.size() || touched_[slot] == epoch_) { return; }  // new, or kept
-    auto const n = static_cast<std::size_t>(channels_);
-    reserve_more(saved_slots_, 1);
-    reserve_more(saved_accs_, n);
-    std::size_t const at = saved_accs_.size();
-    channel_acc* a       = pool_.at(slot);
-    try {
-      for (std::size_t c = 0; c < n; ++c) saved_accs_.push_back(a[c]);
-    } catch (...) {
-      shrink_to(saved_accs_, at);
-      throw;
-    }
-    for (std::size_t c = 0; c < n; ++c) std::swap(a[c], saved_accs_[at + c]);
-    saved_slots_.push_back(slot);
-    touched_[slot] = epoch_;
   }
 
   // Puts everything the batch changed back as it was. Never allocates: nodes go back into the
@@ -271,10 +248,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
       }
       pool_.untake(p->slot, p->reused);
     }
-    for (std::size_t i = 0; i < saved_slots_.size(); ++i) {  // every pane is in its slot again
-      channel_acc* a = pool_.at(saved_slots_[i]);
-      for (std::size_t c = 0; c < n; ++c) a[c] = std::move(saved_accs_[i * n + c]);
-    }
+    prior_.restore(pool_);  // every pane is in its slot again
     std::tie(emitted_before_, kept_from_) = batch_start_;
     end_batch();
   }
@@ -411,10 +385,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
   std::vector<pane_change> changes_;          // in the order they happened
   std::vector<channel_acc> freed_accs_;       // of the freed panes, in changes_ order
   std::vector<pane_lists::node_type> freed_lists_;
-  std::vector<std::uint32_t> saved_slots_;  // panes the batch changed, in saved_accs_ order
-  std::vector<channel_acc> saved_accs_;     // their accumulators before the batch
-  std::vector<std::uint64_t> touched_;      // per slot: the last batch (epoch_) that saved it
-  std::uint64_t epoch_ = 0;
+  prior_slots prior_;                         // the panes it changed, as they were
 };
 
 }  // namespace

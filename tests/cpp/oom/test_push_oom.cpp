@@ -564,6 +564,12 @@ std::vector<window_case> window_cases()
   cases.push_back(
     {"sliding", with(window_spec::sliding(100, 25), {agg::count, agg::mean, agg::min})});
   cases.push_back({"session", with(window_spec::session(15), {agg::count, agg::mean, agg::last})});
+  {
+    // Sessions re-emitted as updates and kept for lateness; sketches in the accumulators.
+    pipeline_options q = with(window_spec::session(15), {agg::count, agg::quantile}, 40);
+    q.quantiles        = {0.5};
+    cases.push_back({"session_lateness", q});
+  }
   cases.push_back({"rolling", with(window_spec::rolling(5), {agg::count, agg::mean, agg::max})});
   return cases;
 }
@@ -613,7 +619,8 @@ TEST(push_oom_windows, TumblingOrderAggs) { expect_window_case("tumbling_order_a
 TEST(push_oom_windows, TumblingLateness) { expect_window_case("tumbling_lateness"); }
 TEST(push_oom_windows, TumblingQuantile) { expect_window_case("tumbling_quantile"); }
 TEST(push_oom_windows, Sliding) { expect_window_case("sliding"); }
-TEST(push_oom_windows, DISABLED_Session) { expect_window_case("session"); }
+TEST(push_oom_windows, Session) { expect_window_case("session"); }
+TEST(push_oom_windows, SessionLateness) { expect_window_case("session_lateness"); }
 TEST(push_oom_windows, DISABLED_Rolling) { expect_window_case("rolling"); }
 
 }  // namespace
