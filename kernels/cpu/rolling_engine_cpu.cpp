@@ -79,6 +79,7 @@ struct key_history {
   std::vector<ops::extent> suffix_e, prefix_e;
   std::uint32_t waiting = 0;  // records of the key waiting for their rows
   bool live             = true;  // false: the index is free (the key expired)
+  std::uint32_t rows_due = 0;  // scratch (prepare_emission): rows of the key about to be emitted
 
   // The key's last emitted record (the history must not be empty).
   history_record const& newest() const { return ring[(head + ring.size() - 1) % ring.size()]; }
@@ -105,6 +106,12 @@ class key_index_map {
       if (b.index == no_index) { return no_index; }
       if (b.key == key) { return b.index; }
     }
+  }
+
+  /// Room for one more key: the next insert will not allocate.
+  void reserve_one()
+  {
+    if (2 * (size_ + 1) > buckets_.size()) { grow(); }
   }
 
   // Inserts key -> index; the key must be absent.
@@ -158,8 +165,8 @@ class key_index_map {
   }
   void grow()
   {
-    std::vector<bucket> const previous = std::move(buckets_);
-    buckets_.assign(previous.size() * 2, empty_bucket());
+    std::vector<bucket> previous(buckets_.size() * 2, empty_bucket());  // allocates first
+    previous.swap(buckets_);
     size_ = 0;
     for (bucket const& b : previous) {
       if (b.index != no_index) { insert(b.key, b.index); }
@@ -258,6 +265,8 @@ class cpu_rolling_kind final : public cpu_kind_base {
     key_ttl_   = options.key_ttl;
   }
 
+  // All or nothing: a push takes its records (undone if anything throws), then allocates all
+  // that emitting its rows needs, then emits them, which cannot fail.
   void apply(watermark_feed& feed, window_output& out) override
   {
     out_ = &out;
@@ -267,6 +276,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
   void flush(window_output& out) override
   {
     out_ = &out;
+    prepare_emission(std::numeric_limits<std::int64_t>::max());
     emit_before(std::numeric_limits<std::int64_t>::max());
     for (key_history const& h : keys_) {
       for (history_record const& r : h.ring) free_.push_back(r.slot);
@@ -422,8 +432,11 @@ class cpu_rolling_kind final : public cpu_kind_base {
 
   std::size_t live_keys() const { return keys_.size() - free_keys_.size(); }
 
+  // Allocates before changing anything.
   std::uint32_t add_key(std::uint32_t key)
   {
+    if (free_keys_.empty()) { reserve_more(keys_, 1); }
+    key_index_.reserve_one();
     std::uint32_t index = 0;
     if (free_keys_.empty()) {
       index = static_cast<std::uint32_t>(keys_.size());
@@ -484,38 +497,52 @@ class cpu_rolling_kind final : public cpu_kind_base {
   {
     record_batch const& batch = feed.batch();
     auto const ch             = static_cast<std::size_t>(channels_);
-    auto const no_op          = [](std::int64_t) {};
-    // Lateness record by record; rows are emitted once, after the batch (below).
+    // Lateness record by record; rows are emitted once, after the batch (below), up to the
+    // highest watermark the batch reaches.
     watermark_feed during = feed;
-    during.start(no_op);
+    std::int64_t limit    = feed.has() ? feed.value() : std::numeric_limits<std::int64_t>::min();
+    auto const raise      = [&](std::int64_t) { limit = std::max(limit, during.value()); };
+    during.start(raise);
     arrivals_.resize(batch.n);
-    waiting_record* accepted = arrivals_.data();
-    for (std::size_t i = 0; i < batch.n; ++i) {
-      std::int64_t const t    = batch.timestamps[i];
-      std::uint32_t const key = batch.keys[i];
-      T const* v              = values + i * ch;
-      if (during.has() && t < during.value()) {
-        out_->reject_late(key, t, v, during.position(i));
-        during.after(i, t, no_op);
-        continue;
+    batch_start_ = {vals_.size(), keys_.size(), waiting_.size(), 0};
+    waiting_merged_ = false;
+    try {
+      for (std::size_t i = 0; i < batch.n; ++i) {
+        std::int64_t const t    = batch.timestamps[i];
+        std::uint32_t const key = batch.keys[i];
+        T const* v              = values + i * ch;
+        if (during.has() && t < during.value()) {
+          out_->reject_late(key, t, v, during.position(i));
+          during.after(i, t, raise);
+          continue;
+        }
+        std::uint32_t key_index = no_index;
+        if (rows_ > 1) {  // the key holds state from now on
+          key_index = key_index_.find(key);
+          if (key_index == no_index) {
+            reserve_more(added_keys_, 1);
+            key_index = add_key(key);
+            added_keys_.push_back(key_index);
+          }
+        }
+        std::uint32_t const slot = take();
+        double* dst              = &vals_[std::size_t{slot} * ch];
+        for (std::size_t c = 0; c < ch; ++c) {
+          dst[c] = static_cast<double>(v[c]);
+          out_->nan_values += ops::is_nan(dst[c]) ? 1 : 0;
+        }
+        if (key_index != no_index) { ++keys_[key_index].waiting; }
+        arrivals_[batch_start_.accepted++] = {t, feed.seq(i), key, slot, key_index, dst[0]};
+        during.after(i, t, raise);
       }
-      std::uint32_t const slot = take();
-      double* dst              = &vals_[std::size_t{slot} * ch];
-      for (std::size_t c = 0; c < ch; ++c) {
-        dst[c] = static_cast<double>(v[c]);
-        out_->nan_values += ops::is_nan(dst[c]) ? 1 : 0;
-      }
-      std::uint32_t key_index = no_index;
-      if (rows_ > 1) {  // the key holds state from now on
-        key_index = key_index_.find(key);
-        if (key_index == no_index) { key_index = add_key(key); }
-        ++keys_[key_index].waiting;
-      }
-      *accepted++ = {t, feed.seq(i), key, slot, key_index, dst[0]};
-      during.after(i, t, no_op);
+      arrivals_.resize(batch_start_.accepted);
+      merge_waiting(arrivals_);
+      prepare_emission(limit);
+    } catch (...) {
+      undo_arrivals();
+      throw;
     }
-    arrivals_.resize(static_cast<std::size_t>(accepted - arrivals_.data()));
-    merge_waiting(arrivals_);
+    added_keys_.clear();
     // Rows do not depend on when they are emitted (a record that could precede a waiting
     // row is late), so emitting once per batch gives the same rows in the same order; under
     // external watermarks, step by step, so that each row gets the position of its step.
@@ -542,6 +569,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
       for (std::size_t i = 0; i < n; ++i) waiting_[kept + i] = recs[sorter_.position(i)];
       return;
     }
+    merged_.clear();  // resized below: no copy of its old rows
     merged_.resize(kept + n);
     std::size_t a = 0, b = 0, out = 0;
     while (a < kept && b < n) {
@@ -556,6 +584,96 @@ class cpu_rolling_kind final : public cpu_kind_base {
     while (a < kept) merged_[out++] = waiting_[a++];
     while (b < n) merged_[out++] = recs[sorter_.position(b++)];
     waiting_.swap(merged_);
+    waiting_merged_ = true;  // merged_ holds the waiting records from before
+  }
+
+  // Undoes the records a push took (a push that failed before emitting); never allocates.
+  void undo_arrivals() noexcept
+  {
+    std::size_t const slots_before = batch_start_.vals / static_cast<std::size_t>(channels_);
+    for (std::size_t i = batch_start_.accepted; i-- > 0;) {
+      waiting_record const& r = arrivals_[i];
+      if (r.key_index != no_index) { --keys_[r.key_index].waiting; }
+      if (r.slot < slots_before) { free_.push_back(r.slot); }  // back where take() found it
+    }
+    vals_.resize(batch_start_.vals);
+    for (std::size_t i = added_keys_.size(); i-- > 0;) {
+      std::uint32_t const index = added_keys_[i];
+      key_index_.erase(keys_[index].key);
+      if (index < batch_start_.keys) {  // from free_keys_: dead again
+        keys_[index]      = key_history{};
+        keys_[index].live = false;
+        free_keys_.push_back(index);
+      } else {
+        keys_.pop_back();
+      }
+    }
+    added_keys_.clear();
+    if (waiting_merged_) {
+      waiting_.swap(merged_);
+    } else {
+      shrink_to(waiting_, batch_start_.waiting);
+    }
+  }
+
+  // Allocates all that emitting the rows of the waiting records with t < limit needs, so that
+  // emit_before(limit) (or several calls up to it) cannot fail: output rows, the free lists,
+  // the histories the rows go to and their two-stack folds, and the emission scratch.
+  void prepare_emission(std::int64_t limit)
+  {
+    auto const ready_end = std::partition_point(
+      waiting_.begin(), waiting_.end(), [&](waiting_record const& r) { return r.t < limit; });
+    auto const n = static_cast<std::size_t>(ready_end - waiting_.begin());
+    auto const ch = static_cast<std::size_t>(channels_);
+    std::size_t const slots = vals_.size() / ch;
+    reserve_more(free_, slots - free_.size());  // each slot is free at most once
+    reserve_more(free_keys_, keys_.size() - free_keys_.size());
+    if (n == 0) { return; }
+    out_->windows.reserve(n);
+    if (out_->keep_positions) { reserve_more(out_->window_positions, n); }
+    // Per key: room in its history for the rows it gains (up to rows - 1).
+    for (auto r = waiting_.begin(); r != ready_end; ++r) {
+      if (key_history* h = history_of(*r)) { ++h->rows_due; }
+    }
+    std::size_t const block = history_capacity_;
+    try {
+      for (auto r = waiting_.begin(); r != ready_end; ++r) {
+        key_history* h = history_of(*r);
+        if (h == nullptr || h->rows_due == 0) { continue; }
+        std::size_t const need = std::min(history_capacity_, h->ring.size() + h->rows_due);
+        if (need > h->ring.capacity()) {
+          h->ring.reserve(std::min(history_capacity_, std::max(need, 2 * h->ring.capacity())));
+        }
+        if (two_stack_) {
+          h->prefix_m.reserve(ch);
+          if (layout_.extent) { h->prefix_e.reserve(ch); }
+          if (h->retired % block + h->rows_due >= block) {  // fills a block: suffix folds
+            h->suffix_m.reserve(block * ch);
+            if (layout_.extent) { h->suffix_e.reserve(block * ch); }
+          }
+        }
+        h->rows_due = 0;
+      }
+    } catch (...) {
+      for (auto r = waiting_.begin(); r != ready_end; ++r) {
+        if (key_history* h = history_of(*r)) { h->rows_due = 0; }
+      }
+      throw;
+    }
+    if (layout_.sketch) {
+      for (channel_acc& a : tmp_) a.s.reserve(history_capacity_ + 1);  // a row: rows values
+    }
+    bool const moments_only = !layout_.extent && !layout_.sketch;
+    if (!two_stack_ && moments_only && channels_ == 1 && history_capacity_ < max_grouped_history) {
+      row_acc_.reserve(n);
+      row_keys_.reserve(n);
+      row_ts_.reserve(n);
+      // A thread frees a slot per row, and a whole history per key_ttl restart.
+      std::size_t const freed_max = key_ttl_ == 0 ? n : std::min(slots, n * (history_capacity_ + 1));
+      freed_.resize(static_cast<std::size_t>(threads_));
+      for (auto& f : freed_) f.reserve(freed_max);
+      window_values_.resize(static_cast<std::size_t>(threads_) * lanes * (history_capacity_ + 1));
+    }
   }
 
   std::uint32_t take()
@@ -630,18 +748,12 @@ class cpu_rolling_kind final : public cpu_kind_base {
   // to its place in row order, and the output columns are filled from them at once.
   void emit_rows_one_channel(std::size_t n)
   {
+    // Nothing here allocates: prepare_emission made room.
     row_acc_.resize(n);
     row_keys_.resize(n);
     row_ts_.resize(n);
     int const threads = n >= parallel_emit_rows ? threads_ : 1;
-    freed_.resize(static_cast<std::size_t>(threads));
-    for (auto& f : freed_) {
-      f.clear();
-      f.reserve(n);
-    }
-    free_.reserve(free_.size() + n);
-    window_values_.resize(static_cast<std::size_t>(threads) * lanes * (history_capacity_ + 1));
-    // Nothing below allocates (but key_ttl restarts, whose freed slots may outgrow freed_).
+    for (auto& f : freed_) f.clear();
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
 #ifdef _OPENMP
@@ -651,7 +763,9 @@ class cpu_rolling_kind final : public cpu_kind_base {
 #endif
       emit_rows_one_channel_of(n, tid, static_cast<std::uint32_t>(threads));
     }
-    for (auto& f : freed_) free_.insert(free_.end(), f.begin(), f.end());
+    for (std::size_t t = 0; t < static_cast<std::size_t>(threads); ++t) {
+      free_.insert(free_.end(), freed_[t].begin(), freed_[t].end());
+    }
     for (std::size_t i = 0; i < n; ++i) {
       row_keys_[i] = waiting_[i].key;
       row_ts_[i]   = waiting_[i].t;
@@ -771,11 +885,8 @@ class cpu_rolling_kind final : public cpu_kind_base {
     if (h.suffix_m.empty()) { ++keys_with_suffix_; }
     h.suffix_m.resize(block * ch);
     if (extent) { h.suffix_e.resize(block * ch); }
-    std::vector<history_record const*> recs;
-    recs.reserve(block);
-    h.for_each_oldest_first([&](history_record const& x) { recs.push_back(&x); });
     for (std::size_t o = block; o-- > first;) {
-      history_record const& x = *recs[o - first];
+      history_record const& x = h.ring[(h.head + (o - first)) % h.ring.size()];  // oldest first
       double const* v         = values_of(x.slot);
       for (std::size_t c = 0; c < ch; ++c) {
         ops::moments m{};
@@ -845,7 +956,11 @@ class cpu_rolling_kind final : public cpu_kind_base {
 
   void aggregate_full(key_history const* h, waiting_record const& r)
   {
-    for (channel_acc& a : tmp_) a = channel_acc{};
+    for (channel_acc& a : tmp_) {  // keeps the sketch's room (prepare_emission)
+      a.m = ops::moments{};
+      a.e = ops::extent{};
+      a.s.clear();
+    }
     auto const add_one = [&](std::int64_t t, std::uint64_t seq, double const* v) {
       for (int c = 0; c < channels_; ++c) add(tmp_[c], layout_, v[c], t, seq);
     };
@@ -886,6 +1001,16 @@ class cpu_rolling_kind final : public cpu_kind_base {
   std::vector<std::uint32_t> free_;
   std::vector<waiting_record> waiting_;  // sorted in row order
   std::vector<waiting_record> arrivals_, merged_;  // per-push scratch
+
+  // The push in progress: what undo_arrivals goes back to.
+  struct {
+    std::size_t vals;      // vals_.size()
+    std::size_t keys;      // keys_.size()
+    std::size_t waiting;   // waiting_.size()
+    std::size_t accepted;  // records taken so far (arrivals_)
+  } batch_start_{};
+  std::vector<std::uint32_t> added_keys_;  // key indices the push added, in order
+  bool waiting_merged_ = false;            // merge_waiting swapped waiting_ and merged_
   row_order_sorter sorter_;
   std::vector<key_history> keys_;  // keys holding state, in order of first arrival
   key_index_map key_index_;

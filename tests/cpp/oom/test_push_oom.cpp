@@ -530,8 +530,7 @@ TEST(push_oom, DetectorsCheckpointedAndRestored)
 
 // ----- window engines without detectors ------------------------------------------------------
 //
-// The same harness over each window kind alone. The configurations whose engine keeps part of
-// a batch it reports as rejected are DISABLED_ tests below, with what each shows;
+// The same harness over each window kind alone, one test per configuration;
 // WindowEnginesReport runs every kind without failing and prints how many allocations of the
 // push leave the pipeline different from its reference.
 
@@ -571,6 +570,25 @@ std::vector<window_case> window_cases()
     cases.push_back({"session_lateness", q});
   }
   cases.push_back({"rolling", with(window_spec::rolling(5), {agg::count, agg::mean, agg::max})});
+  {
+    // The one-channel row path (rows computed four at a time).
+    pipeline_options one = with(window_spec::rolling(5), {agg::count, agg::mean});
+    one.channels         = 1;
+    cases.push_back({"rolling_one_channel", one});
+  }
+  // Long windows (two-stack folds; blocks fill on the longer streams), sketches, key expiry.
+  cases.push_back(
+    {"rolling_two_stack", with(window_spec::rolling(130), {agg::count, agg::mean, agg::first})});
+  {
+    pipeline_options q = with(window_spec::rolling(5), {agg::count, agg::quantile});
+    q.quantiles        = {0.5};
+    cases.push_back({"rolling_quantile", q});
+  }
+  {
+    pipeline_options ttl = with(window_spec::rolling(5), {agg::count, agg::mean});
+    ttl.key_ttl          = 30;
+    cases.push_back({"rolling_key_ttl", ttl});
+  }
   return cases;
 }
 
@@ -609,11 +627,6 @@ void expect_window_case(char const* name)
   FAIL() << "no window case " << name;
 }
 
-// Disabled: these window engines keep part of a batch they report as rejected when memory runs
-// out. What each shows with the stream above (failing push of batch 3):
-//  - session: records of the rejected batch are aggregated (records_aggregated too high);
-//  - rolling: late records of the rejected batch come out of poll_late; the checkpoint differs.
-// Run them with --gtest_also_run_disabled_tests.
 TEST(push_oom_windows, TumblingMoments) { expect_window_case("tumbling_moments"); }
 TEST(push_oom_windows, TumblingOrderAggs) { expect_window_case("tumbling_order_aggs"); }
 TEST(push_oom_windows, TumblingLateness) { expect_window_case("tumbling_lateness"); }
@@ -621,7 +634,11 @@ TEST(push_oom_windows, TumblingQuantile) { expect_window_case("tumbling_quantile
 TEST(push_oom_windows, Sliding) { expect_window_case("sliding"); }
 TEST(push_oom_windows, Session) { expect_window_case("session"); }
 TEST(push_oom_windows, SessionLateness) { expect_window_case("session_lateness"); }
-TEST(push_oom_windows, DISABLED_Rolling) { expect_window_case("rolling"); }
+TEST(push_oom_windows, Rolling) { expect_window_case("rolling"); }
+TEST(push_oom_windows, RollingOneChannel) { expect_window_case("rolling_one_channel"); }
+TEST(push_oom_windows, RollingTwoStack) { expect_window_case("rolling_two_stack"); }
+TEST(push_oom_windows, RollingQuantile) { expect_window_case("rolling_quantile"); }
+TEST(push_oom_windows, RollingKeyTtl) { expect_window_case("rolling_key_ttl"); }
 
 }  // namespace
 }  // namespace cusense

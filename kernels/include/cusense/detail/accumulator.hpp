@@ -68,6 +68,10 @@ class quantile_sketch {
   }
 
   std::size_t bytes() const { return buckets_.capacity() * sizeof(ops::dd_bucket); }
+  /// Empties the sketch, keeping its capacity.
+  void clear() { buckets_.clear(); }
+  /// Room for `n` buckets: adding values that take up to `n` does not allocate.
+  void reserve(std::size_t n) { buckets_.reserve(n); }
 
   /// The key-sorted buckets (checkpoints).
   std::vector<ops::dd_bucket> const& buckets() const { return buckets_; }
