@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cassert>
 #include <limits>
-#include <set>
 #include <utility>
 #include <vector>
 
@@ -186,19 +185,24 @@ class cpu_session_kind final : public cpu_kind_base {
   }
 
   // All or nothing: what the batch changes is journalled (keys added and dropped, the prior
-  // state of the keys and accumulators it changes, heap entries it pops, freed-session marks)
-  // and undone if anything throws.
+  // state of the keys and accumulators it changes, heap entries it pops) and undone if anything
+  // throws; freed-session marks are only filed and dropped once the batch is kept.
   void apply(watermark_feed& feed, window_output& out) override
   {
     out_ = &out;
     start_batch();
     try {
       with_values(feed.batch(), [&](auto const* values) { push_typed(feed, values); });
+      // Room to file the batch's freed-session marks and drop those it made obsolete.
+      reserve_more(freed_order_, marks_added_.size());
+      reserve_more(free_key_states_, key_states_.size() - free_key_states_.size());
     } catch (...) {
       undo_batch();
       throw;
     }
+    file_marks();
     end_batch();
+    if (feed.has()) { drop_marks_before(horizon(feed.value())); }
   }
 
   void flush(window_output& out) override
@@ -305,8 +309,10 @@ class cpu_session_kind final : public cpu_kind_base {
     for (std::size_t i = 0; i < no; ++i) {
       std::int64_t const end  = checked_time(in.i64(), sess_.gap);
       std::uint32_t const key = in.u32();
-      if (keep.keeps(key)) { freed_order_.emplace(end, key); }
+      if (keep.keeps(key)) { freed_order_.emplace_back(end, key); }
     }
+    std::sort(freed_order_.begin(), freed_order_.end());
+    freed_order_.erase(std::unique(freed_order_.begin(), freed_order_.end()), freed_order_.end());
   }
 
  private:
@@ -447,15 +453,12 @@ class cpu_session_kind final : public cpu_kind_base {
       key_dropped,  // index went to the free list
       key_saved,    // the key's state before the batch: saved_keys_[at], saved_sessions_[from..)
       slot_taken,   // index: the slot, from the free list (reused) or appended
-      slot_freed,   // index: the slot, given back
-      mark_added,   // freed_order_ got (end, key)
-      mark_removed  // freed_order_ lost a node, kept in removed_marks_
+      slot_freed    // index: the slot, given back
     };
     what w;
     bool reused;
     std::uint32_t key;
     std::uint32_t index;
-    std::int64_t end = 0;  // mark_added
   };
   struct saved_key {
     bool freed;
@@ -478,9 +481,9 @@ class cpu_session_kind final : public cpu_kind_base {
     changes_.clear();
     saved_keys_.clear();
     saved_sessions_.clear();
-    removed_marks_.clear();
     popped_open_.clear();
     popped_kept_.clear();
+    marks_added_.clear();
     prior_.clear();
   }
 
@@ -545,7 +548,6 @@ class cpu_session_kind final : public cpu_kind_base {
   void undo_batch() noexcept
   {
     std::size_t saved   = saved_keys_.size();
-    std::size_t removed = removed_marks_.size();
     for (auto c = changes_.rbegin(); c != changes_.rend(); ++c) {
       switch (c->w) {
         case change::key_added: {
@@ -578,8 +580,6 @@ class cpu_session_kind final : public cpu_kind_base {
         }
         case change::slot_taken: pool_.untake(c->index, c->reused); break;
         case change::slot_freed: pool_.retake(c->index); break;
-        case change::mark_added: freed_order_.erase({c->end, c->key}); break;
-        case change::mark_removed: freed_order_.insert(std::move(removed_marks_[--removed])); break;
       }
     }
     prior_.restore(pool_);
@@ -630,32 +630,43 @@ class cpu_session_kind final : public cpu_kind_base {
   void advance(std::int64_t wm)
   {
     emit_open_until(wm);
-    free_until(minus_clamped(wm, options_.allowed_lateness));
-    // Freed-session marks that can no longer decide anything: a record before `until` has
-    // t + gap < until + gap <= horizon, late anyway.
-    std::int64_t const horizon = minus_clamped(wm, options_.allowed_lateness);
-    while (!freed_order_.empty() && sess_.end(freed_order_.begin()->first) <= horizon) {
-      auto const [until, key] = *freed_order_.begin();
+    free_until(horizon(wm));
+  }
+
+  std::int64_t horizon(std::int64_t wm) const { return minus_clamped(wm, options_.allowed_lateness); }
+
+  // Files the marks of the sessions a kept batch freed (room reserved). They sort after every
+  // mark filed before (those sessions ended after the horizon the last batch reached, or they
+  // would have been freed by it), so appending them in order keeps freed_order_ sorted.
+  void file_marks() noexcept
+  {
+    std::sort(marks_added_.begin(), marks_added_.end());
+    std::size_t const old = freed_order_.size();
+    freed_order_.insert(freed_order_.end(), marks_added_.begin(), marks_added_.end());
+    if (old > 0 && !marks_added_.empty() && marks_added_.front() < freed_order_[old - 1]) {
+      std::inplace_merge(freed_order_.begin(), freed_order_.begin() + static_cast<std::ptrdiff_t>(old),
+                         freed_order_.end());  // without a buffer when none can be had
+    }
+  }
+
+  // Freed-session marks that can no longer decide anything: a record before `until` has
+  // t + gap < until + gap <= horizon, late anyway. Dropped once a batch is kept (the watermark
+  // only rises, and a mark due within the batch decides nothing in it), so that no batch needs
+  // to undo it; never allocates given room for every key state in free_key_states_.
+  void drop_marks_before(std::int64_t horizon) noexcept
+  {
+    std::size_t dropped = 0;
+    for (; dropped < freed_order_.size() && sess_.end(freed_order_[dropped].first) <= horizon; ++dropped) {
+      auto const [until, key]   = freed_order_[dropped];
       std::uint32_t const index = keys_.find(key);
-      if (journalling_) {
-        reserve_more(changes_, 1);
-        reserve_more(removed_marks_, 1);
-      }
       if (index != key_map::none && key_states_[index].freed &&
           key_states_[index].freed_until == until) {
-        keep_prior_state(index);
         key_states_[index].freed = false;
         --freed_marks_;
         drop_if_unused(index);
-        if (journalling_) { reserve_more(changes_, 1); }
-      }
-      if (journalling_) {
-        removed_marks_.push_back(freed_order_.extract(freed_order_.begin()));
-        changes_.push_back({change::mark_removed, false, key, 0});
-      } else {
-        freed_order_.erase(freed_order_.begin());
       }
     }
+    freed_order_.erase(freed_order_.begin(), freed_order_.begin() + static_cast<std::ptrdiff_t>(dropped));
   }
 
   // Emits, in (window_start, key) order, the open sessions with end <= limit; they become
@@ -708,13 +719,7 @@ class cpu_session_kind final : public cpu_kind_base {
         continue;
       }
       keep_prior_state(index);
-      if (marks) {
-        // The mark first: everything after it below cannot fail.
-        if (journalling_) { reserve_more(changes_, 1); }
-        if (freed_order_.emplace(end, e.key).second && journalling_) {
-          changes_.push_back({change::mark_added, false, e.key, 0, end});
-        }
-      }
+      if (marks) { marks_added_.emplace_back(end, e.key); }  // filed once the batch is kept
       key_state& ks = key_states_[index];
       give_back_slot(ks.sessions[pos].slot);
       ks.sessions.erase(ks.sessions.begin() + static_cast<std::ptrdiff_t>(pos));
@@ -769,7 +774,8 @@ class cpu_session_kind final : public cpu_kind_base {
   due_heap open_;  // end > watermark: emitted once the watermark reaches the end
   due_heap kept_;  // closed, kept for allowed lateness
   std::uint64_t tickets_ = 0;
-  std::set<std::pair<std::int64_t, std::uint32_t>> freed_order_;  // (freed end, key)
+  using freed_mark = std::pair<std::int64_t, std::uint32_t>;  // (freed end, key)
+  std::vector<freed_mark> freed_order_;  // sorted
   std::vector<ready_session> ready_;                              // scratch
 
   // The batch in progress (see apply).
@@ -783,7 +789,7 @@ class cpu_session_kind final : public cpu_kind_base {
   std::vector<change> changes_;  // in the order they happened
   std::vector<saved_key> saved_keys_;
   std::vector<session_state> saved_sessions_;
-  std::vector<decltype(freed_order_)::node_type> removed_marks_;
+  std::vector<freed_mark> marks_added_;  // filed into freed_order_ when the batch is kept
   std::vector<due_entry> popped_open_;  // entries the batch popped that were filed before it
   std::vector<due_entry> popped_kept_;
   prior_slots prior_;  // accumulators it changed, as they were
