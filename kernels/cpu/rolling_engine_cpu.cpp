@@ -80,6 +80,7 @@ struct key_history {
   std::uint32_t waiting = 0;  // records of the key waiting for their rows
   bool live             = true;  // false: the index is free (the key expired)
   std::uint32_t rows_due = 0;  // scratch (prepare_emission): rows of the key about to be emitted
+  bool provisioned       = false;  // holds all the room its rows can need (prepare_emission)
 
   // The key's last emitted record (the history must not be empty).
   history_record const& newest() const { return ring[(head + ring.size() - 1) % ring.size()]; }
@@ -284,6 +285,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
     keys_.clear();
     key_index_.clear();
     free_keys_.clear();
+    unprovisioned_ = 0;
     keys_with_suffix_ = 0;
   }
 
@@ -441,10 +443,12 @@ class cpu_rolling_kind final : public cpu_kind_base {
     if (free_keys_.empty()) {
       index = static_cast<std::uint32_t>(keys_.size());
       keys_.emplace_back();
+      ++unprovisioned_;
     } else {
       index = free_keys_.back();
       free_keys_.pop_back();
       keys_[index] = key_history{};
+      ++unprovisioned_;
     }
     keys_[index].key = key;
     key_index_.insert(key, index);
@@ -487,6 +491,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
       if (!h.live || h.waiting != 0 || h.ring.empty() || h.newest().t + key_ttl_ >= wm) { continue; }
       forget_history(h, free_);
       h.live = false;
+      unprovisioned_ -= h.provisioned ? 0 : 1;
       key_index_.erase(h.key);
       free_keys_.push_back(i);
     }
@@ -587,6 +592,49 @@ class cpu_rolling_kind final : public cpu_kind_base {
     waiting_merged_ = true;  // merged_ holds the waiting records from before
   }
 
+  // Reserves, for the keys of the rows [first, last) that lack it, the room their histories
+  // and two-stack folds need for those rows; a key with room for a full history is
+  // provisioned for good (its history never shrinks its room).
+  void provision_histories(std::vector<waiting_record>::iterator first,
+                           std::vector<waiting_record>::iterator last)
+  {
+    auto const ch           = static_cast<std::size_t>(channels_);
+    std::size_t const block = history_capacity_;
+    for (auto r = first; r != last; ++r) {
+      key_history* h = history_of(*r);
+      if (h != nullptr && !h->provisioned) { ++h->rows_due; }
+    }
+    try {
+      for (auto r = first; r != last; ++r) {
+        key_history* h = history_of(*r);
+        if (h == nullptr || h->rows_due == 0) { continue; }
+        std::size_t const need = std::min(history_capacity_, h->ring.size() + h->rows_due);
+        if (need > h->ring.capacity()) {
+          h->ring.reserve(std::min(history_capacity_, std::max(need, 2 * h->ring.capacity())));
+        }
+        if (two_stack_) {
+          h->prefix_m.reserve(ch);
+          if (layout_.extent) { h->prefix_e.reserve(ch); }
+          if (h->retired % block + h->rows_due >= block) {  // fills a block: suffix folds
+            h->suffix_m.reserve(block * ch);
+            if (layout_.extent) { h->suffix_e.reserve(block * ch); }
+          }
+        }
+        h->rows_due = 0;
+        if (h->ring.capacity() >= history_capacity_ &&
+            (!two_stack_ || h->suffix_m.capacity() >= block * ch)) {
+          h->provisioned = true;
+          --unprovisioned_;
+        }
+      }
+    } catch (...) {
+      for (auto r = first; r != last; ++r) {
+        if (key_history* h = history_of(*r)) { h->rows_due = 0; }
+      }
+      throw;
+    }
+  }
+
   // Undoes the records a push took (a push that failed before emitting); never allocates.
   void undo_arrivals() noexcept
   {
@@ -600,6 +648,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
     for (std::size_t i = added_keys_.size(); i-- > 0;) {
       std::uint32_t const index = added_keys_[i];
       key_index_.erase(keys_[index].key);
+      unprovisioned_ -= keys_[index].provisioned ? 0 : 1;
       if (index < batch_start_.keys) {  // from free_keys_: dead again
         keys_[index]      = key_history{};
         keys_[index].live = false;
@@ -631,35 +680,9 @@ class cpu_rolling_kind final : public cpu_kind_base {
     if (n == 0) { return; }
     out_->windows.reserve(n);
     if (out_->keep_positions) { reserve_more(out_->window_positions, n); }
-    // Per key: room in its history for the rows it gains (up to rows - 1).
-    for (auto r = waiting_.begin(); r != ready_end; ++r) {
-      if (key_history* h = history_of(*r)) { ++h->rows_due; }
-    }
-    std::size_t const block = history_capacity_;
-    try {
-      for (auto r = waiting_.begin(); r != ready_end; ++r) {
-        key_history* h = history_of(*r);
-        if (h == nullptr || h->rows_due == 0) { continue; }
-        std::size_t const need = std::min(history_capacity_, h->ring.size() + h->rows_due);
-        if (need > h->ring.capacity()) {
-          h->ring.reserve(std::min(history_capacity_, std::max(need, 2 * h->ring.capacity())));
-        }
-        if (two_stack_) {
-          h->prefix_m.reserve(ch);
-          if (layout_.extent) { h->prefix_e.reserve(ch); }
-          if (h->retired % block + h->rows_due >= block) {  // fills a block: suffix folds
-            h->suffix_m.reserve(block * ch);
-            if (layout_.extent) { h->suffix_e.reserve(block * ch); }
-          }
-        }
-        h->rows_due = 0;
-      }
-    } catch (...) {
-      for (auto r = waiting_.begin(); r != ready_end; ++r) {
-        if (key_history* h = history_of(*r)) { h->rows_due = 0; }
-      }
-      throw;
-    }
+    // Per key: room in its history for the rows it gains (up to rows - 1), until it has room
+    // for a full history (in a steady fleet, every key soon: no pass over the rows).
+    if (unprovisioned_ > 0) { provision_histories(waiting_.begin(), ready_end); }
     if (layout_.sketch) {
       for (channel_acc& a : tmp_) a.s.reserve(history_capacity_ + 1);  // a row: rows values
     }
@@ -997,6 +1020,7 @@ class cpu_rolling_kind final : public cpu_kind_base {
   bool swept_             = false;        // expire_keys has run (at last_sweep_)
   std::int64_t last_sweep_ = 0;
   std::size_t keys_with_suffix_ = 0;  // two-stack: keys holding suffix folds (for state_bytes)
+  std::size_t unprovisioned_    = 0;  // live keys not provisioned (key_history::provisioned)
   std::vector<double> vals_;  // values of held records, slot * channels + channel
   std::vector<std::uint32_t> free_;
   std::vector<waiting_record> waiting_;  // sorted in row order
