@@ -54,6 +54,7 @@ class cpu_sliding_kind final : public cpu_kind_base {
       undo_batch();
       throw;
     }
+    keep_spares();
     end_batch();
   }
 
@@ -170,15 +171,15 @@ class cpu_sliding_kind final : public cpu_kind_base {
   // ----- one batch, all or nothing ----------------------------------------------------------
 
   // A (key, pane) state the batch created (undone by removing it) or freed (undone by putting
-  // back its map nodes, which it keeps, and its accumulators, kept in freed_accs_).
+  // back its map nodes and accumulators, kept in freed_panes_, freed_keys_ and freed_accs_ in
+  // the order of the frees).
   struct pane_change {
     std::uint32_t key;
     std::int64_t j;
     std::uint32_t slot;
     bool freed;
-    bool reused;                       // created: the slot came from the pool's free list
-    pane_map::node_type pane_node;     // freed: the pane's entry in the key's map
-    key_map::node_type key_node;       // freed: the key's entry, when this was its last pane
+    bool reused;     // created: the slot came from the pool's free list
+    bool key_freed;  // freed: it was the key's last pane (its entry is in freed_keys_)
   };
 
   void start_batch()
@@ -191,6 +192,8 @@ class cpu_sliding_kind final : public cpu_kind_base {
   {
     changes_.clear();
     freed_accs_.clear();
+    freed_panes_.clear();
+    freed_keys_.clear();
     freed_lists_.clear();
     prior_.clear();
   }
@@ -208,12 +211,66 @@ class cpu_sliding_kind final : public cpu_kind_base {
     reserve_more(changes_, 1);  // so the pane is journalled before anything else changes
     bool const reused        = pool_.has_free();
     std::uint32_t const slot = pool_.take();
-    changes_.push_back({key, j, slot, false, reused, {}, {}});
+    changes_.push_back({key, j, slot, false, reused, false});
     prior_.taken(slot);
-    pane_map& panes = keys_[key];
-    panes.emplace(j, slot);
-    keys_by_pane_[j].push_back(key);
+    pane_map& panes = panes_of(key);
+    if (spare_panes_.empty()) {
+      panes.emplace(j, slot);
+    } else {
+      spare_panes_.back().key()    = j;
+      spare_panes_.back().mapped() = slot;
+      panes.insert(std::move(spare_panes_.back()));
+      spare_panes_.pop_back();
+    }
+    keys_of(j).push_back(key);
     return {&panes, slot};
+  }
+
+  // ----- map nodes kept for reuse -------------------------------------------------------------
+  // The map nodes of the panes (and keys and pane lists) a kept batch freed become spares that
+  // the panes of the next batch take, rather than each freed pane's nodes going back to the
+  // allocator and each new one allocating (in a steady stream a batch frees about as many as
+  // it creates). Spares the next batch does not take are released.
+
+  // The pane map of `key`, created (from a spare node when there is one) if missing.
+  pane_map& panes_of(std::uint32_t key)
+  {
+    if (auto k = keys_.find(key); k != keys_.end()) { return k->second; }
+    if (spare_keys_.empty()) { return keys_[key]; }
+    key_map::node_type& node = spare_keys_.back();  // its pane map is empty
+    node.key()               = key;
+    try {
+      auto const inserted = keys_.insert(std::move(node));  // may rehash
+      spare_keys_.pop_back();
+      return inserted.position->second;
+    } catch (...) {
+      spare_keys_.pop_back();  // whether or not the node is still in its handle
+      throw;
+    }
+  }
+
+  // The keys holding pane `j`, created (from a spare node when there is one) if missing.
+  std::vector<std::uint32_t>& keys_of(std::int64_t j)
+  {
+    if (auto h = keys_by_pane_.find(j); h != keys_by_pane_.end()) { return h->second; }
+    if (spare_lists_.empty()) { return keys_by_pane_[j]; }
+    pane_lists::node_type& node = spare_lists_.back();  // an empty list (keeping its capacity)
+    node.key()                  = j;
+    auto const inserted         = keys_by_pane_.insert(std::move(node));
+    spare_lists_.pop_back();
+    return inserted.position->second;
+  }
+
+  // A kept batch: the nodes it freed become the spares (those left from before are released).
+  void keep_spares() noexcept
+  {
+    spare_panes_.clear();
+    spare_panes_.swap(freed_panes_);
+    spare_keys_.clear();
+    spare_keys_.swap(freed_keys_);
+    for (auto& list : freed_lists_) list.mapped().clear();
+    spare_lists_.clear();
+    spare_lists_.swap(freed_lists_);
   }
 
   // Puts everything the batch changed back as it was. Never allocates: nodes go back into the
@@ -233,8 +290,12 @@ class cpu_sliding_kind final : public cpu_kind_base {
         accs_end -= n;
         channel_acc* a = pool_.at(p->slot);
         for (std::size_t c = 0; c < n; ++c) a[c] = std::move(freed_accs_[accs_end + c]);
-        if (!p->key_node.empty()) { keys_.insert(std::move(p->key_node)); }
-        keys_.find(p->key)->second.insert(std::move(p->pane_node));
+        if (p->key_freed) {
+          keys_.insert(std::move(freed_keys_.back()));
+          freed_keys_.pop_back();
+        }
+        keys_.find(p->key)->second.insert(std::move(freed_panes_.back()));
+        freed_panes_.pop_back();
         continue;
       }
       // Undone in reverse, so the key is the last one the batch added to its pane's list.
@@ -318,6 +379,8 @@ class cpu_sliding_kind final : public cpu_kind_base {
     if (journal) {
       reserve_more(changes_, n);
       reserve_more(freed_accs_, n * static_cast<std::size_t>(channels_));
+      reserve_more(freed_panes_, n);
+      reserve_more(freed_keys_, n);
       reserve_more(freed_lists_, lists);
     }
     for (auto it = keys_by_pane_.begin(); it != end; ++it) {
@@ -329,8 +392,10 @@ class cpu_sliding_kind final : public cpu_kind_base {
         if (journal) {
           channel_acc* a = pool_.at(slot);
           for (int c = 0; c < channels_; ++c) freed_accs_.push_back(std::move(a[c]));
-          changes_.push_back({key, it->first, slot, true, false, panes.extract(p), {}});
-          if (panes.empty()) { changes_.back().key_node = keys_.extract(k); }
+          freed_panes_.push_back(panes.extract(p));
+          bool const last = panes.empty();
+          if (last) { freed_keys_.push_back(keys_.extract(k)); }
+          changes_.push_back({key, it->first, slot, true, false, last});
         } else {
           panes.erase(p);
           if (panes.empty()) { keys_.erase(k); }
@@ -384,7 +449,12 @@ class cpu_sliding_kind final : public cpu_kind_base {
   std::pair<std::int64_t, std::int64_t> batch_start_;  // emitted_before_, kept_from_
   std::vector<pane_change> changes_;          // in the order they happened
   std::vector<channel_acc> freed_accs_;       // of the freed panes, in changes_ order
+  std::vector<pane_map::node_type> freed_panes_;  // map nodes of the freed panes
+  std::vector<key_map::node_type> freed_keys_;    // of the keys whose last pane was freed
   std::vector<pane_lists::node_type> freed_lists_;
+  std::vector<pane_map::node_type> spare_panes_;  // see keep_spares
+  std::vector<key_map::node_type> spare_keys_;
+  std::vector<pane_lists::node_type> spare_lists_;
   prior_slots prior_;                         // the panes it changed, as they were
 };
 
