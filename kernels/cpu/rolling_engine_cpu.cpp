@@ -443,13 +443,12 @@ class cpu_rolling_kind final : public cpu_kind_base {
     if (free_keys_.empty()) {
       index = static_cast<std::uint32_t>(keys_.size());
       keys_.emplace_back();
-      ++unprovisioned_;
     } else {
       index = free_keys_.back();
       free_keys_.pop_back();
       keys_[index] = key_history{};
-      ++unprovisioned_;
     }
+    ++unprovisioned_;
     keys_[index].key = key;
     key_index_.insert(key, index);
     return index;
@@ -692,7 +691,8 @@ class cpu_rolling_kind final : public cpu_kind_base {
       row_keys_.reserve(n);
       row_ts_.reserve(n);
       // A thread frees a slot per row, and a whole history per key_ttl restart.
-      std::size_t const freed_max = key_ttl_ == 0 ? n : std::min(slots, n * (history_capacity_ + 1));
+      std::size_t const freed_max =
+        key_ttl_ == 0 ? n : std::min(slots, n * (history_capacity_ + 1));
       freed_.resize(static_cast<std::size_t>(threads_));
       for (auto& f : freed_) f.reserve(freed_max);
       window_values_.resize(static_cast<std::size_t>(threads_) * lanes * (history_capacity_ + 1));

@@ -445,8 +445,7 @@ class cpu_session_kind final : public cpu_kind_base {
 
   // ----- one batch, all or nothing ----------------------------------------------------------
 
-  // A change the batch made to the keys, the pool or the freed-session marks, undone in
-  // reverse order.
+  // A change the batch made to the keys or the pool, undone in reverse order.
   struct change {
     enum what : std::uint8_t {
       key_added,    // index: from the free list (reused) or appended
@@ -547,7 +546,7 @@ class cpu_session_kind final : public cpu_kind_base {
   // list in reverse order of leaving it.
   void undo_batch() noexcept
   {
-    std::size_t saved   = saved_keys_.size();
+    std::size_t saved = saved_keys_.size();
     for (auto c = changes_.rbegin(); c != changes_.rend(); ++c) {
       switch (c->w) {
         case change::key_added: {
@@ -633,7 +632,11 @@ class cpu_session_kind final : public cpu_kind_base {
     free_until(horizon(wm));
   }
 
-  std::int64_t horizon(std::int64_t wm) const { return minus_clamped(wm, options_.allowed_lateness); }
+  // Sessions ending at or before this are freed (records that would join them are late).
+  std::int64_t horizon(std::int64_t wm) const
+  {
+    return minus_clamped(wm, options_.allowed_lateness);
+  }
 
   // Files the marks of the sessions a kept batch freed (room reserved). They sort after every
   // mark filed before (those sessions ended after the horizon the last batch reached, or they
@@ -644,8 +647,9 @@ class cpu_session_kind final : public cpu_kind_base {
     std::size_t const old = freed_order_.size();
     freed_order_.insert(freed_order_.end(), marks_added_.begin(), marks_added_.end());
     if (old > 0 && !marks_added_.empty() && marks_added_.front() < freed_order_[old - 1]) {
-      std::inplace_merge(freed_order_.begin(), freed_order_.begin() + static_cast<std::ptrdiff_t>(old),
-                         freed_order_.end());  // without a buffer when none can be had
+      // Not expected (the note above); merged without a buffer when none can be had.
+      auto const middle = freed_order_.begin() + static_cast<std::ptrdiff_t>(old);
+      std::inplace_merge(freed_order_.begin(), middle, freed_order_.end());
     }
   }
 
@@ -656,7 +660,8 @@ class cpu_session_kind final : public cpu_kind_base {
   void drop_marks_before(std::int64_t horizon) noexcept
   {
     std::size_t dropped = 0;
-    for (; dropped < freed_order_.size() && sess_.end(freed_order_[dropped].first) <= horizon; ++dropped) {
+    for (; dropped < freed_order_.size() && sess_.end(freed_order_[dropped].first) <= horizon;
+         ++dropped) {
       auto const [until, key]   = freed_order_[dropped];
       std::uint32_t const index = keys_.find(key);
       if (index != key_map::none && key_states_[index].freed &&
@@ -666,7 +671,8 @@ class cpu_session_kind final : public cpu_kind_base {
         drop_if_unused(index);
       }
     }
-    freed_order_.erase(freed_order_.begin(), freed_order_.begin() + static_cast<std::ptrdiff_t>(dropped));
+    freed_order_.erase(freed_order_.begin(),
+                       freed_order_.begin() + static_cast<std::ptrdiff_t>(dropped));
   }
 
   // Emits, in (window_start, key) order, the open sessions with end <= limit; they become
