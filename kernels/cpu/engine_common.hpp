@@ -100,21 +100,8 @@ class prior_slots {
   /// Before the batch first changes `slot` (or gives it back): keeps its accumulators.
   void keep(acc_pool& pool, std::uint32_t slot)
   {
-    if (slot >= touched_.size() || touched_[slot] == epoch_) { return; }  // new, or kept
-    auto const n = static_cast<std::size_t>(pool.channels());
-    reserve_more(saved_slots_, 1);
-    reserve_more(saved_accs_, n);
-    std::size_t const at = saved_accs_.size();
-    channel_acc* a       = pool.at(slot);
-    try {
-      for (std::size_t c = 0; c < n; ++c) saved_accs_.push_back(a[c]);
-    } catch (...) {
-      shrink_to(saved_accs_, at);
-      throw;
-    }
-    for (std::size_t c = 0; c < n; ++c) std::swap(a[c], saved_accs_[at + c]);
-    saved_slots_.push_back(slot);
-    touched_[slot] = epoch_;
+    // Slots at or past touched_.size() are new in this batch; the others are saved once.
+    if (slot < touched_.size() && touched_[slot] != epoch_) { save(pool, slot); }
   }
   /// Puts the kept accumulators back, once every slot holds its state again; never allocates.
   void restore(acc_pool& pool) noexcept
@@ -134,6 +121,25 @@ class prior_slots {
   }
 
  private:
+  // Out of line: keep() is on every record's path, this once per slot and batch.
+  [[gnu::noinline]] void save(acc_pool& pool, std::uint32_t slot)
+  {
+    auto const n = static_cast<std::size_t>(pool.channels());
+    reserve_more(saved_slots_, 1);
+    reserve_more(saved_accs_, n);
+    std::size_t const at = saved_accs_.size();
+    channel_acc* a       = pool.at(slot);
+    try {
+      for (std::size_t c = 0; c < n; ++c) saved_accs_.push_back(a[c]);
+    } catch (...) {
+      shrink_to(saved_accs_, at);
+      throw;
+    }
+    for (std::size_t c = 0; c < n; ++c) std::swap(a[c], saved_accs_[at + c]);
+    saved_slots_.push_back(slot);
+    touched_[slot] = epoch_;
+  }
+
   std::vector<std::uint32_t> saved_slots_;  // in saved_accs_ order
   std::vector<channel_acc> saved_accs_;     // `channels` per saved slot
   std::vector<std::uint64_t> touched_;      // per slot: the last batch (epoch_) that kept it

@@ -573,7 +573,6 @@ class cpu_rolling_kind final : public cpu_kind_base {
       for (std::size_t i = 0; i < n; ++i) waiting_[kept + i] = recs[sorter_.position(i)];
       return;
     }
-    merged_.clear();  // resized below: no copy of its old rows
     merged_.resize(kept + n);
     std::size_t a = 0, b = 0, out = 0;
     while (a < kept && b < n) {

@@ -489,8 +489,12 @@ class cpu_session_kind final : public cpu_kind_base {
   // Before the batch first changes the state of key `index`: keeps its fields and sessions.
   void keep_prior_state(std::uint32_t index)
   {
+    if (journalling_ && key_states_[index].saved_in != epoch_) { save_key(index); }
+  }
+  // Out of line: keep_prior_state is on every record's path, this once per key and batch.
+  [[gnu::noinline]] void save_key(std::uint32_t index)
+  {
     key_state& ks = key_states_[index];
-    if (!journalling_ || ks.saved_in == epoch_) { return; }
     reserve_more(changes_, 1);
     reserve_more(saved_keys_, 1);
     std::size_t const from = saved_sessions_.size();
